@@ -1,0 +1,149 @@
+"""Hooks that show predictions: TensorBoard images during validation, files during testing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch.nn.functional as F
+from mmengine.hooks import Hook
+from torch import Tensor
+
+from mtlora_vision.visualization.colorize import make_panel
+
+logger = logging.getLogger(__name__)
+
+
+class MultiTaskVisualizationHook(Hook):
+    """Send side-by-side pictures (input, target, prediction per task) to the visualiser.
+
+    At every validation, the first ``num_images`` samples of the first batch are drawn and added to
+    every visualiser backend (TensorBoard shows them under ``val/<id>``).
+
+    Args:
+        num_images: How many samples of the first validation batch to draw.
+    """
+
+    priority = "LOW"
+
+    def __init__(self, num_images: int = 2) -> None:
+        if num_images < 0:
+            raise ValueError(f"num_images must be >= 0, got {num_images}.")
+        self.num_images = num_images
+
+    def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        """Draw the first samples of the first validation batch."""
+        if batch_idx != 0 or not outputs or self.num_images == 0:
+            return
+        for index, sample in enumerate(outputs[: self.num_images]):
+            image = data_batch["inputs"][index]
+            panel = make_panel(image.float(), sample["pred"], sample.get("targets"))
+            runner.visualizer.add_image(f"val/{sample['id']}", panel, step=runner.iter)
+
+
+def _resize_prediction(task: str, pred: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize a decoded prediction: nearest for labels, bilinear for maps (normals renormalised)."""
+    if tuple(pred.shape[-2:]) == tuple(size):
+        return pred
+    if task in ("semseg", "human_parts"):
+        return F.interpolate(pred[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    maps = pred if pred.dim() == 3 else pred[None]
+    resized = F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    if task == "normals":
+        return F.normalize(resized, dim=0)
+    return resized if pred.dim() == 3 else resized[0]
+
+
+def prediction_to_file_array(task: str, pred: Tensor) -> np.ndarray:
+    """Encode a prediction as the array written to disk.
+
+    Formats follow the community's offline evaluation (ASTMT / MTI-Net style): class ids as 8-bit
+    PNG, saliency and edge probabilities as 8-bit PNG (``255 * p``), normals as RGB PNG
+    (``255 * (n + 1) / 2``), depth as float32 ``.npy`` in metres.
+
+    Args:
+        task: Task name.
+        pred: Prediction in the formats of ``mtlora_vision.models.postprocess.decode_output``.
+
+    Returns:
+        ``uint8 (H, W)`` / ``uint8 (H, W, 3)`` RGB for PNG tasks, ``float32 (H, W)`` for depth.
+    """
+    pred = pred.detach().cpu()
+    if task in ("semseg", "human_parts"):
+        return pred.numpy().astype(np.uint8)
+    if task in ("sal", "edge"):
+        return (pred.float().clamp(0, 1) * 255).round().numpy().astype(np.uint8)
+    if task == "normals":
+        rgb = ((pred.float().clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0)
+        return rgb.numpy().astype(np.uint8)
+    if task == "depth":
+        return pred.float()[0].numpy()
+    raise ValueError(f"No file format for task {task!r}.")
+
+
+def write_prediction(path: Path, task: str, pred: Tensor) -> Path:
+    """Write one prediction; returns the file written (``.png``, or ``.npy`` for depth)."""
+    array = prediction_to_file_array(task, pred)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if task == "depth":
+        path = path.with_suffix(".npy")
+        np.save(path, array)
+        return path
+    path = path.with_suffix(".png")
+    if array.ndim == 3:
+        array = array[..., ::-1]  # RGB -> BGR for OpenCV
+    if not cv2.imwrite(str(path), array):
+        raise OSError(f"Could not write {path}.")
+    return path
+
+
+class PredictionWriterHook(Hook):
+    """Save test predictions per task and image, and optionally colourised side-by-side pictures.
+
+    Args:
+        out_dir: If set, predictions go to ``out_dir/<task>/<id>.png`` at the image's original size.
+        show_dir: If set, pictures go to ``show_dir/<id>.png`` (input, target, prediction per task).
+        tasks: Tasks to write; default all predicted tasks.
+    """
+
+    priority = "LOW"
+
+    def __init__(
+        self,
+        out_dir: str | None = None,
+        show_dir: str | None = None,
+        tasks: Sequence[str] | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.show_dir = Path(show_dir) if show_dir else None
+        self.tasks = tuple(tasks) if tasks else None
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        """Write the predictions of one test batch."""
+        for index, sample in enumerate(outputs or []):
+            preds = sample["pred"]
+            tasks = self.tasks or tuple(preds)
+            if self.out_dir is not None:
+                ori_shape = tuple(int(s) for s in sample["ori_shape"])
+                for task in tasks:
+                    pred = _resize_prediction(task, preds[task], ori_shape)
+                    write_prediction(self.out_dir / task / str(sample["id"]), task, pred)
+            if self.show_dir is not None:
+                image = data_batch["inputs"][index]
+                panel = make_panel(image.float(), preds, sample.get("targets"), tasks)
+                self.show_dir.mkdir(parents=True, exist_ok=True)
+                path = self.show_dir / f"{sample['id']}.png"
+                if not cv2.imwrite(str(path), np.ascontiguousarray(panel[..., ::-1])):
+                    raise OSError(f"Could not write {path}.")
+
+    def after_test_epoch(self, runner, metrics=None) -> None:
+        """Say where the files went."""
+        for what, folder in (("predictions", self.out_dir), ("pictures", self.show_dir)):
+            if folder is not None:
+                runner.logger.info(f"Test {what} written to {folder}")
+
+
+__all__ = ["MultiTaskVisualizationHook", "PredictionWriterHook"]

@@ -1,0 +1,1 @@
+"""Colourised pictures of multi-task inputs, targets and predictions."""

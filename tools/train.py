@@ -1,0 +1,66 @@
+"""Train a multi-task model with mmengine's Runner.
+
+python tools/train.py configs/mtlora_swin_demo.py
+python tools/train.py CONFIG --resume                 # continue from the latest checkpoint
+torchrun --nproc_per_node 2 tools/train.py CONFIG --launcher pytorch
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from mmengine.config import DictAction
+from mmengine.runner import Runner
+
+from mtlora_vision.engine.runtime import (
+    load_config,
+    resolve_launcher,
+    resolve_precision,
+    resolve_work_dir,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train a multi-task dense prediction model.")
+    parser.add_argument("config", help="config file")
+    parser.add_argument("--work-dir", help="where logs and checkpoints go")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="resume from CKPT, or from the work dir's latest checkpoint if no path is given",
+    )
+    parser.add_argument(
+        "--amp", action="store_true", help="mixed precision (fp16 on GPU, bf16 on CPU)"
+    )
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        help="override config entries, e.g. train_dataloader.dataset.data_root=data/PASCAL_MT",
+    )
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+    parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    cfg = load_config(args.config, args.cfg_options)
+    # work_dir is determined in this priority: CLI > segment in file > filename
+    cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
+    resolve_precision(cfg, amp=args.amp)
+    resolve_launcher(cfg, args.launcher)
+    if args.resume == "auto":
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+
+
+if __name__ == "__main__":
+    main()
