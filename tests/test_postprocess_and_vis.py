@@ -1,0 +1,131 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.optim import OptimWrapper
+
+from mtlora_vision.engine.amp import CPUAutocastOptimWrapper
+from mtlora_vision.engine.runtime import resolve_launcher, resolve_precision, resolve_work_dir
+from mtlora_vision.engine.visualization_hook import _resize_prediction, write_prediction
+from mtlora_vision.models.postprocess import decode_output, postprocess_outputs
+from mtlora_vision.visualization.colorize import (
+    colorize,
+    denormalize_image,
+    label_palette,
+    make_panel,
+)
+
+
+def test_decode_rules():
+    logits = torch.tensor([[[0.0, 2.0]], [[1.0, -1.0]]])  # (K=2, 1, 2)
+    assert decode_output("semseg", logits).tolist() == [[1, 0]]
+    sal = decode_output("sal", torch.tensor([[[0.0, 100.0]]]))
+    assert sal.shape == (1, 2)
+    assert sal[0, 0].item() == pytest.approx(0.5)
+    normals = decode_output("normals", torch.tensor([[[3.0]], [[0.0]], [[4.0]]]))
+    assert normals[:, 0, 0].tolist() == pytest.approx([0.6, 0.0, 0.8])
+    with pytest.raises(ValueError, match="unknown_task"):
+        decode_output("unknown_task", logits)
+
+
+def test_postprocess_resizes_logits_before_argmax():
+    # Two classes on a 2x2 grid; upsampling the logits (not the labels) decides the middle pixels.
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1, :, 1] = 4.0
+    preds = postprocess_outputs({"semseg": logits}, [(2, 4)])
+    expected = torch.nn.functional.interpolate(logits, size=(2, 4), mode="bilinear").argmax(1)[0]
+    assert torch.equal(preds[0]["semseg"], expected)
+    assert preds[0]["semseg"].shape == (2, 4)
+
+
+def test_palette_is_the_voc_colour_map():
+    palette = label_palette()
+    assert palette[0].tolist() == [0, 0, 0]
+    assert palette[1].tolist() == [128, 0, 0]
+    assert palette[2].tolist() == [0, 128, 0]
+    assert palette[15].tolist() == [192, 128, 128]  # person
+
+
+def test_colorize_marks_ignore_and_maps_normals():
+    labels = torch.tensor([[0, 1], [255, 2]])
+    rgb = colorize("semseg", labels)
+    assert rgb[1, 0].tolist() == [255, 255, 255]
+    normals = torch.tensor([[[1.0]], [[-1.0]], [[0.0]]])
+    assert colorize("normals", normals)[0, 0].tolist() == [255, 0, 128]
+
+
+def test_denormalize_inverts_imagenet_normalisation():
+    rgb = torch.tensor([0.2, 0.5, 0.9])[:, None, None].expand(3, 2, 2)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    out = denormalize_image((rgb - mean) / std)
+    assert out[0, 0].tolist() == [51, 128, 230]
+
+
+def test_panel_has_one_row_per_task_and_three_columns():
+    image = torch.zeros(3, 8, 8)
+    preds = {"semseg": torch.zeros(8, 8, dtype=torch.long), "sal": torch.rand(8, 8)}
+    targets = {
+        "semseg": torch.zeros(8, 8, dtype=torch.long),
+        "sal": torch.ones(8, 8, dtype=torch.long),
+    }
+    assert make_panel(image, preds, targets).shape == (16, 24, 3)
+
+
+def test_written_files_round_trip(tmp_path):
+    labels = torch.tensor([[3, 4], [5, 6]])
+    path = write_prediction(tmp_path / "semseg" / "a", "semseg", labels)
+    assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).tolist() == labels.tolist()
+    normals = torch.nn.functional.normalize(torch.tensor([[[1.0]], [[0.0]], [[1.0]]]), dim=0)
+    path = write_prediction(tmp_path / "normals" / "a", "normals", normals)
+    rgb = cv2.imread(str(path))[..., ::-1]
+    decoded = rgb.astype(np.float64) * 2 / 255 - 1
+    assert decoded[0, 0] == pytest.approx(normals[:, 0, 0].numpy(), abs=0.01)
+    depth = torch.full((1, 2, 2), 1.5)
+    assert (
+        np.load(write_prediction(tmp_path / "depth" / "a", "depth", depth)).tolist()
+        == [[1.5] * 2] * 2
+    )
+
+
+def test_resize_prediction_keeps_labels_and_unit_normals():
+    labels = torch.tensor([[1, 2], [3, 4]])
+    assert _resize_prediction("semseg", labels, (4, 4)).unique().tolist() == [1, 2, 3, 4]
+    normals = torch.nn.functional.normalize(torch.randn(3, 2, 2), dim=0)
+    resized = _resize_prediction("normals", normals, (5, 3))
+    assert resized.shape == (3, 5, 3)
+    assert torch.allclose(resized.norm(dim=0), torch.ones(5, 3), atol=1e-5)
+
+
+def test_precision_resolution_on_cpu_and_gpu():
+    cfg = Config(
+        dict(optim_wrapper=dict(type="AmpOptimWrapper", dtype="float16", optimizer=dict()))
+    )
+    resolve_precision(cfg, amp=False, cuda=False)
+    assert cfg.optim_wrapper.type is OptimWrapper
+    assert "dtype" not in cfg.optim_wrapper
+    cfg = Config(dict(optim_wrapper=dict(type="OptimWrapper", optimizer=dict())))
+    resolve_precision(cfg, amp=True, cuda=False)
+    assert cfg.optim_wrapper.type is CPUAutocastOptimWrapper
+    cfg = Config(dict(optim_wrapper=dict(type="OptimWrapper", optimizer=dict())))
+    resolve_precision(cfg, amp=True, cuda=True)
+    assert cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper"
+    assert cfg.optim_wrapper.dtype == "float16"
+
+
+def test_launcher_uses_gloo_without_cuda_and_work_dir_priority():
+    cfg = Config(dict(env_cfg=dict(dist_cfg=dict(backend="nccl"))))
+    resolve_launcher(cfg, "pytorch", cuda=False)
+    assert cfg.env_cfg.dist_cfg.backend == "gloo"
+    assert resolve_work_dir(Config(dict()), "configs/x/exp.py", None).endswith("work_dirs/exp")
+    assert resolve_work_dir(Config(dict(work_dir="w")), "configs/x/exp.py", None) == "w"
+    assert resolve_work_dir(Config(dict(work_dir="w")), "configs/x/exp.py", "cli") == "cli"
+
+
+def test_cpu_autocast_wrapper_runs_in_bf16():
+    layer = torch.nn.Linear(4, 4)
+    wrapper = CPUAutocastOptimWrapper(optimizer=torch.optim.SGD(layer.parameters(), lr=0.1))
+    with wrapper.optim_context(layer):
+        out = layer(torch.randn(2, 4))
+    assert out.dtype == torch.bfloat16
