@@ -1,0 +1,181 @@
+"""What the multi-task datasets share: split lists, file checks, the transform, the sample contract.
+
+A sample follows ``docs/design.md`` section 1::
+
+    {"inputs": float32 (3, H, W), "data_samples": {"id", "ori_shape", "img_shape", "targets"}}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+from torch.utils.data import Dataset, get_worker_info
+
+from mtlora_vision.datasets.cache import DerivedLabelCache, dataset_cache_dir
+from mtlora_vision.datasets.synthetic import ensure_synthetic_dataset
+from mtlora_vision.datasets.transforms import MultiTaskTransform
+from mtlora_vision.tasks import NUM_OUTPUTS, check_tasks
+
+logger = logging.getLogger(__name__)
+
+_SYNTHESIZE_KEYS = ("num_train", "num_val", "size", "seed")
+_configured_pid: int | None = None
+
+
+def configure_worker_threads() -> None:
+    """Run OpenCV single-threaded inside data-loader workers (the workers are the parallelism).
+
+    Called once per worker process on its first sample; the main process is left alone.
+    """
+    global _configured_pid
+    pid = os.getpid()
+    if _configured_pid != pid and get_worker_info() is not None:
+        cv2.setNumThreads(0)
+        _configured_pid = pid
+
+
+def read_split_ids(split_file: Path, split: str, splits_dir_hint: str) -> list[str]:
+    """Image ids of a split list (one per line; blank lines skipped).
+
+    Raises:
+        FileNotFoundError: If the list is missing; names the splits that exist.
+        ValueError: If it is empty or has duplicates.
+    """
+    if not split_file.is_file():
+        found = (
+            sorted(p.stem for p in split_file.parent.glob("*.txt"))
+            if split_file.parent.is_dir()
+            else []
+        )
+        raise FileNotFoundError(
+            f"Split list {str(split_file)!r} for split {split!r} does not exist; splits found in "
+            f"{splits_dir_hint}: {found}."
+        )
+    ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"Split list {str(split_file)!r} is empty.")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"Split list {str(split_file)!r} lists some ids more than once.")
+    return ids
+
+
+def check_files_exist(paths: Sequence[Path], prepare_hint: str) -> None:
+    """Raise naming the first missing files, with the count of all missing ones."""
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(repr(str(p)) for p in missing[:5])
+        raise FileNotFoundError(
+            f"{len(missing)} dataset file(s) are missing, e.g. {shown}. Check the dataset with "
+            f"{prepare_hint} --check."
+        )
+
+
+class MultiTaskDataset(Dataset):
+    """Base of the multi-task datasets; subclasses list their files and decode one sample.
+
+    Subclasses set the class variables, call :meth:`_setup` from ``__init__`` and implement
+    :meth:`load_sample`.
+    """
+
+    dataset_name: ClassVar[str]
+    available_tasks: ClassVar[tuple[str, ...]]
+    classes: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+
+    data_root: Path
+    split: str
+    tasks: tuple[str, ...]
+    ids: list[str]
+    transform: MultiTaskTransform
+    label_cache: DerivedLabelCache
+    cache_dir: Path | None
+
+    @classmethod
+    def prepare_command(cls, data_root: Path) -> str:
+        """The command that prepares this dataset at ``data_root``."""
+        return f"`python tools/prepare_dataset.py {cls.dataset_name} --root {data_root}`"
+
+    def _setup(
+        self,
+        data_root: str | Path,
+        split: str,
+        tasks: Sequence[str],
+        cache_dir: str | Path | None,
+        use_cache: bool,
+        synthesize_if_missing: Mapping[str, Any] | None,
+    ) -> None:
+        self.data_root = Path(data_root).expanduser()
+        if synthesize_if_missing is not None:
+            self._synthesize(synthesize_if_missing)
+        if not self.data_root.is_dir():
+            raise FileNotFoundError(
+                f"{type(self).__name__} data_root {str(self.data_root)!r} does not exist. Prepare "
+                f"the dataset there with {self.prepare_command(self.data_root)} (--archive FILE or "
+                "--download), or write synthetic data with `python tools/make_synthetic_dataset.py "
+                f"{self.data_root} --dataset {self.dataset_name}`."
+            )
+        self.split = split
+        self.tasks = check_tasks(tasks, self.available_tasks, what=f"{type(self).__name__}")
+        self.cache_dir = (
+            dataset_cache_dir(cache_dir, self.dataset_name, self.data_root) if use_cache else None
+        )
+        self.label_cache = DerivedLabelCache(self.cache_dir)
+
+    def _synthesize(self, options: Mapping[str, Any]) -> None:
+        unknown = sorted(set(options) - set(_SYNTHESIZE_KEYS))
+        if unknown:
+            raise ValueError(
+                f"Unknown synthesize_if_missing keys {unknown}; allowed: {list(_SYNTHESIZE_KEYS)}."
+            )
+        ensure_synthetic_dataset(
+            self.data_root,
+            self.dataset_name,
+            num_train=int(options.get("num_train", 16)),
+            num_val=int(options.get("num_val", 8)),
+            size=options.get("size"),
+            seed=int(options.get("seed", 0)),
+        )
+
+    @property
+    def metainfo(self) -> dict[str, Any]:
+        """Dataset description for mmengine's evaluator and visualiser."""
+        return {
+            "dataset": self.dataset_name,
+            "split": self.split,
+            "tasks": self.tasks,
+            "num_outputs": {t: NUM_OUTPUTS[self.dataset_name][t] for t in self.tasks},
+            "classes": {t: names for t, names in self.classes.items() if t in self.tasks},
+        }
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_sample(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Decode image ``index`` and its targets at the original size (``MultiTaskTransform``)."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Return sample ``index`` in the format of ``docs/design.md`` section 1."""
+        configure_worker_threads()
+        image, targets = self.load_sample(index)
+        inputs, out_targets = self.transform(image, targets)
+        return {
+            "inputs": inputs,
+            "data_samples": {
+                "id": self.ids[index],
+                "ori_shape": (int(image.shape[0]), int(image.shape[1])),
+                "img_shape": (int(inputs.shape[-2]), int(inputs.shape[-1])),
+                "targets": {task: out_targets[task] for task in self.tasks},
+            },
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(data_root={str(self.data_root)!r}, split={self.split!r}, "
+            f"tasks={list(self.tasks)}, num_samples={len(self)})"
+        )

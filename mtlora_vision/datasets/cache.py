@@ -1,0 +1,165 @@
+"""A cache of derived labels kept outside the dataset folder and rebuilt when the dataset changes.
+
+Entries are keyed by the size and modification time of the files they derive from, so an edited or
+replaced dataset file invalidates them. Writes are atomic (temporary file, then ``os.replace``), so
+data-loader workers and DDP ranks can share one cache. A cache that cannot be written is skipped
+with a warning: it only costs speed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV_VAR = "MTLORA_VISION_CACHE"
+#: Bump when the decoding of derived labels changes, so old entries are not reused.
+DERIVED_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$MTLORA_VISION_CACHE``, else ``$XDG_CACHE_HOME/mtlora_vision``, else ``~/.cache/...``."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "mtlora_vision"
+
+
+def file_key(path: Path) -> str:
+    """Short key of a file's size and modification time (hex)."""
+    stat = path.stat()
+    return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
+
+
+def files_fingerprint(paths: Iterable[Path]) -> str:
+    """SHA-1 over the names, sizes and modification times of ``paths`` (in the given order)."""
+    digest = hashlib.sha1()
+    for path in paths:
+        digest.update(f"{path.name}\0{file_key(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def dataset_cache_dir(cache_root: str | Path | None, dataset: str, data_root: Path) -> Path:
+    """The cache folder of one dataset copy: ``<cache_root>/<dataset>-<hash of its absolute path>``.
+
+    Raises:
+        ValueError: If the cache would live inside the dataset folder.
+    """
+    root = Path(cache_root).expanduser() if cache_root is not None else default_cache_dir()
+    data_root = data_root.resolve()
+    tag = hashlib.sha1(str(data_root).encode()).hexdigest()[:12]
+    directory = root.resolve() / f"{dataset}-{tag}"
+    if directory.is_relative_to(data_root):
+        raise ValueError(
+            f"cache_dir {str(root)!r} is inside the dataset folder {str(data_root)!r}; the package "
+            "never writes into a dataset, choose another cache_dir."
+        )
+    return directory
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class DerivedLabelCache:
+    """Per-image ``uint8`` label maps derived from one source file each, stored as PNG.
+
+    Args:
+        directory: Cache folder of the dataset (see :func:`dataset_cache_dir`); None disables the
+            cache (every call computes).
+    """
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self._warned = False
+
+    def get(
+        self,
+        kind: str,
+        sample_id: str,
+        source: Path,
+        compute: Callable[[], np.ndarray],
+        shape: tuple[int, int],
+    ) -> np.ndarray:
+        """Return the cached map for ``(kind, sample_id)``, computing and storing it if needed.
+
+        Args:
+            kind: Name of the derived label, e.g. ``"edge"``.
+            sample_id: Image id.
+            source: The dataset file the label derives from; its size and mtime key the entry.
+            compute: Produces the ``uint8 (H, W)`` map on a miss.
+            shape: Expected ``(H, W)``; an entry of another size is recomputed.
+        """
+        if self.directory is None:
+            return compute()
+        path = self.directory / f"{kind}-v{DERIVED_VERSION}" / f"{sample_id}.{file_key(source)}.png"
+        if path.is_file():
+            cached = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if cached is not None and cached.shape == tuple(shape):
+                return cached
+            logger.warning("Stale or unreadable cache entry %s; recomputing it.", path)
+        value = compute()
+        ok, encoded = cv2.imencode(".png", np.ascontiguousarray(value, dtype=np.uint8))
+        if ok:
+            self._store(path, encoded.tobytes())
+        return value
+
+    def _store(self, path: Path, payload: bytes) -> None:
+        try:
+            _atomic_write_bytes(path, payload)
+        except OSError as err:
+            if not self._warned:
+                logger.warning(
+                    "Cannot write the label cache under %s (%s); running uncached.",
+                    path.parent,
+                    err,
+                )
+                self._warned = True
+
+
+def cached_flags(
+    path: Path, sources: Mapping[str, Path], compute: Callable[[str, Path], bool]
+) -> dict[str, bool]:
+    """A per-image boolean index stored as JSON, rebuilt when any source file changed.
+
+    Args:
+        path: The JSON file in the cache folder.
+        sources: Image id -> the file the flag is computed from.
+        compute: ``compute(image_id, source) -> flag``, called for every image on a rebuild.
+
+    Returns:
+        Image id -> flag.
+    """
+    fingerprint = files_fingerprint(sources.values())
+    if path.is_file():
+        try:
+            content = json.loads(path.read_text())
+            if content.get("fingerprint") == fingerprint and set(content["flags"]) == set(sources):
+                return {key: bool(value) for key, value in content["flags"].items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            logger.warning("Ignoring unreadable index %s; rebuilding it.", path)
+    logger.info("Building %s from %d files (cached for later runs).", path.name, len(sources))
+    flags = {image_id: bool(compute(image_id, source)) for image_id, source in sources.items()}
+    payload = json.dumps({"fingerprint": fingerprint, "flags": flags}, sort_keys=True).encode()
+    try:
+        _atomic_write_bytes(path, payload)
+    except OSError as err:
+        logger.warning("Cannot write index %s (%s); it will be rebuilt next time.", path, err)
+    return flags

@@ -1,0 +1,216 @@
+"""PASCAL-Context multi-task dataset (PASCAL_MT release of Maninis et al., ASTMT, CVPR 2019).
+
+Tasks: semseg (21 VOC classes), human_parts (7), sal (binary), normals (distilled, valid on 170
+Context classes) and edge (Context boundaries, thinned); splits train (4,998) and val (5,105). The
+layout and formats are described in ``PASCAL_MT_FORMATS.md``; MTLoRA (Agiza et al., CVPR 2024)
+trains on it with the pipeline of ``transforms.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mtlora_vision.datasets.base import MultiTaskDataset, check_files_exist, read_split_ids
+from mtlora_vision.datasets.cache import cached_flags
+from mtlora_vision.datasets.class_info import HUMAN_PART_CLASSES, VOC_CLASSES, normals_valid_lookup
+from mtlora_vision.datasets.labels import (
+    binarize_saliency,
+    decode_human_parts,
+    decode_normals_png,
+    edges_from_label_map,
+    has_annotated_person,
+    mask_normals,
+)
+from mtlora_vision.datasets.readers import (
+    check_same_size,
+    read_gray,
+    read_label_png,
+    read_mat_variable,
+    read_rgb,
+)
+from mtlora_vision.datasets.transforms import MultiTaskTransform
+
+logger = logging.getLogger(__name__)
+
+PASCAL_TASKS: tuple[str, ...] = ("semseg", "human_parts", "sal", "normals", "edge")
+#: Image counts of the real release.
+PASCAL_SPLIT_SIZES: Mapping[str, int] = {"train": 4998, "val": 5105}
+
+
+def pascal_paths(root: Path, image_id: str) -> dict[str, Path]:
+    """Files of one image in the PASCAL_MT layout (semseg: VOC12, else pascal-context)."""
+    semseg = root / "semseg" / "VOC12" / f"{image_id}.png"
+    if not semseg.is_file():
+        semseg = root / "semseg" / "pascal-context" / f"{image_id}.png"
+    return {
+        "image": root / "JPEGImages" / f"{image_id}.jpg",
+        "semseg": semseg,
+        "human_parts": root / "human_parts" / f"{image_id}.mat",
+        "sal": root / "sal_distill" / f"{image_id}.png",
+        "normals": root / "normals_distill" / f"{image_id}.png",
+        "context": root / "pascal-context" / "trainval" / f"{image_id}.mat",
+    }
+
+
+def required_files(tasks: Sequence[str]) -> tuple[str, ...]:
+    """Keys of :func:`pascal_paths` that the tasks read."""
+    keys = ["image", *(t for t in ("semseg", "human_parts", "sal", "normals") if t in tasks)]
+    if "normals" in tasks or "edge" in tasks:
+        keys.append("context")
+    return tuple(keys)
+
+
+class PascalContextMT(MultiTaskDataset):
+    """PASCAL-Context multi-task dataset.
+
+    Args:
+        data_root: Folder of the PASCAL_MT release (with ``JPEGImages/``, ``ImageSets/`` ...).
+        split: ``"train"`` or ``"val"`` (``ImageSets/Context/<split>.txt``).
+        tasks: Any subset of ``semseg``, ``human_parts``, ``sal``, ``normals``, ``edge``. When
+            ``human_parts`` is the only task, images without an annotated person are dropped.
+        img_size: Network input ``(H, W)``; default 448x448.
+        augment: Official training augmentation; default True for the train split.
+        keep_original_size: Original-resolution evaluation: targets keep the size on disk, only
+            ``inputs`` are resized (the model resizes its outputs back). Requires no augmentation.
+        pad_labels_with_ignore: Borders exposed by rotation/zoom-out are ignore (255) instead of
+            the official background.
+        flip_prob: Horizontal-flip probability of the augmentation.
+        scale_range: Zoom range of the augmentation.
+        rotate_range: Rotation range of the augmentation, in degrees.
+        cache_dir: Root of the cache of derived labels (edges, human parts, the person index);
+            default ``~/.cache/mtlora_vision``. Never inside ``data_root``.
+        use_cache: False computes every derived label on the fly and writes nothing.
+        synthesize_if_missing: If given and ``data_root`` is missing, first write a synthetic
+            dataset there with these settings (``num_train``, ``num_val``, ``size``, ``seed``).
+    """
+
+    dataset_name: ClassVar[str] = "pascal_context"
+    available_tasks: ClassVar[tuple[str, ...]] = PASCAL_TASKS
+    classes: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "semseg": VOC_CLASSES,
+        "human_parts": HUMAN_PART_CLASSES,
+    }
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        split: str = "train",
+        tasks: Sequence[str] = PASCAL_TASKS,
+        img_size: Sequence[int] = (448, 448),
+        augment: bool | None = None,
+        keep_original_size: bool = False,
+        pad_labels_with_ignore: bool = False,
+        flip_prob: float = 0.5,
+        scale_range: Sequence[float] = (0.75, 1.25),
+        rotate_range: Sequence[float] = (-20.0, 20.0),
+        cache_dir: str | Path | None = None,
+        use_cache: bool = True,
+        synthesize_if_missing: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._setup(data_root, split, tasks, cache_dir, use_cache, synthesize_if_missing)
+        split_file = self.data_root / "ImageSets" / "Context" / f"{split}.txt"
+        ids = read_split_ids(split_file, split, str(split_file.parent))
+        self._paths = {image_id: pascal_paths(self.data_root, image_id) for image_id in ids}
+        keys = required_files(self.tasks)
+        check_files_exist(
+            [self._paths[i][k] for i in ids for k in keys], self.prepare_command(self.data_root)
+        )
+        self.ids = self._drop_images_without_persons(ids) if self.tasks == ("human_parts",) else ids
+        self.transform = MultiTaskTransform(
+            img_size,
+            augment=split == "train" if augment is None else augment,
+            flip_prob=flip_prob,
+            scale_range=scale_range,
+            rotate_range=rotate_range,
+            pad_labels_with_ignore=pad_labels_with_ignore,
+            resize_targets=not keep_original_size,
+        )
+        if split in PASCAL_SPLIT_SIZES and len(ids) != PASCAL_SPLIT_SIZES[split]:
+            logger.info(
+                "%s split %r has %d images (the PASCAL_MT release has %d).",
+                type(self).__name__,
+                split,
+                len(ids),
+                PASCAL_SPLIT_SIZES[split],
+            )
+
+    def _drop_images_without_persons(self, ids: list[str]) -> list[str]:
+        sources = {image_id: self._paths[image_id]["human_parts"] for image_id in ids}
+
+        def compute(image_id: str, path: Path) -> bool:
+            return has_annotated_person(read_mat_variable(path, "anno"))
+
+        if self.cache_dir is None:
+            flags = {image_id: compute(image_id, path) for image_id, path in sources.items()}
+        else:
+            index_file = self.cache_dir / f"human_parts_index_{self.split}.json"
+            flags = cached_flags(index_file, sources, compute)
+        kept = [image_id for image_id in ids if flags[image_id]]
+        logger.info(
+            "human_parts is the only task: dropped %d of %d %s images without an annotated person.",
+            len(ids) - len(kept),
+            len(ids),
+            self.split,
+        )
+        return kept
+
+    def load_sample(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Image ``uint8 (H, W, 3)`` and raw targets at its size (see ``MultiTaskTransform``)."""
+        image_id = self.ids[index]
+        paths = self._paths[image_id]
+        image = read_rgb(paths["image"])
+        shape = (int(image.shape[0]), int(image.shape[1]))
+        targets: dict[str, np.ndarray] = {}
+        label_map: list[np.ndarray] = []
+
+        def context_labels() -> np.ndarray:
+            if not label_map:
+                labels = read_mat_variable(paths["context"], "LabelMap")
+                check_same_size(paths["context"], labels, shape)
+                label_map.append(labels)
+            return label_map[0]
+
+        if "semseg" in self.tasks:
+            targets["semseg"] = self._checked(
+                paths["semseg"], read_label_png(paths["semseg"]), shape
+            )
+        if "human_parts" in self.tasks:
+            targets["human_parts"] = self.label_cache.get(
+                "human_parts",
+                image_id,
+                paths["human_parts"],
+                lambda: self._human_parts(paths["human_parts"], shape),
+                shape,
+            )
+        if "sal" in self.tasks:
+            targets["sal"] = binarize_saliency(
+                self._checked(paths["sal"], read_gray(paths["sal"]), shape)
+            )
+        if "normals" in self.tasks:
+            rgb = self._checked(paths["normals"], read_rgb(paths["normals"]), shape)
+            targets["normals"] = mask_normals(
+                decode_normals_png(rgb), context_labels(), normals_valid_lookup()
+            )
+        if "edge" in self.tasks:
+            targets["edge"] = self.label_cache.get(
+                "edge",
+                image_id,
+                paths["context"],
+                lambda: edges_from_label_map(context_labels()),
+                shape,
+            )
+        return image, targets
+
+    @staticmethod
+    def _checked(path: Path, array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        check_same_size(path, array, shape)
+        return array
+
+    @staticmethod
+    def _human_parts(path: Path, shape: tuple[int, int]) -> np.ndarray:
+        return decode_human_parts(read_mat_variable(path, "anno"), shape, source=str(path))

@@ -1,0 +1,65 @@
+"""Prepare a multi-task dataset: unpack (or download, only when asked) and verify it.
+
+python tools/prepare_dataset.py pascal_context --root data/PASCAL_MT --archive PASCAL_MT.tgz
+python tools/prepare_dataset.py pascal_context --root data/PASCAL_MT --download
+python tools/prepare_dataset.py nyud --root data/NYUDv2 --check          # only verify
+python tools/prepare_dataset.py nyud --root data/NYUDv2 --check --quick  # existence only
+
+Verification lists every missing, unreadable or mis-sized file with its path and split counts that
+differ from the release (4,998/5,105 for PASCAL_MT, 795/654 for NYUD_MT); the exit code is non-zero
+when anything is wrong. A download resumes an interrupted one (HTTP Range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mtlora_vision.datasets.download import ARCHIVES, download, extract_archive
+from mtlora_vision.datasets.prepare import verify_dataset
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Unpack and verify a multi-task dataset.")
+    parser.add_argument("dataset", choices=sorted(ARCHIVES))
+    parser.add_argument(
+        "--root", type=Path, required=True, help="dataset folder to create or check"
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--archive", type=Path, help="local archive to unpack into --root")
+    source.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch the public archive next to --root (resumable)",
+    )
+    source.add_argument("--check", action="store_true", help="only verify --root (the default)")
+    parser.add_argument(
+        "--quick", action="store_true", help="check that files exist, do not decode"
+    )
+    parser.add_argument("--url", help="override the download URL")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    progress = not args.no_progress
+    archive = args.archive
+    if args.download:
+        name, url = ARCHIVES[args.dataset]
+        archive = download(args.url or url, args.root.parent / name, progress=progress)
+    if archive is not None:
+        if args.root.exists() and any(args.root.iterdir()):
+            print(f"{args.root} already exists; verifying it instead of unpacking {archive}.")
+        else:
+            extract_archive(archive, args.root, progress=progress)
+    report = verify_dataset(args.dataset, args.root, quick=args.quick, progress=progress)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
