@@ -1,0 +1,456 @@
+"""MTL-LoRA: a shared low-rank update made task-specific by per-task transforms and mixing.
+
+Yang et al., "MTL-LoRA: Low-Rank Adaptation for Multi-Task Learning", arXiv 2410.09437. The layer
+follows the official release (``init="official"``, the default) and offers the AdapterHub
+``adapters`` library's initialisation as a switch (``init="adapters"``); see
+``/work/shared/reference/METHODS.md`` sections 1.1 and 1.6 for what each one does.
+
+For a frozen linear layer ``W`` (out x in) and a row of task ``t``::
+
+    h = W x + b + s * B~_t Lambda_t A drop(x)
+    B~_t = sum_i softmax(w_t / tau)_i B^i,   s = alpha / r
+
+``A`` (r x in) and the ``n`` up-projections ``B^i`` (out x r) are shared by all tasks; ``Lambda_t``
+(r x r, or diagonal) and the mixing logits ``w_t`` (n) belong to task ``t``. ``B^i`` start at zero,
+so the adapted layer equals the frozen one at step 0.
+
+Task layout. A batch is either single-task (``tasks="semseg"``), task-stacked (``tasks=("semseg",
+"depth")``: the leading dimension is ``T * B``, rows ``[t*B:(t+1)*B]`` belong to the ``t``-th listed
+task, "task-major"), or mixed (``tasks`` a LongTensor with the task index of every leading row).
+Stacking survives Swin's window partition: ``(T*B, H, W, C)`` becomes ``(T*B*nW, N, C)`` and stays
+task-major. A backbone whose blocks call ``layer(x)`` without extra arguments sets the layout once
+with :func:`set_active_tasks`.
+
+Merging. ``Delta W_t = s * B~_t Lambda_t A`` is one fixed matrix per task, so a single-task batch
+can run on ``W + Delta W_t`` (:meth:`MTLLoRALinear.merge`, :meth:`MTLLoRALinear.merged_weight`).
+There is no single merged model for all tasks: serving T tasks from merged weights needs T copies
+of ``W``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from enum import Enum
+from typing import ClassVar, Literal, TypeAlias
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+#: How the task of each leading row is given: one task name, task names stacked task-major, or
+#: a LongTensor ``(N,)`` of task indices (positions in the layer's ``tasks``).
+TaskLayout: TypeAlias = "str | Sequence[str] | Tensor"
+
+MTLLoRAInit: TypeAlias = Literal["official", "adapters"]
+_INITS: tuple[str, ...] = ("official", "adapters")
+
+
+def normalize_task_names(tasks: Sequence[str], what: str) -> tuple[str, ...]:
+    """Return task names as a tuple of plain strings; refuse empty, duplicate or bare-string input.
+
+    Args:
+        tasks: Task names (``str`` or ``str`` Enum members such as ``Task.SEMSEG``).
+        what: Name of the component, used in error messages.
+
+    Returns:
+        The names, in the given order.
+
+    Raises:
+        ValueError: If ``tasks`` is a single string, empty, or has duplicates.
+    """
+    if isinstance(tasks, str):
+        raise ValueError(f"{what} needs a sequence of task names, got the single string {tasks!r}.")
+    names = tuple(str(t.value) if isinstance(t, Enum) else str(t) for t in tasks)
+    if not names:
+        raise ValueError(f"{what} needs at least one task name, got {tasks!r}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"Duplicate task names {list(names)} for {what}.")
+    return names
+
+
+def _check_positive(name: str, value: float, *, integer: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0 (an int >= 1 if ``integer``)."""
+    if integer and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"MTLLoRALinear needs an integer {name} >= 1, got {name}={value!r}.")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"MTLLoRALinear needs a finite {name} > 0, got {name}={value!r}.")
+
+
+class MTLLoRALinear(nn.Module):
+    """Frozen ``nn.Linear`` plus MTL-LoRA: shared ``A``, per-task ``Lambda_t``, mixed ``B^i``.
+
+    Args:
+        base_layer: Pretrained layer to wrap; its parameters are frozen here.
+        tasks: Task names; their order fixes the row order of the per-task tensors.
+        rank: Rank ``r`` of the update.
+        alpha: Scaling numerator; the update is scaled by ``alpha / rank``.
+        num_up: Number ``n`` of shared up-projections ``B^i``.
+        temperature: Softmax temperature ``tau`` of the mixing weights; must be > 0 (the official
+            code's default of 0 divides by zero).
+        dropout: Dropout probability on the input of ``A``.
+        diagonal: Store ``Lambda_t`` as a diagonal ``(r,)`` instead of a full ``(r, r)`` matrix.
+        init: ``"official"``: ``Lambda_t`` identity (ones if diagonal), mixing logits
+            ``kaiming_uniform(a=sqrt(5))``, i.e. ``U(-1/sqrt(n), 1/sqrt(n))``. ``"adapters"``
+            (AdapterHub ``MTLLoRAConfig``): mixing logits ones (uniform mix), ``Lambda_t`` all-ones
+            ``(r, r)`` (a rank-one start) or ones if diagonal. Both draw ``A`` from
+            ``kaiming_uniform(a=sqrt(5))`` and set ``B^i`` to zero.
+
+    Attributes:
+        lora_a: Shared down-projection ``A``, ``(r, in_features)``.
+        lora_lambdas: Task transforms, ``(T, r, r)``, or ``(T, r)`` if ``diagonal``.
+        lora_b: Shared up-projections, ``(n, out_features, r)``.
+        lora_mix_logits: Mixing logits ``w``, ``(T, n)``.
+        active_tasks: Layout used when ``forward`` gets ``tasks=None`` (:func:`set_active_tasks`).
+        merged_task: Task whose update is folded into ``base_layer.weight``, or ``None``.
+        merge_at_inference: Without autograd, merge ``W + Delta W_t`` on the fly (see
+            :meth:`forward` and :func:`set_merge_at_inference`); off by default.
+    """
+
+    adapter_names: ClassVar[tuple[str, ...]] = (
+        "lora_a",
+        "lora_lambdas",
+        "lora_b",
+        "lora_mix_logits",
+    )
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        tasks: Sequence[str],
+        rank: int = 8,
+        alpha: float = 16.0,
+        num_up: int = 1,
+        temperature: float = 1.0,
+        dropout: float = 0.0,
+        diagonal: bool = False,
+        init: MTLLoRAInit = "official",
+    ) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"MTLLoRALinear wraps an nn.Linear, got {type(base_layer).__name__}.")
+        _check_positive("rank", rank, integer=True)
+        _check_positive("num_up", num_up, integer=True)
+        _check_positive("alpha", alpha)
+        _check_positive("temperature", temperature)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"MTLLoRALinear needs 0 <= dropout < 1, got dropout={dropout!r}.")
+        if init not in _INITS:
+            raise ValueError(
+                f"Unknown MTL-LoRA initialisation {init=}; choose from {list(_INITS)}."
+            )
+        self.base_layer = base_layer
+        self.base_layer.requires_grad_(False)
+        self.tasks = normalize_task_names(tasks, "MTLLoRALinear")
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.num_up = num_up
+        self.temperature = float(temperature)
+        self.diagonal = diagonal
+        self.init = init
+        self.scaling = self.alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        num_tasks = len(self.tasks)
+        dd = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
+        lambda_shape = (num_tasks, rank) if diagonal else (num_tasks, rank, rank)
+        self.lora_a = nn.Parameter(torch.empty(rank, self.in_features, **dd))
+        self.lora_lambdas = nn.Parameter(torch.empty(lambda_shape, **dd))
+        self.lora_b = nn.Parameter(torch.empty(num_up, self.out_features, rank, **dd))
+        self.lora_mix_logits = nn.Parameter(torch.empty(num_tasks, num_up, **dd))
+        self.active_tasks: TaskLayout | None = None
+        self.merged_task: str | None = None
+        self.merge_at_inference = False
+        self.reset_adapter_parameters()
+
+    @property
+    def in_features(self) -> int:
+        """Input width of the wrapped layer."""
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        """Output width of the wrapped layer."""
+        return self.base_layer.out_features
+
+    @property
+    def merged(self) -> bool:
+        """Whether a task's update is folded into ``base_layer.weight``."""
+        return self.merged_task is not None
+
+    def reset_adapter_parameters(self) -> None:
+        """Initialise the adapter tensors as ``init`` says; ``B^i`` are zero, so the update is 0."""
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_b)
+        with torch.no_grad():
+            if self.init == "official":
+                nn.init.kaiming_uniform_(self.lora_mix_logits, a=math.sqrt(5))
+                if self.diagonal:
+                    self.lora_lambdas.fill_(1.0)
+                else:
+                    self.lora_lambdas.copy_(torch.eye(self.rank).expand_as(self.lora_lambdas))
+            else:
+                self.lora_mix_logits.fill_(1.0)
+                self.lora_lambdas.fill_(1.0)
+
+    def task_index(self, task: str) -> int:
+        """Return the position of ``task`` in ``tasks``.
+
+        Raises:
+            KeyError: If the layer has no adapter for ``task``.
+        """
+        name = str(task.value) if isinstance(task, Enum) else task
+        try:
+            return self.tasks.index(name)
+        except ValueError:
+            raise KeyError(
+                f"MTLLoRALinear has no task {name!r}; it was built for {list(self.tasks)}."
+            ) from None
+
+    def mixing_weights(self) -> Tensor:
+        """Return ``softmax(w_t / tau)`` over the up-projections, in float32, ``(T, n)``."""
+        return torch.softmax(self.lora_mix_logits.float() / self.temperature, dim=-1)
+
+    def task_transforms(self) -> Tensor:
+        """Return ``Lambda_t`` as full matrices, ``(T, r, r)`` (diagonal ones are embedded)."""
+        if self.diagonal:
+            return torch.diag_embed(self.lora_lambdas)
+        return self.lora_lambdas
+
+    def task_up_projections(self) -> Tensor:
+        """Return the mixed up-projections ``B~_t = sum_i softmax(w_t/tau)_i B^i``, ``(T, out, r)``.
+
+        The mixing weights are cast to the dtype of ``B^i`` after the float32 softmax.
+        """
+        weights = self.mixing_weights().to(self.lora_b.dtype)
+        return torch.einsum("tn,nor->tor", weights, self.lora_b)
+
+    def task_matrices(self) -> Tensor:
+        """Return ``M_t = B~_t Lambda_t`` for every task, ``(T, out, r)``; ``Delta W_t = s M_t A``.
+
+        A diagonal ``Lambda_t`` scales the columns of ``B~_t`` instead of a matmul.
+        """
+        up = self.task_up_projections()
+        if self.diagonal:
+            return up * self.lora_lambdas.unsqueeze(1)
+        return torch.bmm(up, self.lora_lambdas)
+
+    def get_delta_weight(self, task: str) -> Tensor:
+        """Return the update ``Delta W_t = s * B~_t Lambda_t A`` of one task, ``(out, in)``.
+
+        The single source of the update: :meth:`merged_weight`, :meth:`merge` and :meth:`unmerge`
+        all use it.
+        """
+        index = self.task_index(task)
+        return self.scaling * (self.task_matrices()[index] @ self.lora_a)
+
+    def merged_weight(self, task: str) -> Tensor:
+        """Return ``W + Delta W_t``, ``(out, in)``, whatever task is currently merged in place."""
+        weight = self.base_layer.weight
+        if self.merged_task is not None:
+            weight = weight - self.get_delta_weight(self.merged_task)
+        return weight + self.get_delta_weight(task)
+
+    def merged_linear(self, task: str) -> nn.Linear:
+        """Return a new frozen ``nn.Linear`` computing this layer for ``task`` (an export)."""
+        layer = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.base_layer.bias is not None,
+            device=self.base_layer.weight.device,
+            dtype=self.base_layer.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(self.merged_weight(task))
+            if self.base_layer.bias is not None:
+                layer.bias.copy_(self.base_layer.bias)
+        return layer.requires_grad_(False)
+
+    @torch.no_grad()
+    def merge(self, task: str) -> None:
+        """Fold ``Delta W_t`` into ``base_layer.weight``; then only batches of ``task`` can run.
+
+        A state dict taken while merged holds the merged weight: call :meth:`unmerge` before
+        saving.
+
+        Raises:
+            ValueError: If another task is merged already, or the merged weight is not finite.
+        """
+        name = self.tasks[self.task_index(task)]
+        if self.merged_task == name:
+            logger.info("MTL-LoRA task %r is already merged; nothing to do.", name)
+            return
+        if self.merged_task is not None:
+            raise ValueError(
+                f"Task {self.merged_task!r} is merged; call unmerge() before merging {name!r}."
+            )
+        merged = self.base_layer.weight + self.get_delta_weight(name)
+        if not torch.isfinite(merged).all():
+            raise ValueError(f"Merging MTL-LoRA task {name!r} gives non-finite weights.")
+        self.base_layer.weight.copy_(merged)
+        self.merged_task = name
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the merged task's ``Delta W_t`` from ``base_layer.weight`` again."""
+        if self.merged_task is None:
+            logger.warning("unmerge() called on an MTLLoRALinear with no merged task.")
+            return
+        self.base_layer.weight.sub_(self.get_delta_weight(self.merged_task))
+        self.merged_task = None
+
+    def set_active_tasks(self, tasks: TaskLayout | None) -> None:
+        """Set the layout used when ``forward`` is called without ``tasks`` (``None`` clears it)."""
+        self.active_tasks = tasks
+
+    def forward(self, x: Tensor, tasks: TaskLayout | None = None) -> Tensor:
+        """Apply the frozen layer plus each row's task update.
+
+        The low-rank path runs one shared ``A`` matmul, then one batched matmul-add over tasks.
+        With :attr:`merge_at_inference` set, autograd off (``torch.no_grad``/``inference_mode``)
+        and dropout inactive, name layouts instead run each task's rows through ``W + Delta W_t``
+        merged on the fly: one batched matmul, about as cheap as the frozen layer, equal to the
+        low-rank path up to float rounding (so not bit-equal to the frozen layer at step 0).
+
+        Args:
+            x: Input ``(N, ..., in_features)``; ``N = T' * B`` for a stacked layout of ``T'`` tasks.
+            tasks: A task name (every row), a sequence of task names (task-major stacking, equal
+                blocks of rows in that order), or a LongTensor ``(N,)`` of task indices. ``None``
+                uses :attr:`active_tasks`.
+
+        Returns:
+            Output ``(N, ..., out_features)``.
+
+        Raises:
+            ValueError: If no layout is given or set, or it does not fit ``x``.
+            KeyError: If a task name is unknown.
+            RuntimeError: If a task is merged and ``tasks`` is anything but that task.
+        """
+        layout = self.active_tasks if tasks is None else tasks
+        if layout is None:
+            raise ValueError(
+                "MTLLoRALinear needs a task layout: pass tasks=... or call set_active_tasks()."
+            )
+        if self.merged_task is not None:
+            return self._forward_in_place_merged(x, layout)
+        if isinstance(layout, Tensor):
+            low = F.linear(self.dropout(x), self.lora_a)  # N, ..., r
+            matrices = self.task_matrices() * self.scaling  # T, out, r
+            return self._add_per_row_delta(self.base_layer(x), low, matrices, layout)
+        indices = self._stacked_indices(layout, x)
+        dropout_active = isinstance(self.dropout, nn.Dropout) and self.dropout.training
+        if self.merge_at_inference and not torch.is_grad_enabled() and not dropout_active:
+            return self._forward_merged_on_the_fly(x, indices)
+        return self._forward_low_rank(x, indices)
+
+    def _stacked_indices(self, layout: str | Sequence[str], x: Tensor) -> list[int]:
+        """Task positions of a name layout, checked against the leading dimension of ``x``."""
+        if isinstance(layout, str):
+            return [self.task_index(layout)]
+        names = normalize_task_names(layout, "MTLLoRALinear.forward")
+        indices = [self.task_index(name) for name in names]
+        if len(indices) > 1 and (x.dim() < 2 or x.shape[0] % len(indices) != 0):
+            raise ValueError(
+                f"A stacked layout of {len(indices)} tasks {list(names)} needs a leading dimension "
+                f"divisible by {len(indices)}; got input shape {tuple(x.shape[:-1])}."
+            )
+        return indices
+
+    def _forward_low_rank(self, x: Tensor, indices: list[int]) -> Tensor:
+        """``W x + b + s M_t A drop(x)``: shared ``A`` once, then one fused matmul-add."""
+        result = self.base_layer(x)
+        low = F.linear(self.dropout(x), self.lora_a)  # N, ..., r
+        # The scale goes into the small (T', out, r) matrices, so the big tensors are touched once.
+        matrices = self.task_matrices()[indices] * self.scaling  # T', out, r
+        grouped = low.reshape(len(indices), -1, self.rank)  # T', M, r
+        out = result.reshape(len(indices), -1, self.out_features)  # T', M, out
+        return torch.baddbmm(out, grouped, matrices.transpose(1, 2)).view(result.shape)
+
+    def _forward_merged_on_the_fly(self, x: Tensor, indices: list[int]) -> Tensor:
+        """Inference: ``x_t (W + Delta W_t)^T + b`` per task block, as one batched matmul."""
+        deltas = torch.matmul(self.task_matrices()[indices], self.lora_a)  # T', out, in
+        weights = self.base_layer.weight + self.scaling * deltas  # T', out, in
+        if len(indices) == 1:
+            return F.linear(x, weights[0], self.base_layer.bias)
+        grouped = x.reshape(len(indices), -1, self.in_features)  # T', M, in
+        if self.base_layer.bias is None:
+            out = torch.bmm(grouped, weights.transpose(1, 2))  # T', M, out
+        else:
+            out = torch.baddbmm(self.base_layer.bias, grouped, weights.transpose(1, 2))
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def _forward_in_place_merged(self, x: Tensor, layout: TaskLayout) -> Tensor:
+        """After :meth:`merge`, only single-task batches of the merged task can run."""
+        if isinstance(layout, str) and self.task_index(layout) == self.task_index(self.merged_task):
+            return self.base_layer(x)
+        raise RuntimeError(
+            f"Task {self.merged_task!r} is merged into the weights, so only single-task "
+            f"batches of it can run; call unmerge() first (got tasks={layout!r})."
+        )
+
+    def _add_per_row_delta(
+        self, result: Tensor, low: Tensor, matrices: Tensor, ids: Tensor
+    ) -> Tensor:
+        """Mixed rows: gather each row's ``(out, r)`` matrix, then one batched matmul-add.
+
+        Allocates ``(N, out, r)``: cheap when each row carries many tokens (Swin windows), wasteful
+        for 2-D inputs with many rows, where a stacked layout is the better choice.
+        """
+        if ids.dtype not in (torch.int64, torch.int32) or ids.shape != low.shape[:1]:
+            raise ValueError(
+                f"Per-row task ids must be an integer tensor of shape ({low.shape[0]},), got "
+                f"dtype {ids.dtype} and shape {tuple(ids.shape)}."
+            )
+        ids = ids.to(device=low.device, dtype=torch.int64)
+        if ids.numel() and (ids.min() < 0 or ids.max() >= len(self.tasks)):
+            raise KeyError(
+                f"Task ids {torch.unique(ids).tolist()} out of range for the {len(self.tasks)} "
+                f"tasks {list(self.tasks)}."
+            )
+        per_row = matrices.index_select(0, ids)  # N, out, r
+        rows = low.shape[0]
+        out = result.reshape(rows, -1, self.out_features)  # N, tokens, out
+        grouped = low.reshape(rows, -1, self.rank)  # N, tokens, r
+        return torch.baddbmm(out, grouped, per_row.transpose(1, 2)).view(result.shape)
+
+    def extra_repr(self) -> str:
+        """Summarise the layer's sizes and options for ``repr``."""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+            f"alpha={self.alpha}, num_up={self.num_up}, temperature={self.temperature}, "
+            f"diagonal={self.diagonal}, init={self.init!r}, tasks={list(self.tasks)}"
+        )
+
+
+def set_active_tasks(module: nn.Module, tasks: TaskLayout | None) -> int:
+    """Set the task layout of every :class:`MTLLoRALinear` inside ``module``.
+
+    Args:
+        module: Any module (a backbone, a block, or a layer).
+        tasks: Layout as in :meth:`MTLLoRALinear.forward`; ``None`` clears it.
+
+    Returns:
+        The number of layers updated.
+    """
+    layers = [m for m in module.modules() if isinstance(m, MTLLoRALinear)]
+    for layer in layers:
+        layer.set_active_tasks(tasks)
+    return len(layers)
+
+
+def set_merge_at_inference(module: nn.Module, enabled: bool) -> int:
+    """Switch the on-the-fly merged inference path of every :class:`MTLLoRALinear` in ``module``.
+
+    Args:
+        module: Any module (a backbone, a block, or a layer).
+        enabled: Whether layers merge ``W + Delta W_t`` on the fly when autograd is off.
+
+    Returns:
+        The number of layers updated.
+    """
+    layers = [m for m in module.modules() if isinstance(m, MTLLoRALinear)]
+    for layer in layers:
+        layer.merge_at_inference = bool(enabled)
+    return len(layers)

@@ -1,0 +1,352 @@
+"""MTL-LoRA layer: initialisation, mixing, task layouts, per-task merge, gradients, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtlora_vision.adapters.mtl_lora import (
+    MTLLoRALinear,
+    set_active_tasks,
+    set_merge_at_inference,
+)
+from mtlora_vision.tasks import Task
+
+TASKS = ("semseg", "depth", "normals")
+IN, OUT, RANK, NUM_UP = 6, 5, 3, 2
+
+
+def make_layer(
+    diagonal: bool = False, init: str = "official", nonzero: bool = True, **kwargs: object
+) -> MTLLoRALinear:
+    """A small layer; with ``nonzero`` every adapter tensor is random so nothing is vacuous."""
+    options = {"rank": RANK, "alpha": 6.0, "num_up": NUM_UP, "temperature": 0.7}
+    options.update(kwargs)
+    layer = MTLLoRALinear(nn.Linear(IN, OUT), TASKS, diagonal=diagonal, init=init, **options)
+    if nonzero:
+        with torch.no_grad():
+            for param in (layer.lora_b, layer.lora_lambdas, layer.lora_mix_logits):
+                param.normal_()
+    return layer
+
+
+def reference_delta(layer: MTLLoRALinear, x: torch.Tensor, task: int) -> torch.Tensor:
+    """(alpha/r) * B~_t Lambda_t A x, written out in float64 from the parameters."""
+    a = layer.lora_a.detach().double()
+    b = layer.lora_b.detach().double()
+    logits = layer.lora_mix_logits.detach().double()[task] / layer.temperature
+    mix = torch.exp(logits) / torch.exp(logits).sum()
+    b_task = sum(mix[i] * b[i] for i in range(b.shape[0]))
+    lam = layer.lora_lambdas.detach().double()[task]
+    lam = torch.diag(lam) if layer.diagonal else lam
+    scale = layer.alpha / layer.rank
+    return scale * (x.double() @ a.T @ lam.T @ b_task.T)
+
+
+def reference_output(layer: MTLLoRALinear, x: torch.Tensor, task: int) -> torch.Tensor:
+    """h = W x + b + (alpha/r) * B~_t Lambda_t A x in float64."""
+    weight = layer.base_layer.weight.detach().double()
+    bias = layer.base_layer.bias.detach().double()
+    return x.double() @ weight.T + bias + reference_delta(layer, x, task)
+
+
+@pytest.mark.parametrize("init", ["official", "adapters"])
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_identity_at_init(init: str, diagonal: bool) -> None:
+    layer = make_layer(diagonal=diagonal, init=init, nonzero=False)
+    x = torch.randn(len(TASKS) * 2, 4, IN)
+    base = layer.base_layer(x)
+    assert torch.equal(layer(x, TASKS), base)
+    assert torch.equal(layer(x, "depth"), base)
+    assert torch.equal(layer(x, torch.tensor([2, 0, 1, 1, 0, 2])), base)
+    for task in TASKS:
+        assert torch.count_nonzero(layer.get_delta_weight(task)) == 0
+
+
+def test_official_init_shapes_and_ranges() -> None:
+    layer = make_layer(nonzero=False)
+    num_tasks = len(TASKS)
+    assert layer.lora_a.shape == (RANK, IN)
+    assert layer.lora_lambdas.shape == (num_tasks, RANK, RANK)
+    assert layer.lora_b.shape == (NUM_UP, OUT, RANK)
+    assert layer.lora_mix_logits.shape == (num_tasks, NUM_UP)
+    # kaiming_uniform(a=sqrt(5)) is U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    assert layer.lora_a.abs().max() <= 1 / math.sqrt(IN)
+    assert layer.lora_mix_logits.abs().max() <= 1 / math.sqrt(NUM_UP)
+    assert layer.lora_mix_logits.std() > 0  # random, not a uniform mix
+    assert torch.equal(layer.lora_lambdas, torch.eye(RANK).expand(num_tasks, RANK, RANK))
+    assert torch.count_nonzero(layer.lora_b) == 0
+    diagonal = make_layer(diagonal=True, nonzero=False)
+    assert diagonal.lora_lambdas.shape == (num_tasks, RANK)
+    assert torch.equal(diagonal.lora_lambdas, torch.ones(num_tasks, RANK))
+    assert torch.equal(diagonal.task_transforms(), torch.eye(RANK).expand(num_tasks, RANK, RANK))
+
+
+def test_adapters_library_init() -> None:
+    layer = make_layer(init="adapters", nonzero=False)
+    assert torch.equal(layer.lora_mix_logits, torch.ones(len(TASKS), NUM_UP))
+    assert torch.equal(layer.lora_lambdas, torch.ones(len(TASKS), RANK, RANK))
+    assert torch.linalg.matrix_rank(layer.lora_lambdas[0]) == 1
+    assert torch.equal(layer.mixing_weights(), torch.full((len(TASKS), NUM_UP), 1 / NUM_UP))
+    diagonal = make_layer(init="adapters", diagonal=True, nonzero=False)
+    assert torch.equal(diagonal.lora_lambdas, torch.ones(len(TASKS), RANK))
+
+
+@pytest.mark.parametrize(
+    ("temperature", "expected"),
+    [(1.0, [[1 / 3, 2 / 3], [3 / 4, 1 / 4]]), (0.5, [[1 / 5, 4 / 5], [9 / 10, 1 / 10]])],
+)
+def test_mixing_weights_are_softmax_over_temperature(
+    temperature: float, expected: list[list[float]]
+) -> None:
+    layer = MTLLoRALinear(nn.Linear(IN, OUT), ("a", "b"), rank=2, num_up=2, temperature=temperature)
+    with torch.no_grad():
+        layer.lora_mix_logits.copy_(torch.tensor([[0.0, math.log(2)], [math.log(3), 0.0]]))
+    weights = layer.mixing_weights()
+    assert weights.dtype == torch.float32
+    torch.testing.assert_close(weights, torch.tensor(expected), rtol=1e-6, atol=1e-7)
+
+
+def test_mixing_weights_stay_float32_for_bfloat16_layers() -> None:
+    layer = MTLLoRALinear(nn.Linear(IN, OUT).to(torch.bfloat16), TASKS, rank=2, num_up=3)
+    assert layer.lora_b.dtype == torch.bfloat16
+    assert layer.mixing_weights().dtype == torch.float32
+    assert layer.task_up_projections().dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_single_task_forward_and_delta_match_formula(diagonal: bool) -> None:
+    layer = make_layer(diagonal=diagonal, num_up=3)
+    x = torch.randn(4, 7, IN)
+    assert layer.task_transforms().shape == (len(TASKS), RANK, RANK)
+    for index, task in enumerate(TASKS):
+        expected = reference_output(layer, x, index)
+        torch.testing.assert_close(layer(x, task).double(), expected, rtol=1e-5, atol=1e-5)
+        delta = reference_delta(layer, torch.eye(IN), index)  # row i = Delta W e_i
+        torch.testing.assert_close(
+            layer.get_delta_weight(task).double(), delta.T, rtol=1e-5, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("shape", [(5, IN), (5, 4, IN), (5, 2, 3, IN)])
+def test_stacked_forward_equals_per_task_loop(shape: tuple[int, ...]) -> None:
+    layer = make_layer()
+    batch = shape[0]
+    x = torch.randn(len(TASKS) * batch, *shape[1:])
+    stacked = layer(x, TASKS)
+    assert stacked.shape == (*x.shape[:-1], OUT)
+    for index, task in enumerate(TASKS):
+        rows = slice(index * batch, (index + 1) * batch)
+        torch.testing.assert_close(stacked[rows], layer(x[rows], task), rtol=1e-6, atol=1e-6)
+        expected = reference_output(layer, x[rows], index)
+        torch.testing.assert_close(stacked[rows].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_subset_stack_and_per_row_ids_agree() -> None:
+    layer = make_layer()
+    x = torch.randn(2 * 3, 4, IN)
+    subset = layer(x, ("normals", "semseg"))
+    torch.testing.assert_close(subset[:3], layer(x[:3], "normals"), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(subset[3:], layer(x[3:], "semseg"), rtol=1e-6, atol=1e-6)
+    ids = torch.tensor([2, 0, 1, 2, 0, 0])
+    mixed = layer(x, ids)
+    flat = layer(x[:, 0], ids)
+    for row, index in enumerate(ids.tolist()):
+        expected = layer(x[row : row + 1], TASKS[index])
+        torch.testing.assert_close(mixed[row : row + 1], expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(flat[row], expected[0, 0], rtol=1e-6, atol=1e-6)
+
+
+def test_active_tasks_drive_forward_without_arguments() -> None:
+    model = nn.Sequential(make_layer(), nn.ReLU(), MTLLoRALinear(nn.Linear(OUT, 3), TASKS, rank=2))
+    with torch.no_grad():
+        model[2].lora_b.normal_()
+    x = torch.randn(len(TASKS) * 2, IN)
+    assert set_active_tasks(model, TASKS) == 2
+    expected = model[2](torch.relu(model[0](x, TASKS)), TASKS)
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    set_active_tasks(model, "depth")
+    torch.testing.assert_close(model(x), model[2](torch.relu(model[0](x, "depth")), "depth"))
+    set_active_tasks(model, None)
+    with pytest.raises(ValueError, match="task layout"):
+        model(x)
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((value - reference).norm() / reference.norm()).item()
+
+
+def test_per_task_merge_equivalence() -> None:
+    layer = make_layer().eval()
+    x = torch.randn(8, 4, IN)
+    original = layer.base_layer.weight.detach().clone()
+    outputs = {task: layer(x, task).detach() for task in TASKS}
+    for task in TASKS:
+        merged = F.linear(x, layer.merged_weight(task), layer.base_layer.bias)
+        assert relative_error(merged, outputs[task]) <= 1e-5
+        assert relative_error(layer.merged_linear(task)(x), outputs[task]) <= 1e-5
+    assert outputs["semseg"].sub(outputs["depth"]).abs().max() > 1e-3  # tasks really differ
+
+    layer.merge("depth")
+    assert layer.merged
+    assert relative_error(layer(x, "depth"), outputs["depth"]) <= 1e-5
+    other = F.linear(x, layer.merged_weight("normals"), layer.base_layer.bias)
+    assert relative_error(other, outputs["normals"]) <= 1e-5
+    with pytest.raises(RuntimeError, match="unmerge"):
+        layer(x, "semseg")
+    with pytest.raises(RuntimeError, match="unmerge"):
+        layer(x, TASKS)
+    with pytest.raises(ValueError, match="unmerge"):
+        layer.merge("semseg")
+    layer.unmerge()
+    assert not layer.merged
+    torch.testing.assert_close(layer.base_layer.weight, original, rtol=0, atol=1e-6)
+    torch.testing.assert_close(layer(x, "depth"), outputs["depth"], rtol=1e-5, atol=1e-6)
+
+
+def test_merge_at_inference_matches_low_rank_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = make_layer()
+    x = torch.randn(len(TASKS) * 4, 3, IN)
+    inputs = {TASKS: x, ("normals", "semseg"): x[:8], "depth": x}
+    expected = {layout: layer(rows, layout) for layout, rows in inputs.items()}
+    bias = layer.base_layer.bias.detach().clone()
+    model = nn.Sequential(layer, nn.Identity(), MTLLoRALinear(nn.Linear(OUT, 2), TASKS, rank=2))
+    assert set_merge_at_inference(model, True) == 2
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("low-rank path used")
+
+    monkeypatch.setattr(MTLLoRALinear, "_forward_low_rank", refuse)
+    with torch.no_grad():
+        for layout, rows in inputs.items():
+            assert relative_error(layer(rows, layout), expected[layout]) <= 1e-5
+        layer.base_layer.bias = None
+        assert relative_error(layer(x, TASKS), expected[TASKS] - bias) <= 1e-5
+    with pytest.raises(AssertionError, match="low-rank path used"):
+        layer(x, TASKS)  # autograd on: the low-rank path
+    layer.train()
+    layer.dropout = nn.Dropout(0.1)
+    with torch.no_grad(), pytest.raises(AssertionError, match="low-rank path used"):
+        layer(x, TASKS)  # active dropout: the low-rank path
+
+
+def test_gradients_only_where_intended() -> None:
+    layer = make_layer(nonzero=False)
+    x = torch.randn(len(TASKS) * 2, 4, IN)
+    layer(x, TASKS).square().sum().backward()
+    assert layer.base_layer.weight.grad is None
+    assert layer.base_layer.bias.grad is None
+    assert not any(p.requires_grad for p in layer.base_layer.parameters())
+    assert layer.lora_b.grad.abs().sum() > 0
+    # B = 0 at step 0, so nothing upstream of B gets a gradient yet.
+    for name in ("lora_a", "lora_lambdas", "lora_mix_logits"):
+        assert torch.count_nonzero(getattr(layer, name).grad) == 0, name
+
+    layer = make_layer()
+    layer(x, TASKS).square().sum().backward()
+    trainable = {n for n, p in layer.named_parameters() if p.requires_grad}
+    assert trainable == set(MTLLoRALinear.adapter_names)
+    for name in MTLLoRALinear.adapter_names:
+        assert getattr(layer, name).grad.abs().sum() > 0, name
+
+
+def test_gradient_reaches_only_the_rows_task() -> None:
+    layer = make_layer()
+    x = torch.randn(4, IN)
+    layer(x, "normals").sum().backward()
+    assert torch.count_nonzero(layer.lora_lambdas.grad[:2]) == 0
+    assert torch.count_nonzero(layer.lora_mix_logits.grad[:2]) == 0
+    assert layer.lora_lambdas.grad[2].abs().sum() > 0
+
+
+def test_dropout_applies_to_the_adapter_input_only() -> None:
+    layer = make_layer(dropout=0.5)
+    x = torch.randn(4, IN)
+    torch.manual_seed(123)
+    out = layer(x, "semseg")
+    torch.manual_seed(123)
+    dropped = F.dropout(x, 0.5, training=True)
+    expected = layer.base_layer(x).double() + reference_delta(layer, dropped, 0)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    layer.eval()
+    eval_out = layer(x, "semseg").double()
+    torch.testing.assert_close(eval_out, reference_output(layer, x, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_state_dict_round_trip() -> None:
+    layer = make_layer(diagonal=True)
+    state = layer.state_dict()
+    assert set(state) == {
+        "base_layer.weight",
+        "base_layer.bias",
+        "lora_a",
+        "lora_lambdas",
+        "lora_b",
+        "lora_mix_logits",
+    }
+    torch.manual_seed(99)
+    fresh = MTLLoRALinear(nn.Linear(IN, OUT), TASKS, rank=RANK, num_up=NUM_UP, diagonal=True)
+    fresh.load_state_dict(state, strict=True)
+    fresh.alpha, fresh.scaling, fresh.temperature = layer.alpha, layer.scaling, layer.temperature
+    x = torch.randn(len(TASKS), IN)
+    assert torch.equal(fresh(x, TASKS), layer(x, TASKS))
+    two_tasks = MTLLoRALinear(nn.Linear(IN, OUT), TASKS[:2], rank=RANK, num_up=NUM_UP)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        two_tasks.load_state_dict(state)
+
+
+def test_task_enum_members_are_accepted() -> None:
+    layer = MTLLoRALinear(nn.Linear(IN, OUT), [Task.SEMSEG, Task.DEPTH], rank=2)
+    assert layer.tasks == ("semseg", "depth")
+    x = torch.randn(2, IN)
+    assert torch.equal(layer(x, Task.DEPTH), layer(x, "depth"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"temperature": 0.0}, ValueError, "temperature"),
+        ({"temperature": -1.0}, ValueError, "temperature"),
+        ({"temperature": float("nan")}, ValueError, "temperature"),
+        ({"rank": 0}, ValueError, "rank"),
+        ({"rank": 2.5}, ValueError, "rank"),
+        ({"num_up": 0}, ValueError, "num_up"),
+        ({"alpha": 0.0}, ValueError, "alpha"),
+        ({"dropout": 1.0}, ValueError, "dropout"),
+        ({"init": "peft"}, ValueError, "init='peft'"),
+        ({"tasks": ()}, ValueError, "at least one task"),
+        ({"tasks": "semseg"}, ValueError, "single string"),
+        ({"tasks": ("a", "a")}, ValueError, "Duplicate"),
+        ({"base_layer": nn.Conv2d(3, 3, 1)}, TypeError, "Conv2d"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict, error: type[Exception], match: str) -> None:
+    options = {"base_layer": nn.Linear(IN, OUT), "tasks": TASKS}
+    options.update(kwargs)
+    with pytest.raises(error, match=match):
+        MTLLoRALinear(**options)
+
+
+def test_bad_layouts_are_refused() -> None:
+    layer = make_layer()
+    x = torch.randn(4, IN)
+    with pytest.raises(KeyError, match="'edge'"):
+        layer(x, "edge")
+    with pytest.raises(KeyError, match="'edge'"):
+        layer(torch.randn(6, IN), ("semseg", "edge"))
+    with pytest.raises(KeyError, match="'edge'"):
+        layer.get_delta_weight("edge")
+    with pytest.raises(ValueError, match="task layout"):
+        layer(x)
+    with pytest.raises(ValueError, match="divisible by 3"):
+        layer(x, TASKS)
+    with pytest.raises(KeyError, match="out of range"):
+        layer(x, torch.tensor([0, 1, 3, 0]))
+    with pytest.raises(ValueError, match="shape"):
+        layer(x, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="integer"):
+        layer(x, torch.zeros(4))
