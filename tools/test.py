@@ -13,6 +13,7 @@ import os.path as osp
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
+from mtlora_vision.engine.checkpoint import register_checkpoint_io
 from mtlora_vision.engine.runtime import load_config, resolve_launcher, resolve_work_dir
 from mtlora_vision.engine.visualization_hook import PredictionWriterHook
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f"Checkpoint {args.checkpoint!r} does not exist.")
+    register_checkpoint_io()  # safe (allow-listed) checkpoint loading and atomic writes
     cfg = load_config(args.config, args.cfg_options)
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
     resolve_launcher(cfg, args.launcher)

@@ -13,6 +13,7 @@ import logging
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
+from mtlora_vision.engine.checkpoint import register_checkpoint_io
 from mtlora_vision.engine.runtime import (
     load_config,
     resolve_launcher,
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    register_checkpoint_io()  # safe (allow-listed) checkpoint loading and atomic writes
     cfg = load_config(args.config, args.cfg_options)
     # work_dir is determined in this priority: CLI > segment in file > filename
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)

@@ -1,6 +1,5 @@
 # Runtime shared by every experiment: hooks, logging to TensorBoard, seeds, distributed settings.
 from mmengine.hooks import (
-    CheckpointHook,
     DistSamplerSeedHook,
     IterTimerHook,
     LoggerHook,
@@ -8,16 +7,26 @@ from mmengine.hooks import (
 )
 from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 
+from mtlora_vision.engine.checkpoint import AtomicCheckpointHook, TrainableCheckpointHook
+from mtlora_vision.engine.hooks import NonFiniteLossHook
 from mtlora_vision.engine.visualization_hook import MultiTaskVisualizationHook
 
 default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, interval=50),
     param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(type=CheckpointHook, interval=20, max_keep_ckpts=3, save_last=True),
+    # Atomic writes: a crash mid-save never corrupts the latest checkpoint.
+    checkpoint=dict(type=AtomicCheckpointHook, interval=20, max_keep_ckpts=3, save_last=True),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
-custom_hooks = [dict(type=MultiTaskVisualizationHook, num_images=2)]
+custom_hooks = [
+    # Checkpoints hold the trainable weights only (the frozen backbone reloads from its source);
+    # set full_weights=True for a self-contained export. Loading checks the keys strictly.
+    dict(type=TrainableCheckpointHook, full_weights=False),
+    # Stops on a NaN/inf loss naming the task, keeping the last good checkpoint.
+    dict(type=NonFiniteLossHook),
+    dict(type=MultiTaskVisualizationHook, num_images=2),
+]
 
 env_cfg = dict(
     cudnn_benchmark=True,

@@ -349,19 +349,56 @@ class TrainableCheckpointHook(Hook):
         )
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Add the model's frozen entries to a trainable-only checkpoint's state dict."""
-        if checkpoint.get("meta", {}).get(CONTENT_KEY) != "trainable":
-            return
+        """Complete a trainable-only state dict with frozen entries, then check it strictly.
+
+        Raises:
+            KeyError: If the checkpoint misses entries of the model or has entries the model
+                does not have (e.g. built for other tasks or ranks), naming them.
+            ValueError: If an entry's shape differs from the model's.
+        """
         model = _unwrap(runner.model)
         state = checkpoint["state_dict"]
-        trainable = trainable_state_dict_keys(model)
-        filled = 0
-        for key, value in model.state_dict().items():
-            if key not in state and key not in trainable:
-                state[key] = value
-                filled += 1
-        runner.logger.info(
-            f"Trainable-only checkpoint: {filled} frozen entries kept from the model as built."
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        reference = model.state_dict()
+        if checkpoint.get("meta", {}).get(CONTENT_KEY) == "trainable":
+            trainable = trainable_state_dict_keys(model)
+            filled = [k for k in reference if k not in state and k not in trainable]
+            state.update({k: reference[k] for k in filled})
+            runner.logger.info(
+                f"Trainable-only checkpoint: {len(filled)} frozen entries kept from the model "
+                "as built."
+            )
+        check_state_dict_matches(state, reference)
+        checkpoint["state_dict"] = state
+
+
+def check_state_dict_matches(
+    state: Mapping[str, Tensor], reference: Mapping[str, Tensor], limit: int = 20
+) -> None:
+    """Raise a clear error unless ``state`` has exactly the keys and shapes of ``reference``.
+
+    Raises:
+        KeyError: Missing or unexpected keys (the first ``limit`` of each are listed).
+        ValueError: Keys whose shapes differ.
+    """
+    missing = [k for k in reference if k not in state]
+    unexpected = [k for k in state if k not in reference]
+    if missing or unexpected:
+        raise KeyError(
+            f"Checkpoint does not fit the model: {len(missing)} missing keys "
+            f"{missing[:limit]}, {len(unexpected)} unexpected keys {unexpected[:limit]}. Was it "
+            "trained with other tasks, ranks or adapters than this config?"
+        )
+    shapes = {
+        k: (tuple(state[k].shape), tuple(v.shape))
+        for k, v in reference.items()
+        if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
+    }
+    if shapes:
+        listed = dict(list(shapes.items())[:limit])
+        raise ValueError(
+            f"Checkpoint shapes differ from the model's (checkpoint, model): {listed}. Was it "
+            "trained with other ranks or numbers of classes?"
         )
 
 

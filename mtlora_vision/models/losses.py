@@ -216,13 +216,23 @@ class MultiTaskLoss(nn.Module):
     Args:
         tasks: Tasks to compute, values of :class:`~mtlora_vision.tasks.Task`.
         edge_pos_weight: Fixed positive weight of the edge loss.
+        functions: Per-task replacements of the official loss, ``{task: fn(pred, target)}``.
     """
 
-    def __init__(self, tasks: Sequence[str], edge_pos_weight: float = EDGE_POS_WEIGHT) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        edge_pos_weight: float = EDGE_POS_WEIGHT,
+        functions: Mapping[str, LossFn] | None = None,
+    ) -> None:
         super().__init__()
-        functions = task_loss_functions(edge_pos_weight)
-        self.tasks = check_tasks(tasks, functions, what="MultiTaskLoss")
-        self._functions = {task: functions[task] for task in self.tasks}
+        defaults = task_loss_functions(edge_pos_weight)
+        self.tasks = check_tasks(tasks, defaults, what="MultiTaskLoss")
+        overrides = dict(functions or {})
+        unknown = sorted(set(overrides) - set(self.tasks))
+        if unknown:
+            raise KeyError(f"Loss functions given for {unknown}, not tasks of {list(self.tasks)}.")
+        self._functions = {task: overrides.get(task, defaults[task]) for task in self.tasks}
 
     def forward(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]

@@ -4,6 +4,8 @@ from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from mmengine.runner import EpochBasedTrainLoop, TestLoop, ValLoop
 from torch.optim import AdamW
 
+from mtlora_vision.engine.optim import OfficialOptimWrapperConstructor
+
 batch_size = 32  # total over all GPUs; the learning rate below assumes it
 base_lr = 5e-4 * batch_size / 512  # = 3.125e-05: the official linear scaling by total batch / 512
 warmup_lr = 5e-7 * batch_size / 512  # = 3.125e-08
@@ -16,6 +18,9 @@ optim_wrapper = dict(
     dtype="float16",
     optimizer=dict(type=AdamW, lr=base_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05),
     clip_grad=dict(max_norm=5.0),
+    # Official groups: decay on >=2-D weights not named *.bias (LoRA, rel-pos tables and convs
+    # included), none on 1-D parameters and biases; frozen parameters are left out.
+    constructor=OfficialOptimWrapperConstructor,
 )
 param_scheduler = [
     dict(

@@ -1,0 +1,43 @@
+# MTLoRA on Swin-T for PASCAL-Context (Agiza et al., CVPR 2024; MTLORA_SPEC 1.1-1.8): the r64
+# "pertask" setting. Leaf configs under configs/paper/ override only what differs.
+from mtlora_vision.adapters.config import MTLoRAConfig
+from mtlora_vision.models.backbones.swin import SwinBackbone
+from mtlora_vision.models.heads.hrnet import HRNetHead
+from mtlora_vision.models.multitask import MultiTaskModel
+
+model = dict(
+    type=MultiTaskModel,
+    tasks=("semseg", "human_parts", "sal", "normals"),
+    dataset="pascal_context",
+    num_outputs=dict(semseg=21, human_parts=7, sal=1, normals=3),
+    backbone=dict(
+        type=SwinBackbone,
+        arch="tiny",
+        img_size=448,
+        window_size=7,
+        drop_path_rate=0.2,
+        pretrained=None,  # e.g. "data/pretrained/swin_tiny_patch4_window7_224.pth" (ImageNet-1K)
+    ),
+    adapter=dict(
+        type=MTLoRAConfig,
+        shared_rank=64,  # task-agnostic rank, an int or one per stage
+        task_rank=4,  # task-specific rank (proj, fc1, fc2 of the last block of each stage)
+        shared_scale=4.0,  # used as given, not divided by the rank
+        task_scale=4.0,
+        dropout=0.05,
+        mode="matrix",  # official semantics (MTLORA_SPEC 1.2)
+        target_modules=("qkv", "proj", "fc1", "fc2"),
+        adapt_downsample=False,  # True: MTLoRA+ (adapter on patch merging, reduction frozen)
+    ),
+    trainable=dict(
+        adapters=True,
+        patch_embed=True,
+        norms=True,
+        rel_pos=True,
+        downsample=True,  # patch-merging reductions (frozen anyway when adapted in MTLoRA+)
+        backbone=False,  # every other pretrained weight and bias
+        decoder=True,  # fusion and heads
+    ),
+    fusion=dict(channels=(18, 36, 72, 144)),
+    heads=dict(default=dict(type=HRNetHead)),
+)
