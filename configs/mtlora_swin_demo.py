@@ -30,7 +30,7 @@ model.adapter.shared_rank = 8
 model.adapter.task_rank = 4
 model.fusion = dict(channels=(16, 16, 32, 32))
 
-for loader, split in ((train_dataloader, "train"), (val_dataloader, "val")):
+for loader in (train_dataloader, val_dataloader):
     loader.batch_size = 8
     loader.num_workers = 2
     loader.pin_memory = False

@@ -60,7 +60,9 @@ def test_loss_mode_weights_the_official_losses():
     for task, value in expected.items():
         torch.testing.assert_close(losses[f"loss_{task}"], value)
     _, log_vars = model.parse_losses(losses)
-    assert float(log_vars["loss"]) == pytest.approx(sum(v.item() for v in expected.values()), rel=1e-5)
+    assert float(log_vars["loss"]) == pytest.approx(
+        sum(v.item() for v in expected.values()), rel=1e-5
+    )
 
 
 def test_loss_resizes_outputs_to_the_target_size_and_trains():

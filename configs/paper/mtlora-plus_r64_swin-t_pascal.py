@@ -1,0 +1,9 @@
+# MTLoRA+ r=64 "pertask": MTLoRA plus a shared adapter on every patch merging, whose reduction
+# is frozen: 7,054,394 trainable parameters.
+from mmengine.config import read_base
+
+with read_base():
+    from .._base_.mtlora_pascal_recipe import *
+
+model.adapter.shared_rank = 64
+model.adapter.adapt_downsample = True

@@ -1,0 +1,150 @@
+"""Which parameters train: a pure policy over parameter names, with one switch per group.
+
+MTLoRA (Agiza et al., CVPR 2024) trains the adapters, the patch embedding, every norm, the
+relative-position tables and (plain MTLoRA only) the patch-merging reductions, and freezes every
+other pretrained weight and bias of the backbone (MTLORA_SPEC 1.8). Here each backbone parameter
+falls into exactly one group, decided in this order:
+
+1. ``adapters``: parameters of adapter layers (found structurally, see
+   :func:`~mtlora_vision.adapters.state_dict.adapter_parameter_names`);
+2. ``backbone``: the pretrained weights wrapped by adapter layers (always frozen by the paper);
+3. the backbone's named groups, first match wins (for Swin: ``patch_embed``, ``rel_pos``,
+   ``downsample``, ``norms``), each given as a substring of the parameter name;
+4. ``backbone``: everything else.
+
+The decoder side (fusion and heads) is one more switch, ``decoder``, applied by the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from mtlora_vision.adapters.state_dict import adapter_parameter_names, base_layer_parameter_names
+
+ADAPTERS = "adapters"
+BACKBONE = "backbone"
+
+
+@dataclass(frozen=True)
+class TrainablePolicy:
+    """Trainability switch per parameter group; defaults are the MTLoRA paper's.
+
+    Attributes:
+        adapters: Adapter parameters.
+        patch_embed: Patch embedding (conv and norm).
+        norms: Every other norm of the backbone (block and patch-merging norms).
+        rel_pos: Relative-position bias tables.
+        downsample: Patch-merging reductions that are not wrapped by an adapter.
+        backbone: Every other backbone parameter, including weights wrapped by adapters.
+        decoder: Fusion and heads.
+    """
+
+    adapters: bool = True
+    patch_embed: bool = True
+    norms: bool = True
+    rel_pos: bool = True
+    downsample: bool = True
+    backbone: bool = False
+    decoder: bool = True
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in asdict(self).items() if not isinstance(v, bool)}
+        if bad:
+            raise ValueError(f"Trainable switches must be True or False, got {bad}.")
+
+    @classmethod
+    def from_mapping(cls, switches: Mapping[str, bool] | None) -> TrainablePolicy:
+        """Build from a config mapping; unknown keys are an error naming the allowed ones."""
+        switches = dict(switches or {})
+        allowed = set(asdict(cls()))
+        unknown = sorted(set(switches) - allowed)
+        if unknown:
+            raise KeyError(f"Unknown trainable switches {unknown}; allowed: {sorted(allowed)}.")
+        return cls(**switches)
+
+    def is_trainable(self, group: str) -> bool:
+        """Switch of ``group``."""
+        switches = asdict(self)
+        if group not in switches:
+            raise KeyError(f"Unknown parameter group {group!r}; groups: {sorted(switches)}.")
+        return switches[group]
+
+
+def parameter_group(
+    name: str,
+    patterns: Sequence[tuple[str, str]],
+    adapter_names: frozenset[str] | set[str],
+    base_names: frozenset[str] | set[str],
+) -> str:
+    """Return the group of one parameter name (pure; order of rules in the module docstring).
+
+    Args:
+        name: Parameter name.
+        patterns: ``(group, substring)`` rules, first match wins.
+        adapter_names: Names of adapter parameters.
+        base_names: Names of the pretrained parameters wrapped by adapter layers.
+
+    Returns:
+        The group name.
+    """
+    if name in adapter_names:
+        return ADAPTERS
+    if name in base_names:
+        return BACKBONE
+    for group, substring in patterns:
+        if substring in name:
+            return group
+    return BACKBONE
+
+
+def parameter_groups(
+    names: Iterable[str],
+    patterns: Sequence[tuple[str, str]],
+    adapter_names: Iterable[str] = (),
+    base_names: Iterable[str] = (),
+) -> dict[str, str]:
+    """Map every parameter name to its group (see :func:`parameter_group`)."""
+    adapters, bases = frozenset(adapter_names), frozenset(base_names)
+    return {n: parameter_group(n, patterns, adapters, bases) for n in names}
+
+
+def module_parameter_groups(
+    module: nn.Module, patterns: Sequence[tuple[str, str]]
+) -> dict[str, str]:
+    """Map every parameter of a backbone to its group (adapter layers found structurally).
+
+    Args:
+        module: The backbone (parameter names are relative to it).
+        patterns: The backbone's ``(group, substring)`` rules.
+
+    Returns:
+        Parameter name -> group.
+    """
+    return parameter_groups(
+        (n for n, _ in module.named_parameters()),
+        patterns,
+        adapter_parameter_names(module),
+        base_layer_parameter_names(module),
+    )
+
+
+def apply_trainable_policy(
+    module: nn.Module, policy: TrainablePolicy, patterns: Sequence[tuple[str, str]]
+) -> dict[str, str]:
+    """Set ``requires_grad`` of every parameter of a backbone from its group's switch.
+
+    Args:
+        module: The backbone (parameter names are relative to it).
+        policy: Switches.
+        patterns: The backbone's ``(group, substring)`` rules.
+
+    Returns:
+        Parameter name -> group.
+    """
+    groups = module_parameter_groups(module, patterns)
+    for name, param in module.named_parameters():
+        param.requires_grad_(policy.is_trainable(groups[name]))
+    return groups

@@ -1,0 +1,139 @@
+"""Build a model from a config and load a checkpoint strictly, ready for inference.
+
+MTLoRA (Agiza et al., CVPR 2024) models are built from mmengine pure-Python configs, e.g.
+``init_model("configs/paper/mtlora_r64_swin-t_pascal.py", "work_dirs/.../epoch_300.pth")``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS
+from torch import Tensor, nn
+
+from mtlora_vision.models.backbones.swin_checkpoint import compare_state_dicts
+
+logger = logging.getLogger(__name__)
+
+#: How many keys an error message lists before summarising.
+MAX_LISTED_KEYS = 12
+
+
+def _listed(keys: list[str]) -> str:
+    head = keys[:MAX_LISTED_KEYS]
+    more = f" ... ({len(keys)} in total)" if len(keys) > MAX_LISTED_KEYS else ""
+    return f"{head}{more}"
+
+
+def _head_tasks(state: Mapping[str, Tensor]) -> list[str]:
+    return sorted({k.split(".")[1] for k in state if k.startswith("heads.")})
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """Read a model state dict from an mmengine checkpoint or a plain state-dict file.
+
+    mmengine checkpoints keep the weights under ``"state_dict"``; the official MTLoRA format keeps
+    them under ``"model"`` (convert those with ``tools/convert_official_checkpoint.py`` first).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # mmengine stores its message hub and metadata as Python objects; only load trusted files.
+        logger.warning("Loading %s with weights_only=False (mmengine metadata).", path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(
+            f"Checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a dict."
+        )
+    state = checkpoint.get("state_dict", checkpoint)
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_model_state(
+    model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint"
+) -> None:
+    """Load ``state`` into ``model`` strictly, with an error that names what differs.
+
+    Raises:
+        KeyError: If keys are missing or unexpected (e.g. a checkpoint for other tasks).
+        ValueError: If shapes differ (e.g. a checkpoint for other ranks or head sizes).
+    """
+    own = model.state_dict()
+    missing, unexpected, mismatched = compare_state_dicts(own, state)
+    if missing or unexpected:
+        tasks_note = ""
+        own_tasks, their_tasks = _head_tasks(own), _head_tasks(state)
+        if own_tasks != their_tasks:
+            tasks_note = f" It has heads for tasks {their_tasks}; the model for {own_tasks}."
+        raise KeyError(
+            f"{source} does not fit the model: missing keys {_listed(missing)}, unexpected keys "
+            f"{_listed(unexpected)}.{tasks_note} Was it trained with other tasks, adapters or "
+            "heads?"
+        )
+    if mismatched:
+        raise ValueError(
+            f"{source} has other shapes than the model (other ranks or outputs?): "
+            f"{_listed(mismatched)}."
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def init_model(
+    config: str | Path | Config,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    cfg_options: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """Build the model of a config, load an optional checkpoint strictly, switch to eval mode.
+
+    Args:
+        config: Config file path or an mmengine ``Config`` with a ``model`` entry.
+        checkpoint: Optional checkpoint (mmengine's ``{"state_dict": ...}`` or a plain state
+            dict). When given, the backbone's ``pretrained`` weights are not loaded.
+        device: Device to put the model on.
+        cfg_options: Overrides merged into the config, e.g. ``{"model.backbone.img_size": 512}``.
+
+    Returns:
+        The model in eval mode, with the config's trainable policy applied.
+
+    Raises:
+        FileNotFoundError: If the config or checkpoint file does not exist.
+        KeyError: If checkpoint keys differ from the model's (other tasks or adapters).
+        ValueError: If checkpoint shapes differ from the model's (other ranks or outputs).
+    """
+    if isinstance(config, (str, Path)):
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"Config file {str(config)!r} does not exist.")
+        config = Config.fromfile(str(config))
+    elif isinstance(config, Config):
+        config = copy.deepcopy(config)
+    else:
+        raise TypeError(
+            f"config must be a path or an mmengine Config, not {type(config).__name__}."
+        )
+    if cfg_options:
+        config.merge_from_dict(dict(cfg_options))
+    if "model" not in config:
+        raise KeyError("The config has no 'model' entry.")
+    model_cfg = config.model
+    if checkpoint is not None and "backbone" in model_cfg:
+        model_cfg.backbone.pretrained = None
+    model = MODELS.build(model_cfg)
+    if checkpoint is not None:
+        load_model_state(model, read_checkpoint(checkpoint), f"Checkpoint {str(checkpoint)!r}")
+    if hasattr(model, "apply_trainable_policy"):
+        model.apply_trainable_policy()
+    return model.to(device).eval()

@@ -1,0 +1,304 @@
+"""Forward passes over timm's Swin blocks, with MTLoRA's per-task branch in a stage's last block.
+
+Swin Transformer (Liu et al., ICCV 2021) with MTLoRA (Agiza et al., CVPR 2024). The modules are
+timm's (``SwinTransformerBlock``, ``WindowAttention``, ``Mlp``); these functions walk them so that
+one code path serves the shared stream and the stacked task streams (MTLORA_SPEC 1.4).
+
+Window geometry for a token grid ``H x W`` and a configured window ``w`` (per dimension):
+
+* if ``H <= w`` the window shrinks to ``H`` and that dimension is not shifted (as in the
+  official Swin for small stages); the relative-position bias is then read from the centre of the
+  full ``(2w-1)^2`` table, so the parameters do not depend on the input size;
+* otherwise the grid is zero-padded at the bottom/right to a multiple of ``w`` (after the first
+  norm), then cyclically shifted by ``w // 2`` in shifted blocks; padded tokens are masked out as
+  keys with the same -100 used by the shift mask, and cropped away after attention.
+
+At the construction size of the paper (448, window 7) no padding occurs and the masks equal the
+official ones. Masks and index tables are cached per grid size, device and dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from timm.models.swin_transformer import window_partition
+from torch import Tensor
+
+from mtlora_vision.adapters.mtlora import MTLoRALinear
+
+#: Additive attention-mask value for forbidden pairs (the official Swin constant).
+MASK_VALUE = -100.0
+
+
+class WindowGeometry(NamedTuple):
+    """How a ``(H, W)`` token grid is split into attention windows.
+
+    Attributes:
+        window: Effective window ``(wh, ww)``.
+        shift: Cyclic shift ``(sh, sw)``; zero in non-shifted blocks.
+        padded: Grid size after padding ``(Hp, Wp)``.
+        mask: Additive mask ``(nW, N, N)`` with ``N = wh * ww``, or None if nothing is masked.
+        to_windows: For each token in window order, its position in the padded grid ``(Hp * Wp,)``.
+        from_windows: For each padded-grid position, its index in window order ``(Hp * Wp,)``
+            (the inverse permutation of ``to_windows``).
+    """
+
+    window: tuple[int, int]
+    shift: tuple[int, int]
+    padded: tuple[int, int]
+    mask: Tensor | None
+    to_windows: Tensor
+    from_windows: Tensor
+
+
+class _PermuteTokens(torch.autograd.Function):
+    """``x.index_select(1, index)`` whose backward gathers with the inverse permutation.
+
+    The default backward of ``index_select`` scatter-adds into zeros, several times slower than
+    the gather it undoes; for a permutation the gradient is just the inverse gather.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
+
+
+def permute_tokens(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+    """Reorder the tokens of ``x (B, L, C)`` by ``index``; ``inverse`` is its inverse."""
+    return _PermuteTokens.apply(x, index, inverse)
+
+
+def effective_window(
+    grid: tuple[int, int], window: tuple[int, int], shifted: bool
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Return the window and shift used on ``grid`` (pure; see the module docstring)."""
+    win = tuple(min(w, g) for w, g in zip(window, grid, strict=True))
+    shift = tuple(w // 2 if shifted and g > w else 0 for w, g in zip(window, grid, strict=True))
+    return win, shift  # type: ignore[return-value]
+
+
+def region_labels(
+    padded: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+) -> Tensor:
+    """Label each position of the shifted grid by the region it came from, ``(Hp, Wp)`` int64."""
+    labels = torch.zeros(padded, dtype=torch.long)
+    count = 0
+    rows = (
+        ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None)) if shift[0] else ((0, None),)
+    )
+    cols = (
+        ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None)) if shift[1] else ((0, None),)
+    )
+    for r0, r1 in rows:
+        for c0, c1 in cols:
+            labels[r0:r1, c0:c1] = count
+            count += 1
+    return labels
+
+
+def window_order(padded: tuple[int, int], window: tuple[int, int]) -> Tensor:
+    """Grid positions in window-partition order, ``(Hp * Wp,)`` (row-major inside each window)."""
+    positions = torch.arange(padded[0] * padded[1]).view(1, padded[0], padded[1], 1)
+    return window_partition(positions, window).flatten()
+
+
+@functools.lru_cache(maxsize=64)
+def window_geometry(
+    grid: tuple[int, int],
+    window: tuple[int, int],
+    shifted: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> WindowGeometry:
+    """Window, shift, padding, mask and token permutations for one block on a ``grid`` (cached).
+
+    Shift and partition become one gather: the token at window-order index ``k`` reads padded-grid
+    position ``to_windows[k]`` (``torch.roll`` plus ``window_partition`` would copy twice).
+
+    Args:
+        grid: Token grid ``(H, W)``.
+        window: Configured window of the block.
+        shifted: Whether the block uses shifted windows.
+        device: Device of the mask and indices.
+        dtype: Dtype of the mask.
+
+    Returns:
+        The geometry; ``mask`` is ``(nW, N, N)`` or None.
+    """
+    win, shift = effective_window(grid, window, shifted)
+    padded = tuple(-(-g // w) * w for g, w in zip(grid, win, strict=True))
+    order = window_order(padded, win)  # shifted-frame position of each window-order token
+    rows, cols = order // padded[1], order % padded[1]
+    source = (rows + shift[0]) % padded[0] * padded[1] + (cols + shift[1]) % padded[1]
+    inverse = torch.argsort(source)
+    mask = None
+    if any(shift) or padded != tuple(grid):
+        num_tokens = win[0] * win[1]
+        labels = region_labels(padded, win, shift).flatten()[order].view(-1, num_tokens)
+        valid = ((source // padded[1] < grid[0]) & (source % padded[1] < grid[1])).view_as(labels)
+        forbidden = (labels[:, :, None] != labels[:, None, :]) | ~valid[:, None, :]
+        mask = torch.zeros(forbidden.shape, dtype=dtype).masked_fill_(forbidden, MASK_VALUE)
+        mask = mask.to(device)
+    return WindowGeometry(win, shift, padded, mask, source.to(device), inverse.to(device))
+
+
+@functools.lru_cache(maxsize=64)
+def relative_position_index(
+    window: tuple[int, int], table_window: tuple[int, int], device: torch.device
+) -> Tensor:
+    """Index into a ``(2*Th-1)*(2*Tw-1)`` bias table for every token pair of a window, ``(N*N,)``.
+
+    Args:
+        window: Effective window ``(wh, ww)``, at most ``table_window``.
+        table_window: Window the table was built for ``(Th, Tw)``.
+        device: Device of the index.
+    """
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(window[0]), torch.arange(window[1]), indexing="ij")
+    ).flatten(1)  # 2, N
+    rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N: offsets in [-(w-1), w-1]
+    rows = rel[0] + table_window[0] - 1
+    cols = rel[1] + table_window[1] - 1
+    return (rows * (2 * table_window[1] - 1) + cols).flatten().to(device)
+
+
+def to_windows(x: Tensor, geom: WindowGeometry) -> Tensor:
+    """Pad, shift and partition ``(B, H, W, C)`` into windows ``(B * nW, N, C)``."""
+    B, H, W, C = x.shape
+    if geom.padded != (H, W):
+        x = F.pad(x, (0, 0, 0, geom.padded[1] - W, 0, geom.padded[0] - H))
+    tokens = permute_tokens(x.reshape(B, -1, C), geom.to_windows, geom.from_windows)
+    return tokens.view(-1, geom.window[0] * geom.window[1], C)  # B*nW, N, C
+
+
+def from_windows(windows: Tensor, geom: WindowGeometry, grid: tuple[int, int]) -> Tensor:
+    """Undo :func:`to_windows` (unshift, crop): ``(B * nW, N, C)`` -> ``(B, H, W, C)``."""
+    C = windows.shape[-1]
+    num_windows = (geom.padded[0] // geom.window[0]) * (geom.padded[1] // geom.window[1])
+    tokens = windows.reshape(-1, num_windows * windows.shape[1], C)  # B, nW*N, C
+    tokens = permute_tokens(tokens, geom.from_windows, geom.to_windows)
+    x = tokens.view(-1, geom.padded[0], geom.padded[1], C)
+    if geom.padded != grid:
+        x = x[:, : grid[0], : grid[1]].contiguous()
+    return x
+
+
+def window_attention(
+    attn: torch.nn.Module, windows: Tensor, geom: WindowGeometry, fused: bool
+) -> Tensor:
+    """Multi-head self-attention with relative-position bias inside each window, before ``proj``.
+
+    Args:
+        attn: A timm ``WindowAttention`` (its ``qkv`` may be an adapter layer).
+        windows: Tokens ``(B * nW, N, C)``.
+        geom: Window geometry of the block.
+        fused: Use ``F.scaled_dot_product_attention``; else the explicit softmax path.
+
+    Returns:
+        ``(B * nW, N, C)``.
+    """
+    B_, N, _ = windows.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(windows).reshape(B_, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # B_, nH, N, hd each
+    index = relative_position_index(geom.window, attn.window_size, windows.device)
+    bias = attn.relative_position_bias_table[index].view(N, N, heads).permute(2, 0, 1)  # nH, N, N
+    if geom.mask is None:
+        attn_mask = bias.unsqueeze(0)
+    else:
+        num_win = geom.mask.shape[0]
+        attn_mask = bias.unsqueeze(0) + geom.mask.unsqueeze(1)  # nW, nH, N, N
+        attn_mask = attn_mask.unsqueeze(0).expand(B_ // num_win, -1, -1, -1, -1).flatten(0, 1)
+    if fused:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype))
+    else:
+        scores = (q * attn.scale) @ k.transpose(-2, -1) + attn_mask
+        out = scores.softmax(dim=-1) @ v
+    return out.transpose(1, 2).reshape(B_, N, -1)
+
+
+def _geometry(block: torch.nn.Module, x: Tensor) -> WindowGeometry:
+    return window_geometry(
+        (x.shape[1], x.shape[2]),
+        tuple(block.window_size),
+        any(block.shift_size),
+        x.device,
+        x.dtype,
+    )
+
+
+def block_forward(block: torch.nn.Module, x: Tensor, fused: bool = True) -> Tensor:
+    """Run a timm ``SwinTransformerBlock`` on the shared stream.
+
+    Args:
+        block: The block; adapter layers in it return their shared output.
+        x: Tokens ``(B, H, W, C)``.
+        fused: Use fused attention.
+
+    Returns:
+        ``(B, H, W, C)``.
+    """
+    grid = (x.shape[1], x.shape[2])
+    geom = _geometry(block, x)
+    attended = window_attention(block.attn, to_windows(block.norm1(x), geom), geom, fused)
+    x = x + block.drop_path1(from_windows(block.attn.proj(attended), geom, grid))
+    return x + block.drop_path2(block.mlp(block.norm2(x)))
+
+
+def block_forward_tasks(
+    block: torch.nn.Module, x: Tensor, fused: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Run the last block of a stage with MTLoRA task branches (MTLORA_SPEC 1.4).
+
+    Attention is shared; ``proj``, ``fc1`` and ``fc2`` give per-task outputs. The T task streams are
+    stacked along the batch dimension, so every op after the low-rank terms runs once for all tasks.
+    Residuals of the task streams start from the shared input ``x``; DropPath draws per sample, so
+    each task gets its own mask.
+
+    Args:
+        block: Block whose ``attn.proj``, ``mlp.fc1``, ``mlp.fc2`` are ``MTLoRALinear`` with tasks.
+        x: Shared tokens ``(B, H, W, C)``.
+        fused: Use fused attention.
+
+    Returns:
+        Shared output ``(B, H, W, C)`` and task outputs ``(T * B, H, W, C)`` (task-major).
+    """
+    proj, fc1, fc2 = block.attn.proj, block.mlp.fc1, block.mlp.fc2
+    if not all(isinstance(m, MTLoRALinear) and m.num_tasks for m in (proj, fc1, fc2)):
+        raise TypeError("block_forward_tasks needs task adapters on attn.proj, mlp.fc1, mlp.fc2.")
+    B, H, W, C = x.shape
+    T = proj.num_tasks
+    geom = _geometry(block, x)
+    attended = window_attention(block.attn, to_windows(block.norm1(x), geom), geom, fused)
+    out = proj.forward_tasks(attended)  # B*nW, N, C and T, B*nW, N, C
+    shared = x + block.drop_path1(from_windows(out.shared, geom, (H, W)))
+    task_p = from_windows(out.tasks.flatten(0, 1), geom, (H, W))  # T*B, H, W, C
+    tasks = x.unsqueeze(0) + block.drop_path1(task_p).view(T, B, H, W, C)
+    hidden = fc1.forward_tasks(block.norm2(shared), block.norm2(tasks))
+    act = block.mlp.act
+    out = fc2.forward_tasks(act(hidden.shared), act(hidden.tasks))
+    shared = shared + block.drop_path2(out.shared)
+    tasks = tasks.flatten(0, 1) + block.drop_path2(out.tasks.flatten(0, 1))
+    return shared, tasks
+
+
+def patch_merge(merge: torch.nn.Module, x: Tensor) -> Tensor:
+    """Run timm's ``PatchMerging``, ``(B, H, W, C)`` -> ``(B, H/2, W/2, C')``, minus its pad copy.
+
+    Concatenation order per 2x2 cell: (0,0), (1,0), (0,1), (1,1) in (row, column), as in the
+    official Swin. Odd grids (never reached from inputs that are multiples of 32) use the module.
+    """
+    B, H, W, C = x.shape
+    if H % 2 or W % 2:
+        return merge(x)
+    x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+    return merge.reduction(merge.norm(x))

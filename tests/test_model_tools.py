@@ -1,0 +1,211 @@
+"""analyze_model, convert_official_checkpoint, init_model and benchmark (tools/ and apis/)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtlora_vision.apis.inference import init_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "configs" / "paper"
+OFFICIAL_TSV = Path("/work/shared/reference/mtlora_official_state_dict.tsv")
+
+TINY_CONFIG = """
+from mtlora_vision.adapters.config import MTLoRAConfig
+from mtlora_vision.models.backbones.swin import SwinBackbone
+from mtlora_vision.models.heads.hrnet import HRNetHead
+from mtlora_vision.models.multitask import MultiTaskModel
+
+model = dict(
+    type=MultiTaskModel,
+    tasks=("semseg", "human_parts", "sal", "normals"),
+    backbone=dict(
+        type=SwinBackbone,
+        arch=dict(embed_dim=24, depths=(2, 1, 2, 1), num_heads=(1, 2, 2, 4)),
+        img_size=64,
+        window_size=4,
+        drop_path_rate=0.0,
+    ),
+    adapter=dict(type=MTLoRAConfig, shared_rank={rank}, task_rank=2, dropout=0.0),
+    fusion=dict(channels=(4, 4, 8, 8)),
+    heads=dict(default=dict(type=HRNetHead)),
+)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP stalls when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_config(tmp_path: Path, rank: int = 4, tasks: str | None = None) -> str:
+    text = TINY_CONFIG.format(rank=rank)
+    if tasks:
+        text = text.replace('("semseg", "human_parts", "sal", "normals")', tasks)
+    path = tmp_path / f"tiny_r{rank}_{abs(hash(tasks))}.py"
+    path.write_text(text)
+    return str(path)
+
+
+def randomise(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name or "heads." in name:
+                p.normal_(std=0.05)
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_()
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+
+
+def paper_formula(r: int, plus: bool) -> dict[str, int]:
+    """MTLORA_SPEC 1.8 for Swin-T, 4 tasks, task rank 4."""
+    dims, depths = (96, 192, 384, 768), (2, 2, 6, 2)
+    shared = sum(16 * c * r * d for c, d in zip(dims, depths, strict=True))
+    shared += sum(6 * c * r for c in dims[:3]) if plus else 0
+    return {
+        "shared_adapters": shared,
+        "task_adapters": 4 * sum(12 * c * 4 for c in dims),
+        "other_backbone": 51_258 if plus else 1_599_546,
+        "decoder": 1_946_624,
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "trainable"),
+    [
+        ("mtlora_r16_swin-t_pascal", 4_953_146),
+        ("mtlora_r32_swin-t_pascal", 6_083_642),
+        ("mtlora_r64_swin-t_pascal", 8_344_634),
+        ("mtlora-plus_r16_swin-t_pascal", 3_469_370),
+        ("mtlora-plus_r32_swin-t_pascal", 4_664_378),
+        ("mtlora-plus_r64_swin-t_pascal", 7_054_394),
+    ],
+)
+def test_analyze_model_paper_counts(name: str, trainable: int, capsys) -> None:
+    tool = load_tool("analyze_model")
+    counts = tool.main([str(PAPER / f"{name}.py"), "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["trainable"] == counts["trainable"] == trainable
+    assert isinstance(printed["total"], int)
+    plus, r = "plus" in name, int(name.split("_r")[1].split("_")[0])
+    assert counts["breakdown"] == paper_formula(r, plus)
+    if name == "mtlora_r64_swin-t_pascal":
+        assert counts["total"] == 34_262_906
+        assert counts["frozen"] == 27_517_818 - 1_599_546  # frozen Swin-T minus its trainable part
+
+
+def official_from_tsv() -> dict[str, torch.Tensor]:
+    state = {}
+    for line in OFFICIAL_TSV.read_text().splitlines():
+        if line.startswith("#"):
+            continue
+        key, shape, _ = line.split("\t")
+        state[key] = torch.randn(ast.literal_eval(shape)) if shape != "()" else torch.tensor(7)
+    return state
+
+
+def test_official_layout_converts_and_loads_strictly(tmp_path, capsys) -> None:
+    tool = load_tool("convert_official_checkpoint")
+    official = official_from_tsv()
+    torch.save({"model": official, "epoch": 299}, tmp_path / "official.pth")
+    config = str(PAPER / "mtlora_r64_swin-t_pascal.py")
+    tool.main([str(tmp_path / "official.pth"), str(tmp_path / "ours.pth"), "--check", config])
+    assert "loads strictly" in capsys.readouterr().out
+    converted = torch.load(tmp_path / "ours.pth")["state_dict"]
+    # 431 official entries minus 6 attention masks and 12 relative-position indices
+    assert len(converted) == 431 - 18
+    torch.testing.assert_close(
+        converted["backbone.layers.1.downsample.reduction.weight"],
+        official["backbone.layers.0.downsample.reduction.weight"],
+    )
+    torch.testing.assert_close(
+        converted["backbone.layers.3.blocks.1.mlp.fc2.lora_tasks_b.sal"],
+        official["backbone.layers.3.blocks.1.mlp.fc2.lora_tasks_B.sal"],
+    )
+    torch.testing.assert_close(
+        converted["heads.normals.norm.running_var"],
+        official["decoders.decoders.normals.last_layer.1.running_var"],
+    )
+
+
+def test_conversion_round_trip_gives_the_same_outputs(tmp_path) -> None:
+    tool = load_tool("convert_official_checkpoint")
+    config = tiny_config(tmp_path)
+    source = init_model(config)
+    randomise(source)
+    official = tool.to_official_state_dict(source.state_dict())
+    assert "backbone.layers.0.downsample.reduction.weight" in official
+    assert "decoders.decoders.sal.last_layer.3.bias" in official
+    official["backbone.layers.0.blocks.1.attn_mask"] = torch.zeros(16, 16, 16)
+    official["backbone.layers.0.blocks.1.attn.relative_position_index"] = torch.zeros(16, 16)
+    torch.save({"model": official}, tmp_path / "official.pth")
+    tool.main([str(tmp_path / "official.pth"), str(tmp_path / "ours.pth")])
+    loaded = init_model(config, tmp_path / "ours.pth")
+    assert not loaded.training
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, actual = source.eval()(x), loaded(x)
+    for task in expected:
+        torch.testing.assert_close(actual[task], expected[task], rtol=0, atol=0)
+    with pytest.raises(KeyError, match=r"decoders\.extra"):
+        tool.convert_state_dict({"decoders.extra.weight": torch.zeros(1)})
+
+
+def test_init_model_refuses_checkpoints_for_other_models(tmp_path) -> None:
+    model = init_model(tiny_config(tmp_path))
+    assert all(
+        p.requires_grad == ("base_layer" not in n)
+        for n, p in model.named_parameters()
+        if ".attn." in n
+    )
+    torch.save({"state_dict": model.state_dict(), "meta": {"epoch": 3}}, tmp_path / "r4.pth")
+    other_tasks = tiny_config(tmp_path, tasks='("semseg", "edge")')
+    with pytest.raises(KeyError, match=r"lora_tasks_a\.edge") as info:
+        init_model(other_tasks, tmp_path / "r4.pth")
+    assert "['human_parts', 'normals', 'sal', 'semseg']; the model for ['edge', 'semseg']" in str(
+        info.value
+    )
+    with pytest.raises(ValueError, match=r"lora_shared_a: \(4, 24\) vs \(8, 24\)"):
+        init_model(tiny_config(tmp_path, rank=8), tmp_path / "r4.pth")
+    with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
+        init_model(tiny_config(tmp_path), tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.py"):
+        init_model(tmp_path / "nowhere.py")
+
+
+def test_benchmark_reports_every_variant(tmp_path) -> None:
+    tool = load_tool("benchmark")
+    config = tiny_config(tmp_path)
+    report = tool.main([config, "--img-size", "64", "--iters", "2", "--merged", "--no-memory"])
+    assert set(report["train"]) == {"model", "frozen", "no_adapter"}
+    assert set(report["infer_merged"]) == {"model", "frozen"}
+    for phase in ("train", "infer", "infer_merged"):
+        model = report[phase]["model"]
+        assert len(model["all_s"]) == 2
+        assert model["ratio_vs_frozen"] == pytest.approx(
+            model["median_s"] / report[phase]["frozen"]["median_s"]
+        )
+        assert model["flop_ratio_vs_frozen"] > 1.0
+    # A frozen Swin needs no backbone backward: training it costs fewer FLOPs than with adapters.
+    assert report["train"]["frozen"]["gflops"] < report["train"]["no_adapter"]["gflops"]
+    memory = tool.measure_memory(tool.parse_args([config, "--img-size", "64"]), "model", "train")
+    assert memory["peak_rss_mb"] >= memory["rss_before_mb"] > 0
