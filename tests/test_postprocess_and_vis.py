@@ -118,6 +118,8 @@ def test_launcher_uses_gloo_without_cuda_and_work_dir_priority():
     cfg = Config(dict(env_cfg=dict(dist_cfg=dict(backend="nccl"))))
     resolve_launcher(cfg, "pytorch", cuda=False)
     assert cfg.env_cfg.dist_cfg.backend == "gloo"
+    assert cfg.model_wrapper_cfg.device_ids is None
+    assert cfg.model_wrapper_cfg.find_unused_parameters is True
     assert resolve_work_dir(Config(dict()), "configs/x/exp.py", None).endswith("work_dirs/exp")
     assert resolve_work_dir(Config(dict(work_dir="w")), "configs/x/exp.py", None) == "w"
     assert resolve_work_dir(Config(dict(work_dir="w")), "configs/x/exp.py", "cli") == "cli"

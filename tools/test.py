@@ -14,7 +14,13 @@ from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 from mtlora_vision.engine.checkpoint import register_checkpoint_io
-from mtlora_vision.engine.runtime import load_config, resolve_launcher, resolve_work_dir
+from mtlora_vision.engine.runtime import (
+    init_cpu_distributed,
+    load_config,
+    resolve_launcher,
+    resolve_work_dir,
+    shutdown_distributed,
+)
 from mtlora_vision.engine.visualization_hook import PredictionWriterHook
 
 
@@ -51,19 +57,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cfg = load_config(args.config, args.cfg_options)
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
     resolve_launcher(cfg, args.launcher)
+    init_cpu_distributed(args.launcher)
     cfg.load_from = args.checkpoint
     cfg.resume = False
-    if args.out_dir or args.show_dir:
-        hooks = list(cfg.get("custom_hooks", []))
-        hooks.append(dict(type=PredictionWriterHook, out_dir=args.out_dir, show_dir=args.show_dir))
-        cfg.custom_hooks = hooks
     runner = Runner.from_cfg(cfg)
+    if args.out_dir or args.show_dir:
+        runner.register_hook(PredictionWriterHook(out_dir=args.out_dir, show_dir=args.show_dir))
     metrics = {key: float(value) for key, value in runner.test().items()}
     if runner.rank == 0:
         print(format_table(metrics))
         if args.out:
             with open(args.out, "w") as handle:
                 json.dump(metrics, handle, indent=2, sort_keys=True)
+    shutdown_distributed()
     return metrics
 
 

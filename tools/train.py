@@ -15,10 +15,12 @@ from mmengine.runner import Runner
 
 from mtlora_vision.engine.checkpoint import register_checkpoint_io
 from mtlora_vision.engine.runtime import (
+    init_cpu_distributed,
     load_config,
     resolve_launcher,
     resolve_precision,
     resolve_work_dir,
+    shutdown_distributed,
 )
 
 
@@ -56,12 +58,14 @@ def main(argv: list[str] | None = None) -> None:
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
     resolve_precision(cfg, amp=args.amp)
     resolve_launcher(cfg, args.launcher)
+    init_cpu_distributed(args.launcher)
     if args.resume == "auto":
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     runner = Runner.from_cfg(cfg)
     runner.train()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -59,13 +59,39 @@ def resolve_precision(cfg: Config, amp: bool, cuda: bool | None = None) -> None:
 
 
 def resolve_launcher(cfg: Config, launcher: str, cuda: bool | None = None) -> None:
-    """Set the launcher and use gloo for distributed runs on machines without CUDA (in place)."""
+    """Set the launcher and the DDP wrapper; on machines without CUDA, run DDP on gloo (in place).
+
+    MTLoRA's last block has a shared adapter whose output feeds no decoder (decoders read the task
+    features), so DDP must look for unused parameters. mmengine's own initialisation calls
+    ``torch.cuda.set_device`` and gives DDP a device id, both wrong without CUDA: there the process
+    group is started here (gloo) and DDP gets ``device_ids=None``.
+    """
     cfg.launcher = launcher
+    if launcher == "none":
+        return
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    if launcher != "none" and not cuda:
+    wrapper = cfg.get("model_wrapper_cfg") or ConfigDict(type="MMDistributedDataParallel")
+    wrapper.setdefault("find_unused_parameters", True)
+    if not cuda:
+        wrapper["device_ids"] = None
         env_cfg = cfg.setdefault("env_cfg", ConfigDict())
         dist_cfg = env_cfg.setdefault("dist_cfg", ConfigDict())
         dist_cfg["backend"] = "gloo"
+    cfg.model_wrapper_cfg = wrapper
+
+
+def init_cpu_distributed(launcher: str) -> None:
+    """Start a gloo process group for ``--launcher pytorch`` on a machine without CUDA."""
+    if launcher != "pytorch" or torch.cuda.is_available() or torch.distributed.is_initialized():
+        return
+    torch.distributed.init_process_group(backend="gloo")
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group before exit (gloo aborts the process at exit otherwise)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def load_config(path: str, cfg_options: Mapping[str, Any] | None = None) -> Config:

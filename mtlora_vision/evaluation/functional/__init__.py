@@ -1,0 +1,66 @@
+"""Pure metric maths on tensors: one module per task family, no mmengine, no models."""
+
+from mtlora_vision.evaluation.functional.boundary import (
+    MAX_DIST,
+    boundary_pr_counts,
+    boundary_thresholds,
+    count_matches,
+    ods_f,
+    thin_boundaries,
+)
+from mtlora_vision.evaluation.functional.delta_m import delta_m
+from mtlora_vision.evaluation.functional.depth import depth_metrics, depth_stats
+from mtlora_vision.evaluation.functional.edge_loss import (
+    EDGE_POS_WEIGHT,
+    edge_loss,
+    edge_loss_stats,
+)
+from mtlora_vision.evaluation.functional.normals import (
+    WITHIN_DEGREES,
+    angular_error,
+    histogram_median,
+    normals_metrics,
+    normals_stats,
+)
+from mtlora_vision.evaluation.functional.saliency import (
+    SAL_THRESHOLDS,
+    f_measure,
+    saliency_max_f,
+    saliency_max_iou,
+    saliency_stats,
+)
+from mtlora_vision.evaluation.functional.segmentation import (
+    class_present,
+    confusion_matrix,
+    iou_from_confusion,
+    mean_iou,
+)
+
+__all__ = [
+    "EDGE_POS_WEIGHT",
+    "MAX_DIST",
+    "SAL_THRESHOLDS",
+    "WITHIN_DEGREES",
+    "angular_error",
+    "boundary_pr_counts",
+    "boundary_thresholds",
+    "class_present",
+    "confusion_matrix",
+    "count_matches",
+    "delta_m",
+    "depth_metrics",
+    "depth_stats",
+    "edge_loss",
+    "edge_loss_stats",
+    "f_measure",
+    "histogram_median",
+    "iou_from_confusion",
+    "mean_iou",
+    "normals_metrics",
+    "normals_stats",
+    "ods_f",
+    "saliency_max_f",
+    "saliency_max_iou",
+    "saliency_stats",
+    "thin_boundaries",
+]

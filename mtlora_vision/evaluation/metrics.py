@@ -1,0 +1,378 @@
+"""mmengine metric for multi-task dense prediction, following MTLoRA (Agiza et al., CVPR 2024).
+
+:class:`MultiTaskMetric` reads ``data_samples[i]["pred"]`` and ``data_samples[i]["targets"]``
+(``docs/design.md`` sections 3 and 4). ``process`` keeps only small per-sample sufficient
+statistics (confusion matrices, per-threshold counts, angle sums and histograms), so mmengine's
+gathering across DDP ranks stays cheap; ``compute_metrics`` reduces them with the pure functions
+of :mod:`mtlora_vision.evaluation.functional`.
+
+Keys are flat and prefixed by task: ``semseg/mIoU``, ``human_parts/mIoU``, ``sal/mIoU``,
+``sal/maxF``, ``normals/mean``, ``normals/median``, ``normals/rmse``, ``normals/11.25``,
+``normals/22.5``, ``normals/30``, ``edge/loss``, ``edge/odsF``, ``depth/rmse``,
+``depth/log_rmse`` and ``multitask/delta_m``. Opt-in: ``<task>/IoU/<class>`` and
+``sal/maxFbeta`` (F-beta with beta^2 = 0.3). Percentages for IoU, F, within-angle shares and
+Delta-m; degrees for normals; metres for depth.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from mmengine.evaluator import BaseMetric
+from torch import Tensor
+
+from mtlora_vision.evaluation.functional.boundary import (
+    MAX_DIST,
+    boundary_pr_counts,
+    boundary_thresholds,
+    ods_f,
+)
+from mtlora_vision.evaluation.functional.delta_m import delta_m
+from mtlora_vision.evaluation.functional.depth import depth_metrics, depth_stats
+from mtlora_vision.evaluation.functional.edge_loss import (
+    EDGE_POS_WEIGHT,
+    edge_loss,
+    edge_loss_stats,
+)
+from mtlora_vision.evaluation.functional.normals import (
+    angular_error,
+    normals_metrics,
+    normals_stats,
+)
+from mtlora_vision.evaluation.functional.saliency import (
+    saliency_max_f,
+    saliency_max_iou,
+    saliency_stats,
+)
+from mtlora_vision.evaluation.functional.segmentation import (
+    confusion_matrix,
+    iou_from_confusion,
+    mean_iou,
+)
+from mtlora_vision.tasks import NUM_OUTPUTS, Task, check_tasks
+
+logger = logging.getLogger(__name__)
+
+#: Single-task full fine-tuning of Swin-T on PASCAL-Context (MTLoRA paper, Table 1).
+PAPER_SWIN_T_BASELINES: Mapping[str, float] = MappingProxyType(
+    {"semseg/mIoU": 67.21, "human_parts/mIoU": 61.93, "sal/mIoU": 62.35, "normals/mean": 17.97}
+)
+
+#: Metric key that stands for each task in Delta-m, unless overridden.
+DEFAULT_DELTA_M_KEYS: Mapping[str, str] = MappingProxyType(
+    {
+        "semseg": "semseg/mIoU",
+        "human_parts": "human_parts/mIoU",
+        "sal": "sal/mIoU",
+        "normals": "normals/mean",
+        "edge": "edge/odsF",
+        "depth": "depth/rmse",
+    }
+)
+
+#: Metric keys that improve when they go down (sign of their Delta-m term).
+LOWER_IS_BETTER_KEYS: frozenset[str] = frozenset(
+    {"normals/mean", "normals/median", "normals/rmse", "edge/loss", "depth/rmse", "depth/log_rmse"}
+)
+
+_SEG_TASKS = frozenset({"semseg", "human_parts"})
+_PERCENT = 100.0
+
+
+class MultiTaskMetric(BaseMetric):
+    """All task metrics of a multi-task model plus Delta-m, in one mmengine metric.
+
+    Args:
+        tasks: Tasks to evaluate (values of :class:`~mtlora_vision.tasks.Task`).
+        dataset: ``"pascal_context"``, ``"nyud"`` or ``None``; sets default class counts, the
+            edge tolerance and (for PASCAL-Context) the default Delta-m baselines.
+        num_classes: Classes per segmentation task; overrides the dataset defaults.
+        baselines: Single-task value per metric key for Delta-m. ``None`` uses
+            :data:`PAPER_SWIN_T_BASELINES` for PASCAL-Context and none otherwise; ``{}`` turns
+            Delta-m off.
+        delta_m_keys: Task -> metric key that represents it in Delta-m, merged over
+            :data:`DEFAULT_DELTA_M_KEYS`.
+        lower_is_better: Metric keys whose Delta-m term is negated; defaults to
+            :data:`LOWER_IS_BETTER_KEYS`.
+        class_names: Task -> class names used in per-class keys (indices otherwise).
+        per_class_iou: Also report ``<task>/IoU/<class>`` for the segmentation tasks.
+        sal_fbeta: Also report ``sal/maxFbeta`` (beta^2 = 0.3 on probabilities).
+        edge_ods: Compute ``edge/odsF`` (the slow part of evaluation; off skips it).
+        edge_max_dist: Boundary tolerance as a fraction of the image diagonal; defaults to 0.0075
+            (PASCAL-Context) or 0.011 (NYUD-v2).
+        edge_num_thresholds: Number of ODS thresholds (BSDS uses 99).
+        edge_thin: Thin thresholded edge maps before matching (BSDS ``thinpb``).
+        edge_pos_weight: Positive weight of the ``edge/loss`` proxy.
+        normals_bin_width: Histogram bin (degrees) for the normals median.
+        collect_device: Device for gathering results across ranks (``"cpu"`` or ``"gpu"``).
+        prefix: Extra prefix put before every key by mmengine (none by default).
+        collect_dir: Directory for CPU gathering across ranks.
+    """
+
+    default_prefix: str | None = ""  # keys already carry their task prefix
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        dataset: str | None = "pascal_context",
+        num_classes: Mapping[str, int] | None = None,
+        baselines: Mapping[str, float] | None = None,
+        delta_m_keys: Mapping[str, str] | None = None,
+        lower_is_better: Collection[str] | None = None,
+        class_names: Mapping[str, Sequence[str]] | None = None,
+        per_class_iou: bool = False,
+        sal_fbeta: bool = False,
+        edge_ods: bool = True,
+        edge_max_dist: float | None = None,
+        edge_num_thresholds: int = 99,
+        edge_thin: bool = True,
+        edge_pos_weight: float = EDGE_POS_WEIGHT,
+        normals_bin_width: float = 0.05,
+        collect_device: str = "cpu",
+        prefix: str | None = None,
+        collect_dir: str | None = None,
+    ) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix, collect_dir=collect_dir)
+        if dataset is not None and dataset not in NUM_OUTPUTS:
+            raise ValueError(
+                f"Unknown dataset {dataset!r}; use one of {list(NUM_OUTPUTS)} or None."
+            )
+        available = NUM_OUTPUTS[dataset] if dataset else [t.value for t in Task]
+        self.tasks = check_tasks(tasks, available, what=f"MultiTaskMetric(dataset={dataset!r})")
+        self.num_classes = _resolve_num_classes(self.tasks, dataset, num_classes)
+        self.class_names = _resolve_class_names(self.num_classes, class_names)
+        self.baselines = _resolve_baselines(baselines, dataset)
+        self.delta_m_keys = _resolve_delta_m_keys(self.tasks, delta_m_keys)
+        self.lower_is_better = frozenset(
+            LOWER_IS_BETTER_KEYS if lower_is_better is None else lower_is_better
+        )
+        self.per_class_iou = per_class_iou
+        self.sal_fbeta = sal_fbeta
+        self.edge_ods = edge_ods
+        self.edge_max_dist = MAX_DIST.get(dataset or "", MAX_DIST["pascal_context"])
+        if edge_max_dist is not None:
+            self.edge_max_dist = float(edge_max_dist)
+        self.edge_thresholds = boundary_thresholds(edge_num_thresholds)
+        self.edge_thin = edge_thin
+        self.edge_pos_weight = edge_pos_weight
+        self.normals_bin_width = normals_bin_width
+
+    def process(self, data_batch: Any, data_samples: Sequence[Mapping[str, Any]]) -> None:
+        """Store the sufficient statistics of each sample in ``self.results``.
+
+        Args:
+            data_batch: The loader batch (unused; targets travel with the predictions).
+            data_samples: One dict per sample with ``"pred"`` and ``"targets"``, each task ->
+                tensor in the formats of ``docs/design.md`` (on any device).
+
+        Raises:
+            KeyError: If a sample lacks ``pred``/``targets`` or an evaluated task.
+        """
+        for sample in data_samples:
+            pred, targets = _pred_and_targets(sample, self.tasks)
+            self.results.append(
+                {task: self._sample_stats(task, pred[task], targets[task]) for task in self.tasks}
+            )
+
+    def compute_metrics(self, results: list) -> dict[str, float]:
+        """Reduce the gathered per-sample statistics to the metric dict.
+
+        Args:
+            results: Per-sample dicts stored by :meth:`process`, from all ranks.
+
+        Returns:
+            Flat metric dict (see the module docstring for keys and units).
+
+        Raises:
+            ValueError: If ``results`` is empty.
+        """
+        if not results:
+            raise ValueError("MultiTaskMetric got no results; did validation see any sample?")
+        metrics: dict[str, float] = {}
+        for task in self.tasks:
+            metrics.update(self._reduce(task, [r[task] for r in results]))
+        score = self._delta_m(metrics)
+        if score is not None:
+            metrics["multitask/delta_m"] = score
+        return metrics
+
+    def _sample_stats(self, task: str, pred: Tensor, target: Tensor) -> Any:
+        if task in _SEG_TASKS:
+            return confusion_matrix(_label_map(pred, task), target, self.num_classes[task])
+        if task == "sal":
+            return saliency_stats(_prob_map(pred, task), _squeeze(target))
+        if task == "normals":
+            return normals_stats(angular_error(pred, target), self.normals_bin_width)
+        if task == "edge":
+            return self._edge_stats(_prob_map(pred, task), _squeeze(target))
+        if task == "depth":
+            return depth_stats(pred.reshape(target.shape), target)
+        raise ValueError(f"No metric for task {task!r}.")
+
+    def _edge_stats(self, prob: Tensor, target: Tensor) -> dict[str, Tensor]:
+        stats = {"loss": edge_loss_stats(prob, target, self.edge_pos_weight)}
+        if self.edge_ods:
+            stats["pr"] = boundary_pr_counts(
+                prob, target, self.edge_max_dist, self.edge_thresholds, self.edge_thin
+            )
+        return stats
+
+    def _reduce(self, task: str, stats: list) -> dict[str, float]:
+        if task in _SEG_TASKS:
+            return self._reduce_segmentation(task, torch.stack(stats).sum(dim=0))
+        if task == "sal":
+            return self._reduce_saliency(torch.stack(stats))
+        if task == "normals":
+            values = normals_metrics(stats, self.normals_bin_width)
+            degrees = {"mean", "median", "rmse"}
+            return {f"normals/{k}": v if k in degrees else v * _PERCENT for k, v in values.items()}
+        if task == "edge":
+            return self._reduce_edge(stats)
+        return {f"depth/{k}": v for k, v in depth_metrics(torch.stack(stats)).items()}
+
+    def _reduce_saliency(self, stats: Tensor) -> dict[str, float]:
+        out = {
+            "sal/mIoU": saliency_max_iou(stats) * _PERCENT,
+            "sal/maxF": saliency_max_f(stats) * _PERCENT,
+        }
+        if self.sal_fbeta:
+            out["sal/maxFbeta"] = saliency_max_f(stats, beta_squared=0.3) * _PERCENT
+        return out
+
+    def _reduce_edge(self, stats: list[dict[str, Tensor]]) -> dict[str, float]:
+        out = {"edge/loss": edge_loss(torch.stack([s["loss"] for s in stats]))}
+        if self.edge_ods:
+            counts = torch.stack([s["pr"] for s in stats]).sum(dim=0)
+            out["edge/odsF"] = ods_f(counts) * _PERCENT
+        return out
+
+    def _reduce_segmentation(self, task: str, confusion: Tensor) -> dict[str, float]:
+        out = {f"{task}/mIoU": mean_iou(confusion) * _PERCENT}
+        if self.per_class_iou:
+            ious = iou_from_confusion(confusion).tolist()
+            for name, iou in zip(self.class_names[task], ious, strict=True):
+                out[f"{task}/IoU/{name}"] = iou * _PERCENT
+        return out
+
+    def _delta_m(self, metrics: Mapping[str, float]) -> float | None:
+        entered: dict[str, float] = {}
+        left_out: list[str] = []
+        for task in self.tasks:
+            key = self.delta_m_keys[task]
+            if key in self.baselines and math.isfinite(metrics.get(key, math.nan)):
+                entered[key] = self.baselines[key]
+            else:
+                left_out.append(f"{task} ({key})")
+        if left_out:
+            logger.warning(
+                "Delta-m leaves out %s: no baseline or no finite value. Give baselines for these "
+                "keys to include them.",
+                ", ".join(left_out),
+            )
+        if not entered:
+            logger.warning("No evaluated task has a Delta-m baseline; multitask/delta_m omitted.")
+            return None
+        logger.info("Delta-m over %s.", ", ".join(f"{k}={v}" for k, v in entered.items()))
+        return delta_m(metrics, entered, self.lower_is_better)
+
+
+def _pred_and_targets(
+    sample: Mapping[str, Any], tasks: Sequence[str]
+) -> tuple[Mapping[str, Tensor], Mapping[str, Tensor]]:
+    for field in ("pred", "targets"):
+        if field not in sample:
+            raise KeyError(
+                f"Data sample has no {field!r} (keys: {list(sample)}); the model's "
+                "mode='predict' must return the input data samples plus 'pred'."
+            )
+    pred, targets = sample["pred"], sample["targets"]
+    for task in tasks:
+        for field, values in (("pred", pred), ("targets", targets)):
+            if task not in values:
+                raise KeyError(f"Task {task!r} missing from sample[{field!r}] ({list(values)}).")
+    return pred, targets
+
+
+def _squeeze(tensor: Tensor) -> Tensor:
+    """Drop a leading singleton channel: ``(1, H, W)`` -> ``(H, W)``."""
+    return tensor[0] if tensor.ndim == 3 and tensor.shape[0] == 1 else tensor
+
+
+def _label_map(pred: Tensor, task: str) -> Tensor:
+    if pred.is_floating_point():
+        raise ValueError(
+            f"{task} prediction must hold integer class ids (argmax), got dtype {pred.dtype}."
+        )
+    return _squeeze(pred)
+
+
+def _prob_map(pred: Tensor, task: str) -> Tensor:
+    pred = _squeeze(pred).detach()
+    if pred.numel() and not (float(pred.min()) >= 0.0 and float(pred.max()) <= 1.0):
+        raise ValueError(
+            f"{task} prediction must be probabilities in [0, 1] (apply a sigmoid), got values in "
+            f"[{float(pred.min())}, {float(pred.max())}]."
+        )
+    return pred
+
+
+def _resolve_num_classes(
+    tasks: Sequence[str], dataset: str | None, num_classes: Mapping[str, int] | None
+) -> dict[str, int]:
+    given = dict(num_classes or {})
+    defaults = NUM_OUTPUTS.get(dataset or "", {})
+    resolved: dict[str, int] = {}
+    for task in tasks:
+        if task not in _SEG_TASKS:
+            continue
+        if task not in given and task not in defaults:
+            raise ValueError(f"num_classes[{task!r}] is required when dataset={dataset!r}.")
+        resolved[task] = int(given.get(task, defaults.get(task, 0)))
+        if resolved[task] < 1:
+            raise ValueError(f"num_classes[{task!r}]={resolved[task]} must be >= 1.")
+    return resolved
+
+
+def _resolve_class_names(
+    num_classes: Mapping[str, int], class_names: Mapping[str, Sequence[str]] | None
+) -> dict[str, tuple[str, ...]]:
+    names = dict(class_names or {})
+    resolved: dict[str, tuple[str, ...]] = {}
+    for task, count in num_classes.items():
+        resolved[task] = tuple(str(n) for n in names.get(task, range(count)))
+        if len(resolved[task]) != count:
+            raise ValueError(
+                f"class_names[{task!r}] has {len(resolved[task])} names for {count} classes."
+            )
+    return resolved
+
+
+def _resolve_baselines(
+    baselines: Mapping[str, float] | None, dataset: str | None
+) -> dict[str, float]:
+    if baselines is None:
+        baselines = PAPER_SWIN_T_BASELINES if dataset == "pascal_context" else {}
+    resolved = {str(k): float(v) for k, v in baselines.items()}
+    bad = {k: v for k, v in resolved.items() if v == 0 or not math.isfinite(v)}
+    if bad:
+        raise ValueError(f"Delta-m baselines must be finite and non-zero, got {bad}.")
+    return resolved
+
+
+def _resolve_delta_m_keys(
+    tasks: Sequence[str], delta_m_keys: Mapping[str, str] | None
+) -> dict[str, str]:
+    overrides = dict(delta_m_keys or {})
+    unknown = [t for t in overrides if t not in tasks]
+    if unknown:
+        raise ValueError(f"delta_m_keys names task(s) {unknown} not evaluated ({list(tasks)}).")
+    keys = {task: overrides.get(task, DEFAULT_DELTA_M_KEYS[task]) for task in tasks}
+    wrong = {t: k for t, k in keys.items() if not k.startswith(f"{t}/")}
+    if wrong:
+        raise ValueError(f"Delta-m keys must start with their task name, got {wrong}.")
+    return keys

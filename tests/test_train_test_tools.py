@@ -1,0 +1,160 @@
+"""End-to-end runs of tools/train.py and tools/test.py on tiny synthetic data (CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from engine_utils import DEMO, REPO, tiny_options
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` by path (``test`` would clash with the standard library)."""
+    spec = importlib.util.spec_from_file_location(
+        f"mtlora_tool_{name}", REPO / "tools" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+test_tool = load_tool("test")
+train_tool = load_tool("train")
+
+EXPECTED_KEYS = {
+    "semseg/mIoU",
+    "human_parts/mIoU",
+    "sal/mIoU",
+    "sal/maxF",
+    "normals/mean",
+    "normals/rmse",
+    "edge/odsF",
+}
+
+
+def run_tool(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny 2-iteration training run shared by the tests below."""
+    root = tmp_path_factory.mktemp("run")
+    work_dir = root / "work"
+    train_tool.main(
+        [DEMO, "--work-dir", str(work_dir), "--cfg-options", *tiny_options(root / "data")]
+    )
+    return root, work_dir
+
+
+def test_train_writes_a_trainable_only_checkpoint(trained):
+    _, work_dir = trained
+    ckpt = torch.load(work_dir / "epoch_1.pth", map_location="cpu", weights_only=False)
+    keys = set(ckpt["state_dict"])
+    assert ckpt["meta"]["iter"] == 2
+    assert any(".lora_shared_a" in k for k in keys)
+    assert any(k.startswith("heads.") for k in keys)
+    # Frozen pretrained weights stay out of the checkpoint.
+    assert not any(k.endswith("base_layer.weight") for k in keys)
+    assert (work_dir / "last_checkpoint").read_text().strip().endswith("epoch_1.pth")
+
+
+def test_test_tool_writes_metrics_json_predictions_and_pictures(trained):
+    root, work_dir = trained
+    out = root / "metrics.json"
+    metrics = test_tool.main(
+        [
+            DEMO,
+            str(work_dir / "epoch_1.pth"),
+            "--work-dir",
+            str(root / "test"),
+            "--out",
+            str(out),
+            "--out-dir",
+            str(root / "preds"),
+            "--show-dir",
+            str(root / "show"),
+            "--cfg-options",
+            *tiny_options(root / "data"),
+        ]
+    )
+    written = json.loads(out.read_text())
+    assert written == pytest.approx(metrics)
+    assert set(written) >= EXPECTED_KEYS
+    for task in ("semseg", "human_parts", "sal", "normals", "edge"):
+        assert len(list((root / "preds" / task).glob("*.png"))) == 2
+    assert len(list((root / "show").glob("*.png"))) == 2
+
+
+def test_loading_a_checkpoint_for_other_tasks_is_a_clear_error(trained):
+    root, work_dir = trained
+    options = [*tiny_options(root / "data"), "model.adapter.task_rank=2"]
+    args = [DEMO, str(work_dir / "epoch_1.pth"), "--work-dir", str(root / "t2")]
+    with pytest.raises(ValueError, match="shapes differ"):
+        test_tool.main([*args, "--cfg-options", *options])
+
+
+def test_train_kill_resume_and_finish(tmp_path):
+    work_dir = tmp_path / "work"
+    options = tiny_options(tmp_path / "data", epochs=3)
+    cmd = ["tools/train.py", DEMO, "--work-dir", str(work_dir), "--cfg-options", *options]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, *cmd],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while not (work_dir / "epoch_1.pth").exists() and time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (work_dir / "epoch_1.pth").exists()
+    assert not (work_dir / "epoch_3.pth").exists()
+    resumed = run_tool([*cmd[:4], "--resume", "--cfg-options", *options])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed epoch: " in resumed.stdout + resumed.stderr
+    final = torch.load(work_dir / "epoch_3.pth", map_location="cpu", weights_only=False)
+    assert final["meta"]["epoch"] == 3
+    assert final["meta"]["iter"] == 6
+
+
+def test_ddp_with_two_gloo_processes(tmp_path):
+    options = tiny_options(tmp_path / "data")
+    result = run_tool(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "tools/train.py",
+            DEMO,
+            "--launcher",
+            "pytorch",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--cfg-options",
+            *options,
+        ],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "work" / "epoch_1.pth", map_location="cpu", weights_only=False)
+    # 4 images, 2 processes, batch 2 per process: one iteration per epoch.
+    assert ckpt["meta"]["iter"] == 1
