@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+# One thread: on a shared 2-core machine, two threads per process make tiny-model steps 100x slower.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything() -> None:

@@ -172,6 +172,8 @@ def test_conversion_round_trip_gives_the_same_outputs(tmp_path) -> None:
 
 def test_init_model_refuses_checkpoints_for_other_models(tmp_path) -> None:
     model = init_model(tiny_config(tmp_path))
+    overridden = init_model(tiny_config(tmp_path), cfg_options={"model.backbone.img_size": 96})
+    assert overridden.backbone.img_size == 96
     assert all(
         p.requires_grad == ("base_layer" not in n)
         for n, p in model.named_parameters()
@@ -195,7 +197,9 @@ def test_init_model_refuses_checkpoints_for_other_models(tmp_path) -> None:
 def test_benchmark_reports_every_variant(tmp_path) -> None:
     tool = load_tool("benchmark")
     config = tiny_config(tmp_path)
-    report = tool.main([config, "--img-size", "64", "--iters", "2", "--merged", "--no-memory"])
+    report = tool.main(
+        [config, "--img-size", "64", "--iters", "2", "--merged", "--no-memory", "--threads", "1"]
+    )
     assert set(report["train"]) == {"model", "frozen", "no_adapter"}
     assert set(report["infer_merged"]) == {"model", "frozen"}
     for phase in ("train", "infer", "infer_merged"):
@@ -207,5 +211,6 @@ def test_benchmark_reports_every_variant(tmp_path) -> None:
         assert model["flop_ratio_vs_frozen"] > 1.0
     # A frozen Swin needs no backbone backward: training it costs fewer FLOPs than with adapters.
     assert report["train"]["frozen"]["gflops"] < report["train"]["no_adapter"]["gflops"]
-    memory = tool.measure_memory(tool.parse_args([config, "--img-size", "64"]), "model", "train")
+    args = tool.parse_args([config, "--img-size", "64", "--threads", "1"])
+    memory = tool.measure_memory(args, "model", "train")
     assert memory["peak_rss_mb"] >= memory["rss_before_mb"] > 0

@@ -1,1 +1,31 @@
-"""adapters."""
+"""Low-rank and prompt adapters that wrap frozen layers; they know nothing of Swin or heads."""
+
+from mtlora_vision.adapters.config import LoRAConfig, MTLoRAConfig, build_adapter_config
+from mtlora_vision.adapters.inject import inject_adapters, match_targets
+from mtlora_vision.adapters.lora import LoRALinear
+from mtlora_vision.adapters.merge import is_merged, merge_adapters, unmerge_adapters
+from mtlora_vision.adapters.mtl_lora import MTLLoRALinear
+from mtlora_vision.adapters.mtlora import MTLoRALinear, MTLoRAOutput
+from mtlora_vision.adapters.prompt import TaskAdaptiveLowRankPrompt
+from mtlora_vision.adapters.state_dict import adapter_state_dict, load_adapter_state_dict
+from mtlora_vision.adapters.trainable import TrainablePolicy, apply_trainable_policy
+
+__all__ = [
+    "LoRAConfig",
+    "LoRALinear",
+    "MTLLoRALinear",
+    "MTLoRAConfig",
+    "MTLoRALinear",
+    "MTLoRAOutput",
+    "TaskAdaptiveLowRankPrompt",
+    "TrainablePolicy",
+    "adapter_state_dict",
+    "apply_trainable_policy",
+    "build_adapter_config",
+    "inject_adapters",
+    "is_merged",
+    "load_adapter_state_dict",
+    "match_targets",
+    "merge_adapters",
+    "unmerge_adapters",
+]
