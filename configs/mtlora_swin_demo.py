@@ -47,7 +47,7 @@ val_evaluator.tasks = tasks
 val_evaluator.baselines = dict()
 test_evaluator = val_evaluator
 
-max_epochs = 16
+max_epochs = 12
 optim_wrapper.type = OptimWrapper
 optim_wrapper.pop("dtype")
 optim_wrapper.optimizer.lr = 2e-3
@@ -64,9 +64,9 @@ param_scheduler = [
     ),
 ]
 train_cfg.max_epochs = max_epochs
-train_cfg.val_interval = 8
+train_cfg.val_interval = 6
 default_hooks.logger.interval = 4
-default_hooks.checkpoint.interval = 8
+default_hooks.checkpoint.interval = 6
 custom_hooks.append(dict(type=ValidateBeforeTrainHook))
 env_cfg.cudnn_benchmark = False
 auto_scale_lr.base_batch_size = 8
