@@ -8,9 +8,28 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "mtlora_swin_demo.py")
 
 
-def tiny_options(data_root: Path, epochs: int = 1, workers: int = 0) -> list[str]:
+TINY_ARCH = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
+
+
+def write_tiny_pretrained(path: Path) -> Path:
+    """Write random weights of the tiny Swin in timm's layout, standing in for ImageNet weights."""
+    import torch
+
+    from mtlora_vision.models.backbones.swin import SwinBackbone
+
+    torch.manual_seed(123)
+    torch.save(
+        {"model": SwinBackbone(arch=TINY_ARCH, img_size=64, window_size=4).state_dict()}, path
+    )
+    return path
+
+
+def tiny_options(
+    data_root: Path, epochs: int = 1, workers: int = 0, pretrained: Path | None = None
+) -> list[str]:
     """``--cfg-options`` for a tiny five-task run on synthetic data written into ``data_root``."""
     opts = [
+        f"model.backbone.pretrained={pretrained}",
         "model.backbone.arch.embed_dim=16",
         "model.backbone.arch.depths=(1,1,1,1)",
         "model.backbone.arch.num_heads=(1,1,2,2)",

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import time
 
+import cv2
 import pytest
 import torch
-from engine_utils import DEMO, REPO, tiny_options
+from engine_utils import DEMO, REPO, tiny_options, write_tiny_pretrained
 
 
 def load_tool(name: str):
@@ -51,16 +52,17 @@ def trained(tmp_path_factory):
     """One tiny 2-iteration training run shared by the tests below."""
     root = tmp_path_factory.mktemp("run")
     work_dir = root / "work"
-    train_tool.main(
-        [DEMO, "--work-dir", str(work_dir), "--cfg-options", *tiny_options(root / "data")]
-    )
-    return root, work_dir
+    pretrained = write_tiny_pretrained(root / "swin_tiny_test.pth")
+    options = tiny_options(root / "data", pretrained=pretrained)
+    train_tool.main([DEMO, "--work-dir", str(work_dir), "--cfg-options", *options])
+    return root, work_dir, options
 
 
 def test_train_writes_a_trainable_only_checkpoint(trained):
-    _, work_dir = trained
+    _, work_dir, _ = trained
     ckpt = torch.load(work_dir / "epoch_1.pth", map_location="cpu", weights_only=False)
     keys = set(ckpt["state_dict"])
+    assert ckpt["meta"]["state_dict_content"] == "trainable"
     assert ckpt["meta"]["iter"] == 2
     assert any(".lora_shared_a" in k for k in keys)
     assert any(k.startswith("heads.") for k in keys)
@@ -70,7 +72,7 @@ def test_train_writes_a_trainable_only_checkpoint(trained):
 
 
 def test_test_tool_writes_metrics_json_predictions_and_pictures(trained):
-    root, work_dir = trained
+    root, work_dir, options = trained
     out = root / "metrics.json"
     metrics = test_tool.main(
         [
@@ -85,7 +87,7 @@ def test_test_tool_writes_metrics_json_predictions_and_pictures(trained):
             "--show-dir",
             str(root / "show"),
             "--cfg-options",
-            *tiny_options(root / "data"),
+            *options,
         ]
     )
     written = json.loads(out.read_text())
@@ -97,8 +99,8 @@ def test_test_tool_writes_metrics_json_predictions_and_pictures(trained):
 
 
 def test_loading_a_checkpoint_for_other_tasks_is_a_clear_error(trained):
-    root, work_dir = trained
-    options = [*tiny_options(root / "data"), "model.adapter.task_rank=2"]
+    root, work_dir, options = trained
+    options = [*options, "model.adapter.task_rank=2"]
     args = [DEMO, str(work_dir / "epoch_1.pth"), "--work-dir", str(root / "t2")]
     with pytest.raises(ValueError, match="shapes differ"):
         test_tool.main([*args, "--cfg-options", *options])
@@ -158,3 +160,32 @@ def test_ddp_with_two_gloo_processes(tmp_path):
     ckpt = torch.load(tmp_path / "work" / "epoch_1.pth", map_location="cpu", weights_only=False)
     # 4 images, 2 processes, batch 2 per process: one iteration per epoch.
     assert ckpt["meta"]["iter"] == 1
+
+
+def test_predict_tool_on_own_images_of_any_size(trained, tmp_path):
+    _, work_dir, options = trained
+    predict = load_tool("predict")
+    image = (torch.rand(50, 70, 3) * 255).byte().numpy()
+    path = tmp_path / "street.png"
+    cv2.imwrite(str(path), image)
+    ckpt = str(work_dir / "epoch_1.pth")
+    out = tmp_path / "out"
+    predict.main([DEMO, ckpt, str(path), "--out-dir", str(out), "--cfg-options", *options])
+    semseg = cv2.imread(str(out / "semseg" / "street.png"), cv2.IMREAD_UNCHANGED)
+    assert semseg.shape == (50, 70)
+    assert semseg.max() < 21
+    assert cv2.imread(str(out / "normals" / "street.png")).shape == (50, 70, 3)
+    assert (out / "show" / "street.png").exists()
+    missing = str(tmp_path / "missing.jpg")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        predict.main([DEMO, ckpt, missing, "--out-dir", str(out), "--cfg-options", *options])
+
+
+def test_without_pretrained_weights_checkpoints_hold_everything(tmp_path):
+    # Random frozen weights cannot be reloaded from a source, so they must be saved.
+    work_dir = tmp_path / "work"
+    options = tiny_options(tmp_path / "data")
+    train_tool.main([DEMO, "--work-dir", str(work_dir), "--cfg-options", *options])
+    ckpt = torch.load(work_dir / "epoch_1.pth", map_location="cpu", weights_only=False)
+    assert ckpt["meta"]["state_dict_content"] == "full"
+    assert any(k.endswith("base_layer.weight") for k in ckpt["state_dict"])

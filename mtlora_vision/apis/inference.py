@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,11 @@ from mmengine.config import Config
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
+from mtlora_vision.engine.checkpoint import (
+    CONTENT_KEY,
+    load_checkpoint_safely,
+    trainable_state_dict_keys,
+)
 from mtlora_vision.models.backbones.swin_checkpoint import compare_state_dicts
 
 logger = logging.getLogger(__name__)
@@ -36,11 +40,17 @@ def _head_tasks(state: Mapping[str, Tensor]) -> list[str]:
     return sorted({k.split(".")[1] for k in state if k.startswith("heads.")})
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], bool]:
     """Read a model state dict from an mmengine checkpoint or a plain state-dict file.
 
-    mmengine checkpoints keep the weights under ``"state_dict"``; the official MTLoRA format keeps
-    them under ``"model"`` (convert those with ``tools/convert_official_checkpoint.py`` first).
+    Loading goes through the allow-listed ``weights_only`` loader: nothing but tensors and the
+    types mmengine stores is ever unpickled. mmengine checkpoints keep the weights under
+    ``"state_dict"``; the official MTLoRA format keeps them under ``"model"`` (convert those with
+    ``tools/convert_official_checkpoint.py`` first).
+
+    Returns:
+        The state dict, and whether it holds only the trainable entries (our trainable-only
+        checkpoints; the frozen weights then come from the config's pretrained source).
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
@@ -48,18 +58,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # mmengine stores its message hub and metadata as Python objects; only load trusted files.
-        logger.warning("Loading %s with weights_only=False (mmengine metadata).", path)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint_safely(path, map_location="cpu")
     if not isinstance(checkpoint, Mapping):
         raise ValueError(
             f"Checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a dict."
         )
+    trainable_only = checkpoint.get("meta", {}).get(CONTENT_KEY) == "trainable"
     state = checkpoint.get("state_dict", checkpoint)
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}, trainable_only
 
 
 def load_model_state(
@@ -129,11 +135,17 @@ def init_model(
     if "model" not in config:
         raise KeyError("The config has no 'model' entry.")
     model_cfg = config.model
-    if checkpoint is not None and "backbone" in model_cfg:
+    state, trainable_only = read_checkpoint(checkpoint) if checkpoint is not None else ({}, False)
+    if checkpoint is not None and not trainable_only and "backbone" in model_cfg:
+        # A full checkpoint holds the frozen weights too: no need to read the pretrained file.
         model_cfg.backbone.pretrained = None
     model = MODELS.build(model_cfg)
     if checkpoint is not None:
-        load_model_state(model, read_checkpoint(checkpoint), f"Checkpoint {str(checkpoint)!r}")
+        if trainable_only:
+            trainable = trainable_state_dict_keys(model)
+            own = model.state_dict()
+            state.update({k: v for k, v in own.items() if k not in state and k not in trainable})
+        load_model_state(model, state, f"Checkpoint {str(checkpoint)!r}")
     if hasattr(model, "apply_trainable_policy"):
         model.apply_trainable_policy()
     return model.to(device).eval()

@@ -336,12 +336,15 @@ class TrainableCheckpointHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         """Filter ``checkpoint["state_dict"]`` and record what it holds in its meta."""
         meta = checkpoint.setdefault("meta", {})
-        if self.full_weights:
+        model = _unwrap(runner.model)
+        backbone = getattr(model, "backbone", None)
+        if self.full_weights or (backbone is not None and not getattr(backbone, "pretrained", "")):
+            # Without a pretrained file the frozen weights are random and cannot be reloaded.
             meta[CONTENT_KEY] = "full"
             return
         state = checkpoint["state_dict"]
         checkpoint["state_dict"] = filter_state_dict(
-            state, trainable_state_dict_keys(_unwrap(runner.model))
+            state, trainable_state_dict_keys(model)
         )
         meta[CONTENT_KEY] = "trainable"
         runner.logger.debug(
