@@ -338,7 +338,8 @@ class TrainableCheckpointHook(Hook):
         meta = checkpoint.setdefault("meta", {})
         model = _unwrap(runner.model)
         backbone = getattr(model, "backbone", None)
-        if self.full_weights or (backbone is not None and not getattr(backbone, "pretrained", "")):
+        no_source = backbone is not None and getattr(backbone, "pretrained", "n/a") is None
+        if self.full_weights or no_source:
             # Without a pretrained file the frozen weights are random and cannot be reloaded.
             meta[CONTENT_KEY] = "full"
             return
