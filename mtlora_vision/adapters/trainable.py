@@ -12,6 +12,12 @@ falls into exactly one group, decided in this order:
    ``downsample``, ``norms``), each given as a substring of the parameter name;
 4. ``backbone``: everything else.
 
+Orthogonal to the groups, the ``biases`` switch (BitFit, Ben Zaken et al., ACL 2022) also trains
+every backbone bias term (a parameter whose own name is ``bias``, see
+:func:`~mtlora_vision.adapters.bitfit.is_bitfit_trainable`) whatever its group. The group names
+returned here are :class:`ParameterGroup` strings that remember whether the parameter is a bias, so
+``policy.is_trainable(group)`` can apply that switch without seeing the parameter name.
+
 The decoder side (fusion and heads) is one more switch, ``decoder``, applied by the model.
 """
 
@@ -22,10 +28,30 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from mtlora_vision.adapters.bitfit import is_bitfit_trainable
 from mtlora_vision.adapters.state_dict import adapter_parameter_names, base_layer_parameter_names
 
 ADAPTERS = "adapters"
 BACKBONE = "backbone"
+
+
+class ParameterGroup(str):
+    """A group name (compares and hashes like the plain string) that knows if it holds a bias.
+
+    Args:
+        group: Group name, e.g. ``"norms"``.
+        is_bias: Whether the parameter is a bias term (BitFit's definition).
+    """
+
+    is_bias: bool
+
+    def __new__(cls, group: str, is_bias: bool = False) -> ParameterGroup:  # noqa: D102
+        obj = super().__new__(cls, group)
+        obj.is_bias = is_bias
+        return obj
+
+    def __reduce__(self) -> tuple:
+        return (ParameterGroup, (str(self), self.is_bias))
 
 
 @dataclass(frozen=True)
@@ -40,6 +66,7 @@ class TrainablePolicy:
         downsample: Patch-merging reductions that are not wrapped by an adapter.
         backbone: Every other backbone parameter, including weights wrapped by adapters.
         decoder: Fusion and heads.
+        biases: Also train every bias term, whatever its group (BitFit).
     """
 
     adapters: bool = True
@@ -49,6 +76,7 @@ class TrainablePolicy:
     downsample: bool = True
     backbone: bool = False
     decoder: bool = True
+    biases: bool = False
 
     def __post_init__(self) -> None:
         bad = {k: v for k, v in asdict(self).items() if not isinstance(v, bool)}
@@ -66,11 +94,12 @@ class TrainablePolicy:
         return cls(**switches)
 
     def is_trainable(self, group: str) -> bool:
-        """Switch of ``group``."""
+        """Switch of ``group``; also True for a bias (:class:`ParameterGroup`) under ``biases``."""
         switches = asdict(self)
-        if group not in switches:
-            raise KeyError(f"Unknown parameter group {group!r}; groups: {sorted(switches)}.")
-        return switches[group]
+        if group not in switches or group == "biases":
+            groups = sorted(set(switches) - {"biases"})
+            raise KeyError(f"Unknown parameter group {str(group)!r}; groups: {groups}.")
+        return switches[group] or (self.biases and getattr(group, "is_bias", False))
 
 
 def parameter_group(
@@ -88,16 +117,17 @@ def parameter_group(
         base_names: Names of the pretrained parameters wrapped by adapter layers.
 
     Returns:
-        The group name.
+        The group name, a :class:`ParameterGroup` that records whether ``name`` is a bias term.
     """
+    is_bias = name not in adapter_names and is_bitfit_trainable(name)
     if name in adapter_names:
-        return ADAPTERS
+        return ParameterGroup(ADAPTERS)
     if name in base_names:
-        return BACKBONE
+        return ParameterGroup(BACKBONE, is_bias)
     for group, substring in patterns:
         if substring in name:
-            return group
-    return BACKBONE
+            return ParameterGroup(group, is_bias)
+    return ParameterGroup(BACKBONE, is_bias)
 
 
 def parameter_groups(

@@ -1,0 +1,20 @@
+# Single-task full fine-tuning on sal alone, on the CPU demo (small Swin, synthetic data); see
+# configs/methods/single-task/sal_swin-t_pascal.py for the real experiment.
+#   python tools/train.py configs/methods/demo/single-task_sal_demo.py
+from mmengine.config import read_base
+
+with read_base():
+    from ..._base_.methods.full_ft import *
+    from ...mtlora_swin_demo import *
+
+method_name = "single-task/sal"
+tasks = ("sal",)
+model.tasks = tasks
+model.num_outputs = dict(sal=1)
+model.adapter = method_adapter
+model.trainable = method_trainable
+train_dataloader.dataset.tasks = tasks
+val_dataloader.dataset.tasks = tasks
+test_dataloader = val_dataloader
+val_evaluator.tasks = tasks
+test_evaluator = val_evaluator

@@ -1,0 +1,21 @@
+# Single-task baseline for edge: full fine-tuning of Swin-T 448 on edge alone, official recipe.
+# The five single-task runs give the Delta-m baselines (the paper's "single-task full FT" row);
+# demo twin: configs/methods/demo/single-task_edge_demo.py.
+#   python tools/train.py configs/methods/single-task/edge_swin-t_pascal.py
+from mmengine.config import read_base
+
+with read_base():
+    from ..._base_.methods.full_ft import *
+    from ...mtlora_swin_pascal import *
+
+method_name = "single-task/edge"
+tasks = ("edge",)
+model.tasks = tasks
+model.num_outputs = dict(edge=1)
+model.adapter = method_adapter
+model.trainable = method_trainable
+train_dataloader.dataset.tasks = tasks
+val_dataloader.dataset.tasks = tasks
+test_dataloader = val_dataloader
+val_evaluator.tasks = tasks
+test_evaluator = val_evaluator

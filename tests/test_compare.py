@@ -1,0 +1,155 @@
+"""tools/compare.py on fake work dirs: metrics pick-up, Delta-m, table, CSV and Pareto plot."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtlora_vision.models.backbones.swin import SwinBackbone
+from mtlora_vision.models.multitask import MultiTaskModel
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+FROZEN = dict(patch_embed=False, norms=False, rel_pos=False, downsample=False, backbone=False)
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("tool_compare", ROOT / "tools" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def model_kwargs(tasks: tuple[str, ...], trainable: dict) -> dict:
+    return dict(
+        tasks=tasks,
+        backbone=dict(type=SwinBackbone, arch=ARCH, img_size=64, window_size=4, pretrained=None),
+        adapter=None,
+        trainable=trainable,
+        fusion=dict(channels=(4, 4, 4, 4)),
+    )
+
+
+def dumped_config(name: str, tasks: tuple[str, ...], trainable: dict) -> str:
+    """A config as mmengine dumps it: dotted type strings."""
+    kwargs = model_kwargs(tasks, trainable)
+    backbone = dict(kwargs["backbone"], type="mtlora_vision.models.backbones.swin.SwinBackbone")
+    model = dict(kwargs, type="mtlora_vision.models.multitask.MultiTaskModel", backbone=backbone)
+    return f"method_name = {name!r}\nmodel = {model!r}\n"
+
+
+def make_run(root: Path, name: str, tasks, trainable, validations, stamp="20250101_000000") -> Path:
+    vis = root / name / stamp / "vis_data"
+    vis.mkdir(parents=True)
+    (vis / "config.py").write_text(dumped_config(name, tuple(tasks), trainable))
+    lines = [{"lr": 1e-3, "loss": 2.0, "loss_semseg": 1.0, "epoch": 1, "step": 1}]
+    for step, metrics in enumerate(validations, start=1):
+        lines += [{**metrics, "data_time": 0.1, "time": 0.2, "step": step}]
+        lines += [{"base_lr": 1e-3, "lr": 1e-3, "loss": 1.0, "step": step + 1}]
+    (vis / "scalars.json").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return root / name
+
+
+def trainable_count(tasks, trainable) -> int:
+    model = MultiTaskModel(**model_kwargs(tuple(tasks), trainable))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> list[Path]:
+    two = ("semseg", "normals")
+    early = {"semseg/mIoU": 1.0, "normals/mean": 90.0}
+    return [
+        make_run(
+            tmp_path, "good", two, FROZEN, [early, {"semseg/mIoU": 60.0, "normals/mean": 18.0}]
+        ),
+        make_run(tmp_path, "bad", two, {}, [{"semseg/mIoU": 45.0, "normals/mean": 20.0}]),
+        make_run(tmp_path, "st_seg", ("semseg",), {"backbone": True}, [{"semseg/mIoU": 50.0}]),
+        make_run(tmp_path, "st_nrm", ("normals",), {"backbone": True}, [{"normals/mean": 20.0}]),
+    ]
+
+
+def test_delta_m_from_single_task_runs(compare, runs, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rows = {r.name: r for r in compare.main([*map(str, runs), "--out", str(out)])}
+    assert set(rows) == {"good", "bad", "single-task"}
+    # (60 - 50) / 50 = +20 %, normals lower is better: -(18 - 20) / 20 = +10 %, mean 15 %.
+    assert rows["good"].delta_m == pytest.approx(15.0)
+    assert rows["good"].metrics == {"semseg/mIoU": 60.0, "normals/mean": 18.0}  # last validation
+    assert rows["bad"].delta_m == pytest.approx((-10.0 + 0.0) / 2)
+    assert rows["single-task"].delta_m == 0.0
+    assert rows["good"].trainable == trainable_count(("semseg", "normals"), FROZEN)
+    single = trainable_count(("semseg",), {"backbone": True}) + trainable_count(
+        ("normals",), {"backbone": True}
+    )
+    assert rows["single-task"].trainable == single
+    assert rows["bad"].trainable == trainable_count(("semseg", "normals"), {})
+    assert rows["bad"].total > rows["bad"].trainable  # default policy freezes Swin weights
+
+    table = (out / "comparison.md").read_text().splitlines()
+    assert table[0] == "| method | trainable (M) | semseg/mIoU ↑ | normals/mean ↓ | Δm (%) |"
+    good_m = f"{rows['good'].trainable / 1e6:.2f}"
+    assert f"| good | {good_m} | 60.00 | 18.00 | 15.00 |" in table
+    assert "| bad |" in "\n".join(table)
+    with (out / "comparison.csv").open() as handle:
+        records = {r["method"]: r for r in csv.DictReader(handle)}
+    assert float(records["bad"]["delta_m"]) == pytest.approx(-5.0)
+    assert records["good"]["delta_m_keys"] == "normals/mean semseg/mIoU"
+    assert int(records["single-task"]["trainable"]) == single
+    assert records["single-task"]["semseg/mIoU"] == "50.0"
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baselines_file_and_test_metrics_take_precedence(compare, runs, tmp_path: Path) -> None:
+    (runs[1] / "metrics.json").write_text(json.dumps({"semseg/mIoU": 55.0, "normals/mean": 22.0}))
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({"semseg/mIoU": 40.0, "normals/mean": 20.0}))
+    rows = compare.compare_runs(runs[:2], json.loads(baselines.read_text()))
+    by_name = {r.name: r for r in rows}
+    assert by_name["bad"].metrics_source.endswith("metrics.json")
+    assert by_name["bad"].delta_m == pytest.approx((37.5 - 10.0) / 2)
+    assert by_name["good"].delta_m == pytest.approx((50.0 + 10.0) / 2)
+    assert by_name["good"].delta_m_source == "--baselines"
+
+
+def test_logged_delta_m_is_the_fallback(compare, tmp_path: Path) -> None:
+    run = make_run(
+        tmp_path, "x", ("semseg", "sal"), {}, [{"semseg/mIoU": 3.0, "multitask/delta_m": 1.5}]
+    )
+    (row,) = compare.compare_runs([run])
+    assert row.delta_m == 1.5
+    assert row.delta_m_source == "logged"
+    assert "sal/mIoU" not in row.metrics
+    assert "| x |" in compare.format_markdown([row])
+    assert compare.format_markdown([row]).splitlines()[2].endswith("| 3.00 | – | 1.50 |")
+
+
+def test_clear_errors(compare, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        compare.find_run(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    (empty / "20250101_000000" / "vis_data").mkdir(parents=True)
+    (empty / "20250101_000000" / "vis_data" / "scalars.json").write_text(
+        json.dumps({"lr": 0.1, "loss": 1.0, "step": 1}) + "\n"
+    )
+    with pytest.raises(FileNotFoundError, match=r"No metrics in work dir .*empty.*tools/test\.py"):
+        compare.main([str(empty), "--out", str(tmp_path / "o")])
+
+
+def test_pure_helpers(compare) -> None:
+    assert compare.is_validation_record({"semseg/mIoU": 1.0, "step": 3})
+    assert not compare.is_validation_record({"loss": 1.0, "lr": 0.1, "step": 3})
+    # (1, 5) and (10, 8) trade off; (20, 7) is beaten by (10, 8); (1, 2) by (1, 5).
+    points = [(20.0, 7.0), (1.0, 5.0), (10.0, 8.0), (1.0, 2.0)]
+    assert compare.pareto_front(points) == [1, 2]
+    resolved = compare.resolve_types(
+        {"type": "mtlora_vision.models.backbones.swin.SwinBackbone", "x": [{"type": "plain"}]}
+    )
+    assert resolved == {"type": SwinBackbone, "x": [{"type": "plain"}]}
