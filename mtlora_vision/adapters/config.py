@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
+
 #: How the task outputs of an MTLoRA layer relate to its shared output (MTLORA_SPEC 1.2).
 MODES: tuple[str, ...] = ("matrix", "matrixv2", "addition")
 
@@ -243,15 +245,21 @@ class LoRAConfig:
         )
 
 
-AdapterConfig: TypeAlias = MTLoRAConfig | LoRAConfig
+AdapterConfig: TypeAlias = MTLoRAConfig | LoRAConfig | MTLLoRAConfig | TALoRAPromptConfig
 
 #: Names accepted as ``type`` in a config dict, besides the classes themselves.
-ADAPTER_TYPES: Mapping[str, type[MTLoRAConfig] | type[LoRAConfig]] = {
+ADAPTER_TYPES: Mapping[str, type] = {
     "mtlora": MTLoRAConfig,
     "MTLoRAConfig": MTLoRAConfig,
     "lora": LoRAConfig,
     "LoRAConfig": LoRAConfig,
+    "mtl_lora": MTLLoRAConfig,
+    "MTLLoRAConfig": MTLLoRAConfig,
+    "ta_lora_prompt": TALoRAPromptConfig,
+    "TALoRAPromptConfig": TALoRAPromptConfig,
 }
+
+_CONFIG_CLASSES: tuple[type, ...] = (MTLoRAConfig, LoRAConfig, MTLLoRAConfig, TALoRAPromptConfig)
 
 
 def build_adapter_config(
@@ -261,7 +269,8 @@ def build_adapter_config(
 
     Args:
         cfg: None (no adapters), a config object, or a mapping with ``type`` (a class above or one
-            of ``"mtlora"``, ``"lora"``; default ``"mtlora"``) and the class's fields.
+            of ``"mtlora"``, ``"lora"``, ``"mtl_lora"``, ``"ta_lora_prompt"``; default
+            ``"mtlora"``) and the class's fields.
         num_stages: Number of stages of the backbone, used when the mapping does not set it.
 
     Returns:
@@ -271,12 +280,12 @@ def build_adapter_config(
         ValueError: For an unknown ``type``.
         TypeError: For unknown fields.
     """
-    if cfg is None or isinstance(cfg, (MTLoRAConfig, LoRAConfig)):
+    if cfg is None or isinstance(cfg, _CONFIG_CLASSES):
         return cfg
     fields = dict(cfg)
     kind = fields.pop("type", "mtlora")
     cls = ADAPTER_TYPES.get(kind) if isinstance(kind, str) else kind
-    if cls not in (MTLoRAConfig, LoRAConfig):
+    if cls not in _CONFIG_CLASSES:
         raise ValueError(
             f"Unknown adapter type {kind!r}; use one of {sorted(ADAPTER_TYPES)} or the classes."
         )

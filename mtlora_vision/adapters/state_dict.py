@@ -1,8 +1,10 @@
 """Adapter-only state dicts: save and load just the low-rank parameters of a model.
 
 MTLoRA (Agiza et al., CVPR 2024). Adapter parameters are found structurally: every parameter of an
-``MTLoRALinear`` that is not under its ``base_layer`` (low-rank pairs, trainable scales, the
-``addition`` mode's LayerNorm). Pretrained weights never enter these dicts.
+``MTLoRALinear`` or ``MTLLoRALinear`` that is not under its ``base_layer`` (low-rank pairs,
+trainable scales, the ``addition`` mode's LayerNorm, MTL-LoRA's transforms and mixing logits), and
+every parameter of a ``TaskAdaptiveLowRankPrompt`` (prompts, factors, gates). Pretrained weights
+never enter these dicts.
 """
 
 from __future__ import annotations
@@ -12,14 +14,22 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from mtlora_vision.adapters.mtl_lora import MTLLoRALinear
 from mtlora_vision.adapters.mtlora import MTLoRALinear
+from mtlora_vision.adapters.prompt import TaskAdaptiveLowRankPrompt
+
+#: Adapter layers that wrap a frozen ``base_layer``.
+WRAPPER_TYPES: tuple[type[nn.Module], ...] = (MTLoRALinear, MTLLoRALinear)
+
+#: Adapter modules all of whose parameters are adapter parameters.
+STANDALONE_TYPES: tuple[type[nn.Module], ...] = (TaskAdaptiveLowRankPrompt,)
 
 
 def adapter_parameter_names(model: nn.Module) -> list[str]:
     """Names of all adapter parameters of ``model``, in ``named_parameters`` order."""
     names = []
     for module_name, module in model.named_modules():
-        if not isinstance(module, MTLoRALinear):
+        if not isinstance(module, WRAPPER_TYPES + STANDALONE_TYPES):
             continue
         prefix = f"{module_name}." if module_name else ""
         names += [
@@ -32,7 +42,7 @@ def base_layer_parameter_names(model: nn.Module) -> list[str]:
     """Names of the wrapped (pretrained) parameters of every adapter layer of ``model``."""
     names = []
     for module_name, module in model.named_modules():
-        if isinstance(module, MTLoRALinear):
+        if isinstance(module, WRAPPER_TYPES):
             prefix = f"{module_name}." if module_name else ""
             names += [f"{prefix}base_layer.{n}" for n, _ in module.base_layer.named_parameters()]
     return names
@@ -62,7 +72,7 @@ def load_adapter_state_dict(
             not an adapter parameter of the model.
         ValueError: If shapes differ, or if the model has merged adapters (unmerge first).
     """
-    if any(isinstance(m, MTLoRALinear) and m.merged for m in model.modules()):
+    if any(isinstance(m, WRAPPER_TYPES) and m.merged for m in model.modules()):
         raise ValueError("The model has merged adapters; call unmerge_adapters(model) first.")
     expected = adapter_parameter_names(model)
     missing = sorted(set(expected) - set(state_dict))

@@ -27,8 +27,9 @@ from timm.models.swin_transformer import SwinTransformerStage
 from torch import Tensor, nn
 
 from mtlora_vision.adapters.config import AdapterConfig, AdapterSpec, per_stage
-from mtlora_vision.adapters.inject import adapter_layers, inject_adapters, match_targets
-from mtlora_vision.adapters.state_dict import adapter_parameter_names
+from mtlora_vision.adapters.inject import inject_adapters, match_targets
+from mtlora_vision.adapters.state_dict import WRAPPER_TYPES, adapter_parameter_names
+from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
 from mtlora_vision.adapters.trainable import (
     TrainablePolicy,
     apply_trainable_policy,
@@ -43,6 +44,10 @@ from mtlora_vision.models.backbones.swin_checkpoint import (
     compare_state_dicts,
     filter_swin_checkpoint,
     load_checkpoint_file,
+)
+from mtlora_vision.models.backbones.task_conditioned import (
+    forward_task_conditioned,
+    inject_task_conditioned,
 )
 
 logger = logging.getLogger(__name__)
@@ -110,7 +115,9 @@ class SwinBackbone(nn.Module):
         drop_path_rate: Stochastic depth, linear from 0 over all blocks.
         pretrained: Local path of an ImageNet Swin checkpoint (Microsoft or timm layout).
         tasks: Task names; with task adapters each stage branches per task.
-        adapter: ``MTLoRAConfig``, ``LoRAConfig`` or None (frozen/decoder-only baseline).
+        adapter: ``MTLoRAConfig``, ``LoRAConfig``, ``MTLLoRAConfig``, ``TALoRAPromptConfig`` or
+            None (frozen/decoder-only baseline). The last two are task-conditioned: stages from
+            their ``branch_stage`` on run once per task (:mod:`.task_conditioned`).
         fused_attn: True: ``scaled_dot_product_attention``; False: explicit softmax; None
             (default): fused without autograd, explicit when gradients are recorded, the faster
             choice of each on this CPU (both give the same results and gradients).
@@ -176,7 +183,12 @@ class SwinBackbone(nn.Module):
         ]
         self.adapter_config = adapter
         self.task_branching = False
-        if adapter is not None:
+        self.task_conditioned = isinstance(adapter, (MTLLoRAConfig, TALoRAPromptConfig))
+        #: First task-specific stage of a task-conditioned adapter (``num_stages`` otherwise).
+        self.branch_stage = adapter.branch_stage if self.task_conditioned else self.num_stages
+        if self.task_conditioned:
+            inject_task_conditioned(self, adapter, self.tasks)
+        elif adapter is not None:
             self._inject(adapter)
         #: Where the frozen weights come from (None: random initialisation, nothing to reload).
         self.pretrained = str(pretrained) if pretrained else None
@@ -248,7 +260,8 @@ class SwinBackbone(nn.Module):
             ValueError: For shape mismatches (e.g. another arch or window size).
         """
         checkpoint = load_checkpoint_file(path)
-        state, dropped = filter_swin_checkpoint(checkpoint, adapter_layers(self))
+        wrapped = [n for n, m in self.named_modules() if isinstance(m, WRAPPER_TYPES)]
+        state, dropped = filter_swin_checkpoint(checkpoint, wrapped)
         own = self.state_dict()
         missing, unexpected, mismatched = compare_state_dicts(own, state)
         expected_missing = set(adapter_parameter_names(self))
@@ -288,16 +301,30 @@ class SwinBackbone(nn.Module):
                 f"to e.g. {-(-height // d) * d}x{-(-width // d) * d}."
             )
 
+    def _check_tasks(self, tasks: Sequence[str] | None) -> tuple[str, ...]:
+        """Tasks of a task-conditioned forward: ``self.tasks`` or a checked subset."""
+        if tasks is None:
+            return self.tasks
+        names = tuple(tasks)
+        unknown = [t for t in names if t not in self.tasks]
+        if unknown or not names or len(set(names)) != len(names):
+            raise ValueError(
+                f"tasks={list(names)} must be distinct tasks of the backbone {list(self.tasks)}."
+            )
+        return names
+
     @property
     def num_streams(self) -> int:
         """Number of feature streams returned per stage (tasks, or 1 without tasks)."""
         return max(len(self.tasks), 1)
 
-    def forward(self, images: Tensor) -> list[Tensor]:
+    def forward(self, images: Tensor, tasks: Sequence[str] | None = None) -> list[Tensor]:
         """Per-task features of every stage.
 
         Args:
             images: ``(B, 3, H, W)`` with ``H, W`` multiples of 32.
+            tasks: Task-conditioned adapters only: compute just these tasks, in this order
+                (default: all of ``self.tasks``).
 
         Returns:
             One tensor per stage, ``(T, B, C_s, H_s, W_s)`` (NCHW per task, tasks in
@@ -307,6 +334,13 @@ class SwinBackbone(nn.Module):
         """
         self.check_input_size(images)
         fused = not torch.is_grad_enabled() if self.fused_attn is None else self.fused_attn
+        if self.task_conditioned:
+            return forward_task_conditioned(self, images, self._check_tasks(tasks), fused)
+        if tasks is not None:
+            raise ValueError(
+                f"tasks={tasks!r}: choosing tasks needs a task-conditioned adapter (MTL-LoRA, "
+                "TA-LoRA prompts); this backbone computes all its tasks in one pass."
+            )
         B = images.shape[0]
         T = self.num_streams
         x = self.patch_embed(images)  # B, H/4, W/4, C

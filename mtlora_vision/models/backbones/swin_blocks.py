@@ -198,7 +198,8 @@ def window_attention(
     """Multi-head self-attention with relative-position bias inside each window, before ``proj``.
 
     Args:
-        attn: A timm ``WindowAttention`` (its ``qkv`` may be an adapter layer).
+        attn: A timm ``WindowAttention`` (its ``qkv`` may be an adapter layer; an ``attn.prompt``
+            adds its gated prompt branches, see :mod:`.task_conditioned`).
         windows: Tokens ``(B * nW, N, C)``.
         geom: Window geometry of the block.
         fused: Use ``F.scaled_dot_product_attention``; else the explicit softmax path.
@@ -223,6 +224,9 @@ def window_attention(
     else:
         scores = (q * attn.scale) @ k.transpose(-2, -1) + attn_mask
         out = scores.softmax(dim=-1) @ v
+    prompt = getattr(attn, "prompt", None)
+    if prompt is not None:  # TA-LoRA-style prompts: gated branches beside the image softmax
+        out = out + prompt.attention_residual(q, attn.qkv, attn.scale)
     return out.transpose(1, 2).reshape(B_, N, -1)
 
 

@@ -1,0 +1,12 @@
+# TA-LoRA-inspired prompts on Swin-T 448, five PASCAL-Context tasks, official recipe. The method
+# lives in configs/_base_/methods/ta_lora.py.
+#   python tools/train.py configs/methods/ta-lora_swin-t_pascal.py
+from mmengine.config import read_base
+
+with read_base():
+    from .._base_.methods.ta_lora import *
+    from ..mtlora_swin_pascal import *
+
+model.adapter = method_adapter
+model.trainable = method_trainable
+optim_wrapper.paramwise_cfg = dict(custom_keys=method_custom_keys)

@@ -1,0 +1,135 @@
+"""Configs of the task-conditioned adapters: MTL-LoRA and the TA-LoRA-inspired prompt adapter.
+
+* MTL-LoRA (Yang et al., arXiv 2410.09437): :class:`~.mtl_lora.MTLLoRALinear`.
+* TA-LoRA-inspired visual prompts (Zhang et al., arXiv 2505.00009, abstract only; our design, see
+  :mod:`~.prompt`): :class:`~.prompt.TaskAdaptiveLowRankPrompt`.
+
+Both make backbone features task-specific, so predicting every task of an image needs one stream
+per task. ``branch_stage`` names the first backbone stage that is task-specific: the stages before
+it run once on the shared batch (MTL-LoRA: plain LoRA layers with the same shared ``A``/``B`` and
+scale ``alpha / rank``; prompts: none), and from it on the stream is replicated task-major to
+``(T * B, ...)``. Like :mod:`~.config`, this module knows nothing about Swin.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mtlora_vision.adapters.prompt import _CHOICES
+
+
+def _check_branch_stage(branch_stage: int, num_stages: int) -> None:
+    if num_stages < 1:
+        raise ValueError(f"num_stages must be >= 1, got {num_stages}.")
+    valid = isinstance(branch_stage, int) and not isinstance(branch_stage, bool)
+    if not valid or not 0 <= branch_stage < num_stages:
+        raise ValueError(
+            f"branch_stage must be an integer in [0, {num_stages - 1}] (the first task-specific "
+            f"stage), got branch_stage={branch_stage!r}."
+        )
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}.")
+
+
+@dataclass(frozen=True)
+class MTLLoRAConfig:
+    """MTL-LoRA on the targeted linear layers; task-specific from ``branch_stage`` on.
+
+    Defaults: rank 64 and 2 up-projections (temperature 0.8) as in the released VL-BART script
+    (METHODS 1.2), full ``Lambda_t``, official initialisation, and ``alpha = 256`` so that the
+    update scale ``alpha / rank = 4`` equals MTLoRA r64's shared scale under the same recipe.
+    ``branch_stage=0`` (every adapted layer task-specific) is the method as published.
+
+    Attributes:
+        rank: Rank ``r`` of every layer.
+        alpha: Scale numerator; the update is scaled by ``alpha / rank``.
+        num_up: Number of shared up-projections ``B^i``.
+        temperature: Softmax temperature of the mixing weights (> 0).
+        dropout: Dropout on the adapter input.
+        diagonal: Diagonal ``Lambda_t`` instead of full ``(r, r)``.
+        init: ``"official"`` or ``"adapters"`` (AdapterHub) initialisation.
+        target_modules: Leaf names of the block linears to adapt.
+        branch_stage: First task-specific stage; earlier stages get plain shared LoRA.
+        num_stages: Number of backbone stages.
+    """
+
+    rank: int = 64
+    alpha: float = 256.0
+    num_up: int = 2
+    temperature: float = 0.8
+    dropout: float = 0.05
+    diagonal: bool = False
+    init: str = "official"
+    target_modules: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
+    branch_stage: int = 0
+    num_stages: int = 4
+
+    def __post_init__(self) -> None:
+        _check_branch_stage(self.branch_stage, self.num_stages)
+        _check_positive_int("rank", self.rank)
+        _check_positive_int("num_up", self.num_up)
+        for name in ("alpha", "temperature"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got dropout={self.dropout!r}.")
+        if self.init not in ("official", "adapters"):
+            raise ValueError(f"Unknown init={self.init!r}; choose 'official' or 'adapters'.")
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if not self.target_modules:
+            raise ValueError("target_modules is empty; name at least one linear layer.")
+
+    @property
+    def scale(self) -> float:
+        """Update scale ``alpha / rank``, shared by the LoRA layers before the branch."""
+        return self.alpha / self.rank
+
+
+@dataclass(frozen=True)
+class TALoRAPromptConfig:
+    """TA-LoRA-inspired prompts (``ta_lora_prompt``) in every block from ``branch_stage`` on.
+
+    Our design from the paper's abstract (METHODS 2.3): per block, ``num_tokens`` prompt keys and
+    values in window attention, a shared prompt plus a low-rank task part, both behind per-head
+    zero-initialised gates. Only the gated shared mode is supported in the backbone (the prompt
+    branches are added to the backbone's own window attention). Default ``branch_stage=2``: task
+    prompts in Swin stages 3-4 only (METHODS 2.3.6); stages before it carry no prompts.
+
+    Attributes:
+        num_tokens: Prompt length ``L`` per block.
+        rank: Rank of the task part (``<= min(L, stage width)``).
+        compose: ``"add"`` or ``"hadamard"``.
+        shared_factor: ``"left"`` or ``"right"``: which factor is shared (slow).
+        warmup_mode: ``"learn_gate"`` or ``"frozen_gate"``.
+        slow_init: ``"svd"`` or ``"normal"``.
+        branch_stage: First stage with (task) prompts.
+        num_stages: Number of backbone stages.
+    """
+
+    num_tokens: int = 10
+    rank: int = 4
+    compose: str = "add"
+    shared_factor: str = "left"
+    warmup_mode: str = "learn_gate"
+    slow_init: str = "svd"
+    branch_stage: int = 2
+    num_stages: int = 4
+
+    def __post_init__(self) -> None:
+        _check_branch_stage(self.branch_stage, self.num_stages)
+        _check_positive_int("num_tokens", self.num_tokens)
+        _check_positive_int("rank", self.rank)
+        if self.rank > self.num_tokens:
+            raise ValueError(f"rank={self.rank} must not exceed num_tokens={self.num_tokens}.")
+        for name in ("compose", "shared_factor", "warmup_mode", "slow_init"):
+            value = getattr(self, name)
+            if value not in _CHOICES[name]:
+                raise ValueError(f"Unknown {name}={value!r}; choose from {list(_CHOICES[name])}.")
+
+
+TaskConditionedConfig = MTLLoRAConfig | TALoRAPromptConfig

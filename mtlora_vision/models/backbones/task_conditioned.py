@@ -1,0 +1,220 @@
+"""Task-conditioned Swin: MTL-LoRA or TA-LoRA-style prompts, with a shared trunk and a branch stage.
+
+* MTL-LoRA (Yang et al., arXiv 2410.09437).
+* TA-LoRA-inspired visual prompts (Zhang et al., arXiv 2505.00009; our design from the abstract).
+
+Both adapters make every layer's output depend on the task, so all tasks of an image need one
+stream per task (METHODS 1.3, 2.3.6). Stages before ``branch_stage`` are task-agnostic and run once
+on the batch ``(B, H, W, C)``; at ``branch_stage`` the stream is replicated task-major to
+``(T * B, H, W, C)`` and every later layer runs batched over the tasks (MTL-LoRA layers and
+prompts read the stacking from their active task layout). Each stage's feature is then the task
+rows ``(T, B, ...)``; before the branch every task gets the shared feature (an expanded view).
+
+This module injects the adapters (:func:`inject_task_conditioned`) and runs the forward pass
+(:func:`forward_task_conditioned`); :class:`~.swin.SwinBackbone` dispatches to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from mtlora_vision.adapters.config import AdapterSpec
+from mtlora_vision.adapters.inject import inject_adapters, match_targets
+from mtlora_vision.adapters.mtl_lora import MTLLoRALinear, set_active_tasks
+from mtlora_vision.adapters.prompt import TaskAdaptiveLowRankPrompt
+from mtlora_vision.adapters.task_conditioned_config import (
+    MTLLoRAConfig,
+    TALoRAPromptConfig,
+    TaskConditionedConfig,
+)
+from mtlora_vision.models.backbones.swin_blocks import block_forward, patch_merge
+
+logger = logging.getLogger(__name__)
+
+#: Linear layers of a block, by their name inside the block.
+BLOCK_LINEARS: tuple[str, ...] = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+class WindowPrompt(TaskAdaptiveLowRankPrompt):
+    """Prompt of one Swin block's window attention, with the task layout set by the backbone.
+
+    Installed as ``block.attn.prompt``; :func:`~.swin_blocks.window_attention` adds
+    :meth:`attention_residual` to its output. Arguments as :class:`TaskAdaptiveLowRankPrompt`
+    (``shared_mode`` is always ``"gated"``).
+
+    Attributes:
+        active_tasks: Task names stacked task-major in the current forward pass, or None.
+    """
+
+    active_tasks: tuple[str, ...] | None = None
+
+    def set_active_tasks(self, tasks: Sequence[str] | None) -> None:
+        """Set the task stacking of the windows seen next (``None`` clears it)."""
+        self.active_tasks = None if tasks is None else tuple(tasks)
+
+    def attention_residual(self, q: Tensor, qkv: nn.Module, scale: float) -> Tensor:
+        """Gated prompt branches for the queries of a window attention.
+
+        Args:
+            q: Unscaled queries ``(T * M, h, N, hd)``, task-major over ``active_tasks``.
+            qkv: The block's fused ``qkv`` layer (an ``nn.Linear`` or an adapter wrapping one);
+                its frozen weights project the prompts.
+            scale: Logit scale of the attention.
+
+        Returns:
+            ``(T * M, h, N, hd)``, to add to the image attention output.
+        """
+        if self.active_tasks is None:
+            raise ValueError(
+                "WindowPrompt has no task layout; the backbone sets it in forward (or call "
+                "set_active_tasks)."
+            )
+        linear = getattr(qkv, "base_layer", qkv)
+        return self.residual(q, linear.weight, linear.bias, tasks=self.active_tasks, scale=scale)
+
+
+def _mtl_lora_specs(backbone: nn.Module, cfg: MTLLoRAConfig) -> dict[str, AdapterSpec]:
+    """Plain shared LoRA specs for the targeted linears of the stages before the branch."""
+    spec = AdapterSpec(shared_rank=cfg.rank, shared_scale=cfg.scale, dropout=cfg.dropout)
+    names = [
+        f"layers.{i}.blocks.{j}.{leaf}"
+        for i in range(cfg.branch_stage)
+        for j in range(len(backbone.layers[i].blocks))
+        for leaf in BLOCK_LINEARS
+    ]
+    return dict.fromkeys(match_targets(names, cfg.target_modules), spec)
+
+
+def _inject_mtl_lora(backbone: nn.Module, cfg: MTLLoRAConfig, tasks: Sequence[str]) -> int:
+    """Shared LoRA before ``branch_stage``, ``MTLLoRALinear`` from it on; return the layer count."""
+    shared = inject_adapters(backbone, _mtl_lora_specs(backbone, cfg))
+    count = len(shared)
+    for i in range(cfg.branch_stage, backbone.num_stages):
+        stage = backbone.layers[i]
+        names = [f"{j}.{leaf}" for j in range(len(stage.blocks)) for leaf in BLOCK_LINEARS]
+        for name in match_targets(names, cfg.target_modules):
+            parent_name, _, leaf = name.rpartition(".")
+            parent = stage.blocks.get_submodule(parent_name)
+            layer = MTLLoRALinear(
+                getattr(parent, leaf),
+                tasks,
+                rank=cfg.rank,
+                alpha=cfg.alpha,
+                num_up=cfg.num_up,
+                temperature=cfg.temperature,
+                dropout=cfg.dropout,
+                diagonal=cfg.diagonal,
+                init=cfg.init,
+            )
+            setattr(parent, leaf, layer)
+            count += 1
+    return count
+
+
+def _inject_prompts(backbone: nn.Module, cfg: TALoRAPromptConfig, tasks: Sequence[str]) -> int:
+    """A :class:`WindowPrompt` in every block from ``branch_stage`` on; return the count."""
+    count = 0
+    for i in range(cfg.branch_stage, backbone.num_stages):
+        for block in backbone.layers[i].blocks:
+            attn = block.attn
+            dim = attn.qkv.in_features
+            if cfg.rank > dim:
+                raise ValueError(f"Prompt rank={cfg.rank} exceeds the width {dim} of stage {i}.")
+            attn.prompt = WindowPrompt(
+                dim,
+                attn.num_heads,
+                tasks,
+                num_tokens=cfg.num_tokens,
+                rank=cfg.rank,
+                compose=cfg.compose,
+                shared_factor=cfg.shared_factor,
+                shared_mode="gated",
+                warmup_mode=cfg.warmup_mode,
+                slow_init=cfg.slow_init,
+            ).to(attn.qkv.weight.device)
+            count += 1
+    return count
+
+
+def inject_task_conditioned(
+    backbone: nn.Module, cfg: TaskConditionedConfig, tasks: Sequence[str]
+) -> None:
+    """Add MTL-LoRA layers or window prompts to a Swin backbone in place.
+
+    Args:
+        backbone: A :class:`~.swin.SwinBackbone` without adapters.
+        cfg: The adapter config; ``cfg.branch_stage`` is the first task-specific stage.
+        tasks: Task names of the backbone (order of the streams).
+
+    Raises:
+        ValueError: Without tasks, or if ``cfg.num_stages`` differs from the backbone's.
+    """
+    if not tasks:
+        raise ValueError(f"{type(cfg).__name__} is task-conditioned; the backbone needs tasks.")
+    if cfg.num_stages != backbone.num_stages:
+        raise ValueError(
+            f"Adapter config has num_stages={cfg.num_stages}; the backbone has "
+            f"{backbone.num_stages}."
+        )
+    if isinstance(cfg, MTLLoRAConfig):
+        count = _inject_mtl_lora(backbone, cfg, tasks)
+    else:
+        count = _inject_prompts(backbone, cfg, tasks)
+    logger.info(
+        "%s: %d adapted modules, task-specific from stage %d.",
+        type(cfg).__name__,
+        count,
+        cfg.branch_stage,
+    )
+
+
+def set_task_layout(module: nn.Module, tasks: Sequence[str] | None) -> None:
+    """Set the task-major stacking of every MTL-LoRA layer and window prompt inside ``module``."""
+    layout = None if tasks is None else tuple(tasks)
+    set_active_tasks(module, layout)
+    for sub in module.modules():
+        if isinstance(sub, WindowPrompt):
+            sub.set_active_tasks(layout)
+
+
+def replicate_task_major(x: Tensor, num_tasks: int) -> Tensor:
+    """``(B, ...)`` -> ``(T * B, ...)``: rows ``[t*B:(t+1)*B]`` copy ``x`` for task ``t``."""
+    return x.unsqueeze(0).expand(num_tasks, *x.shape).reshape(-1, *x.shape[1:])
+
+
+def forward_task_conditioned(
+    backbone: nn.Module, images: Tensor, tasks: Sequence[str], fused: bool
+) -> list[Tensor]:
+    """Per-task features of every stage, the trunk before ``branch_stage`` computed once.
+
+    Args:
+        backbone: A :class:`~.swin.SwinBackbone` with task-conditioned adapters.
+        images: ``(B, 3, H, W)``, checked by the caller.
+        tasks: Tasks to compute, in output order (a subset of the backbone's tasks).
+        fused: Use fused attention.
+
+    Returns:
+        One tensor ``(T, B, C_s, H_s, W_s)`` per stage, ``T = len(tasks)``.
+    """
+    branch = backbone.branch_stage
+    num_tasks, batch = len(tasks), images.shape[0]
+    for stage in backbone.layers[branch:]:
+        set_task_layout(stage, tasks)
+    x = backbone.patch_embed(images)  # B, H/4, W/4, C
+    feats = []
+    for i, stage in enumerate(backbone.layers):
+        if i == branch:
+            x = replicate_task_major(x, num_tasks)  # T*B, H_s, W_s, C
+        for block in stage.blocks:
+            x = block_forward(block, x, fused)
+        if i + 1 < backbone.num_stages:
+            x = patch_merge(backbone.layers[i + 1].downsample, x)
+        if i < branch:
+            feat = x.unsqueeze(0).expand(num_tasks, *x.shape)
+        else:
+            feat = x.view(num_tasks, batch, *x.shape[1:])
+        feats.append(feat.permute(0, 1, 4, 2, 3))  # T, B, C, H, W
+    return feats
