@@ -1,0 +1,12 @@
+# ta-lora (TA-LoRA-inspired low-rank prompts) on the CPU demo (small Swin, synthetic
+# PASCAL-Context, five tasks); see configs/methods/ta-lora_swin-t_pascal.py for the real experiment.
+#   python tools/train.py configs/methods/demo/ta-lora_demo.py
+from mmengine.config import read_base
+
+with read_base():
+    from ..._base_.methods.ta_lora import *
+    from ...mtlora_swin_demo import *
+
+model.adapter = method_adapter
+model.trainable = method_trainable
+optim_wrapper.paramwise_cfg = dict(custom_keys=method_custom_keys)
