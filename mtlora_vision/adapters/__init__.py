@@ -8,15 +8,18 @@ from mtlora_vision.adapters.mtl_lora import MTLLoRALinear
 from mtlora_vision.adapters.mtlora import MTLoRALinear, MTLoRAOutput
 from mtlora_vision.adapters.prompt import TaskAdaptiveLowRankPrompt
 from mtlora_vision.adapters.state_dict import adapter_state_dict, load_adapter_state_dict
+from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
 from mtlora_vision.adapters.trainable import TrainablePolicy, apply_trainable_policy
 
 __all__ = [
     "LoRAConfig",
     "LoRALinear",
+    "MTLLoRAConfig",
     "MTLLoRALinear",
     "MTLoRAConfig",
     "MTLoRALinear",
     "MTLoRAOutput",
+    "TALoRAPromptConfig",
     "TaskAdaptiveLowRankPrompt",
     "TrainablePolicy",
     "adapter_state_dict",
