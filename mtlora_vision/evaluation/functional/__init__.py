@@ -6,7 +6,6 @@ from mtlora_vision.evaluation.functional.boundary import (
     boundary_thresholds,
     count_matches,
     ods_f,
-    thin_boundaries,
 )
 from mtlora_vision.evaluation.functional.delta_m import delta_m
 from mtlora_vision.evaluation.functional.depth import depth_metrics, depth_stats
@@ -35,6 +34,7 @@ from mtlora_vision.evaluation.functional.segmentation import (
     iou_from_confusion,
     mean_iou,
 )
+from mtlora_vision.evaluation.functional.thinning import thin_binary
 
 __all__ = [
     "EDGE_POS_WEIGHT",
@@ -62,5 +62,5 @@ __all__ = [
     "saliency_max_f",
     "saliency_max_iou",
     "saliency_stats",
-    "thin_boundaries",
+    "thin_binary",
 ]

@@ -9,8 +9,8 @@ sigmoid **probabilities** in the place of logits (the predictions are ``255 * si
     loss = (w * sum_{y=1} l + (1 - w) * sum_{y=0} l) / n
 
 where the sums and ``n`` run over the pixels of the whole dataset. Difference: pixels labelled
-``IGNORE_INDEX`` are left out here, while the reference counts them as edges (the validation
-labels it evaluates contain none, so the numbers agree). Lower is better.
+``IGNORE_INDEX`` are left out here, while the reference counts them as edges (its label test is
+``>= 0.5``); the two agree whenever the edge labels hold no ignored pixel. Lower is better.
 """
 
 from __future__ import annotations

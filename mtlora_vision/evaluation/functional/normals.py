@@ -10,8 +10,8 @@ error below 11.25, 22.5 and 30 degrees (strict ``<``). The official meter's "rms
 mean, so the paper's "Normals (rmse)" column corresponds to ``mean`` here.
 
 Sufficient statistics per image (:func:`normals_stats`) are exact sums and counts plus a histogram
-of the errors; the median is read from the summed histogram with linear interpolation inside
-the bin, so it is exact to within one bin width (0.05 degrees by default).
+of the errors; the median is read from the summed histogram (values spread evenly inside
+a bin), so it is exact to within one bin width (0.05 degrees by default).
 """
 
 from __future__ import annotations
@@ -111,22 +111,28 @@ def normals_metrics(
 
 
 def histogram_median(hist: Tensor, bin_width: float) -> float:
-    """Median of values binned in ``[i * bin_width, (i + 1) * bin_width)``, interpolated in the bin.
+    """Median of values binned in ``[i * bin_width, (i + 1) * bin_width)``.
+
+    Values inside a bin are taken as evenly spread over it; as ``numpy.median`` does, an even count
+    averages the two middle values. The result is within one bin width of the exact median.
 
     Args:
         hist: ``(B,)`` non-negative counts with a positive total.
         bin_width: Width of each bin.
 
     Returns:
-        The value below which half of the mass lies.
+        The median.
     """
     hist = hist.to(torch.float64)
-    half = float(hist.sum()) / 2.0
+    count = int(hist.sum())
     cum = hist.cumsum(dim=0)
-    index = int(torch.searchsorted(cum, torch.tensor([half], dtype=torch.float64))[0])
-    before = float(cum[index - 1]) if index > 0 else 0.0
-    fraction = (half - before) / float(hist[index])
-    return (index + fraction) * bin_width
+    ranks = [(count + 1) // 2, count // 2 + 1]  # equal when the count is odd
+    values = []
+    for rank in ranks:
+        index = int(torch.searchsorted(cum, torch.tensor([float(rank)], dtype=torch.float64))[0])
+        before = float(cum[index - 1]) if index > 0 else 0.0
+        values.append((index + (rank - 0.5 - before) / float(hist[index])) * bin_width)
+    return sum(values) / 2.0
 
 
 def _num_bins(bin_width: float) -> int:
