@@ -43,6 +43,7 @@ for loader in (train_dataloader, val_dataloader):
     )
 test_dataloader = val_dataloader
 val_evaluator.tasks = tasks
+val_evaluator.edge_ods = True  # cheap at 128x128: the demo shows every metric
 # The demo's images are synthetic: no Delta-m against the paper's single-task baselines.
 val_evaluator.baselines = dict()
 test_evaluator = val_evaluator

@@ -18,4 +18,4 @@ train_dataloader.dataset.tasks = tasks
 val_dataloader.dataset.tasks = tasks
 test_dataloader = val_dataloader
 val_evaluator.tasks = tasks
-test_evaluator = val_evaluator
+test_evaluator.tasks = tasks
