@@ -49,17 +49,25 @@ val_evaluator.baselines = dict()
 test_evaluator = val_evaluator
 
 max_epochs = 12
+warmup_epochs = 1
 optim_wrapper.type = OptimWrapper
 optim_wrapper.pop("dtype")
 optim_wrapper.optimizer.lr = 2e-3
 param_scheduler = [
-    dict(type=LinearLR, start_factor=0.1, by_epoch=True, begin=0, end=1, convert_to_iter_based=True),
+    dict(
+        type=LinearLR,
+        start_factor=0.1,
+        by_epoch=True,
+        begin=0,
+        end=warmup_epochs,
+        convert_to_iter_based=True,
+    ),
     dict(
         type=CosineAnnealingLR,
-        T_max=max_epochs - 1,
+        T_max=max_epochs - warmup_epochs,
         eta_min=2e-5,
         by_epoch=True,
-        begin=1,
+        begin=warmup_epochs,
         end=max_epochs,
         convert_to_iter_based=True,
     ),

@@ -60,7 +60,7 @@ def test_loss_mode_weights_the_official_losses():
     for task, value in expected.items():
         torch.testing.assert_close(losses[f"loss_{task}"], value)
     _, log_vars = model.parse_losses(losses)
-    assert float(log_vars["loss"]) == pytest.approx(
+    assert float(log_vars["loss"].detach()) == pytest.approx(
         sum(v.item() for v in expected.values()), rel=1e-5
     )
 
