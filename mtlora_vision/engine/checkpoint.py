@@ -344,9 +344,7 @@ class TrainableCheckpointHook(Hook):
             meta[CONTENT_KEY] = "full"
             return
         state = checkpoint["state_dict"]
-        checkpoint["state_dict"] = filter_state_dict(
-            state, trainable_state_dict_keys(model)
-        )
+        checkpoint["state_dict"] = filter_state_dict(state, trainable_state_dict_keys(model))
         meta[CONTENT_KEY] = "trainable"
         runner.logger.debug(
             f"Trainable-only checkpoint: {len(checkpoint['state_dict'])} of {len(state)} entries."
