@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,7 @@ def _one_thread():
 def load_tool(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -212,5 +214,49 @@ def test_benchmark_reports_every_variant(tmp_path) -> None:
     # A frozen Swin needs no backbone backward: training it costs fewer FLOPs than with adapters.
     assert report["train"]["frozen"]["gflops"] < report["train"]["no_adapter"]["gflops"]
     args = tool.parse_args([config, "--img-size", "64", "--threads", "1"])
-    memory = tool.measure_memory(args, "model", "train")
+    memory = tool.measure_memory(args, tool.VariantSpec("model", config, "model"), "train")
     assert memory["peak_rss_mb"] >= memory["rss_before_mb"] > 0
+
+
+def method_config(tmp_path: Path, name: str, adapter: str) -> str:
+    """The tiny config with another adapter (a --methods config)."""
+    text = TINY_CONFIG.format(rank=4).replace(
+        "adapter=dict(type=MTLoRAConfig, shared_rank=4, task_rank=2, dropout=0.0)", adapter
+    )
+    text = "from mtlora_vision.adapters import MTLLoRAConfig, TALoRAPromptConfig\n" + text
+    path = tmp_path / f"{name}.py"
+    path.write_text(text)
+    return str(path)
+
+
+def test_benchmark_times_other_methods_side_by_side(tmp_path) -> None:
+    tool = load_tool("benchmark")
+    config = tiny_config(tmp_path)
+    mtl = method_config(tmp_path, "mtl", "adapter=dict(type=MTLLoRAConfig, rank=4, branch_stage=2)")
+    prompt = method_config(tmp_path, "prompt", "adapter=dict(type=TALoRAPromptConfig, rank=2)")
+    argv = [config, "--methods", mtl, prompt, "--variants", "model", "frozen"]
+    argv += ["--img-size", "64", "--iters", "1", "--warmup", "0", "--merged", "--no-memory"]
+    report = tool.main(argv)
+    assert report["methods"] == {"mtl": mtl, "prompt": prompt}
+    for phase in ("train", "infer", "infer_merged"):
+        assert set(report[phase]) == {"model", "frozen", "mtl", "prompt"}
+    # Trainable parameters are those of the model each config builds.
+    for name, path in (("model", config), ("mtl", mtl), ("prompt", prompt)):
+        cfg = tool.load_cfg(tool.parse_args([path]), path)
+        built = tool.build_variant(cfg, "model", 64)
+        assert report["train"][name]["trainable_params"] == tool.count_trainable(built)
+    # MTL-LoRA runs the branched stages once per task: more FLOPs than MTLoRA's shared stream.
+    # Merged inference takes another path for MTLoRA (fewer FLOPs: shared updates folded in) and
+    # MTL-LoRA (per-task weights formed on the fly: fewer FLOPs only with many tokens per image,
+    # not at 64x64); prompts have nothing to merge.
+    train, merged, infer = report["train"], report["infer_merged"], report["infer"]
+    assert train["mtl"]["gflops"] > train["model"]["gflops"]
+    assert merged["model"]["gflops"] < infer["model"]["gflops"]
+    assert merged["mtl"]["gflops"] != infer["mtl"]["gflops"]
+    assert merged["prompt"]["gflops"] == infer["prompt"]["gflops"]
+    with pytest.raises(ValueError, match="appear twice"):
+        tool.variant_specs(tool.parse_args([config, "--methods", mtl, mtl]))
+    with pytest.raises(KeyError, match="Unknown variants"):
+        tool.variant_specs(tool.parse_args([config, "--variants", "nope"]))
+
+

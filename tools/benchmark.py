@@ -2,15 +2,23 @@
 
     python tools/benchmark.py configs/paper/mtlora_r64_swin-t_pascal.py \
         --img-size 448 --batch-size 2 --iters 5 --merged
+    python tools/benchmark.py configs/mtlora_swin_pascal.py --merged \
+        --methods configs/methods/*_swin-t_pascal.py      # every method, side by side
 
-Prints one JSON object. Variants (``--variants``; add more with :func:`register_variant` or
-``--configs``):
+Prints one JSON object. Variants of CONFIG (``--variants``; add more with
+:func:`register_variant`):
 
 * ``model``: the config as is (its trainable policy).
 * ``frozen``: adapters removed (``adapter=None``) and the whole Swin frozen, same fusion and heads:
   the backward pass never enters the backbone.
 * ``no_adapter``: adapters removed, the other backbone groups trainable as in the config's policy,
   so the backward pass runs through the backbone as it does for the model.
+
+Each ``--methods`` config adds one more variant, named by its file stem, built as that config is.
+Merged inference (``--merged``) times every as-is variant after
+:func:`~mtlora_vision.adapters.merge.merge_for_inference` (MTLoRA/LoRA shared updates folded in,
+MTL-LoRA per-task weights merged on the fly; prompts and BitFit have nothing to merge) against the
+frozen reference.
 
 Timing runs all variants in one process, interleaved step by step (A, B, C, A, B, C, ...), so load
 from other processes hits every variant alike; medians and the median of per-round ratios are
@@ -31,6 +39,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +49,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mtlora_vision.adapters.merge import merge_adapters
+from mtlora_vision.adapters.merge import merge_for_inference
 
 #: Variant name -> function turning the config's model dict into the variant's.
 VARIANTS: dict[str, Callable[[ConfigDict], ConfigDict]] = {}
@@ -77,6 +87,50 @@ def _no_adapter(model: ConfigDict) -> ConfigDict:
     return model
 
 
+@dataclass(frozen=True)
+class VariantSpec:
+    """One timed model: ``transform`` (a :data:`VARIANTS` key) applied to ``config``'s model."""
+
+    name: str
+    config: str
+    transform: str
+
+
+def variant_specs(args: argparse.Namespace) -> list[VariantSpec]:
+    """CONFIG's ``--variants`` then one as-is variant per ``--methods`` config.
+
+    Raises:
+        KeyError: If a variant name is not registered.
+        ValueError: If two variants would get the same name.
+    """
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        raise KeyError(f"Unknown variants {unknown}; registered: {sorted(VARIANTS)}.")
+    specs = [VariantSpec(v, args.config, v) for v in dict.fromkeys(args.variants)]
+    for path in args.methods or []:
+        specs.append(VariantSpec(Path(path).stem, path, "model"))
+    names = [spec.name for spec in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(
+            f"Variant names {duplicates} appear twice; give each --methods config its own file "
+            "name and do not list CONFIG again."
+        )
+    return specs
+
+
+def phase_specs(specs: list[VariantSpec], phase: str) -> list[VariantSpec]:
+    """Variants timed in ``phase``: merged inference skips ``no_adapter`` (nothing to merge)."""
+    if phase != "infer_merged":
+        return specs
+    return [s for s in specs if s.transform in ("model", "frozen")]
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of parameters with ``requires_grad``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def build_variant(cfg: Config, variant: str, img_size: int) -> nn.Module:
     """Build one variant's model (random weights; nothing is downloaded)."""
     model_cfg = copy.deepcopy(cfg.model)
@@ -112,7 +166,7 @@ def prepare(model: nn.Module, phase: str) -> Callable[[Tensor], None]:
         return lambda images: train_step(model, images)
     model.eval()
     if phase == "infer_merged":
-        merge_adapters(model)
+        merge_for_inference(model)
     return lambda images: infer_step(model, images)
 
 
@@ -176,7 +230,7 @@ def rss_mb(field: str = "VmRSS") -> float:
 
 def memory_worker(args: argparse.Namespace) -> dict[str, float]:
     """Run one variant/phase in this (fresh) process and report its memory."""
-    cfg = load_cfg(args)
+    cfg = load_cfg(args, args.config)
     model = build_variant(cfg, args.worker_variant, args.img_size)
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     step = prepare(model, args.worker_phase)
@@ -187,18 +241,18 @@ def memory_worker(args: argparse.Namespace) -> dict[str, float]:
     return {"rss_before_mb": before, "peak_rss_mb": peak, "peak_minus_before_mb": peak - before}
 
 
-def measure_memory(args: argparse.Namespace, variant: str, phase: str) -> dict[str, float]:
+def measure_memory(args: argparse.Namespace, spec: VariantSpec, phase: str) -> dict[str, float]:
     """Spawn a fresh interpreter for one measurement and return its report."""
     cmd = [
         sys.executable,
         __file__,
-        args.config,
+        spec.config,
         "--img-size",
         str(args.img_size),
         "--batch-size",
         str(args.batch_size),
         "--worker-variant",
-        variant,
+        spec.transform,
         "--worker-phase",
         phase,
     ]
@@ -210,9 +264,9 @@ def measure_memory(args: argparse.Namespace, variant: str, phase: str) -> dict[s
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def load_cfg(args: argparse.Namespace) -> Config:
-    """The config with ``--cfg-options`` merged."""
-    cfg = Config.fromfile(args.config)
+def load_cfg(args: argparse.Namespace, path: str) -> Config:
+    """The config at ``path`` with ``--cfg-options`` merged (they apply to every config)."""
+    cfg = Config.fromfile(path)
     options = dict(args.cfg_options or {})
     if args.worker_cfg_json:
         options.update(json.loads(args.worker_cfg_json))
@@ -229,29 +283,35 @@ def phases(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Benchmark every variant and phase; return the JSON report."""
     torch.manual_seed(0)
-    cfg = load_cfg(args)
+    specs = variant_specs(args)
+    configs = {path: load_cfg(args, path) for path in dict.fromkeys(s.config for s in specs)}
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     report: dict[str, Any] = {
         "config": args.config,
+        "methods": {s.name: s.config for s in specs if s.config != args.config},
         "img_size": args.img_size,
         "batch_size": args.batch_size,
         "iters": args.iters,
         "threads": torch.get_num_threads(),
     }
     for phase in phases(args):
-        variants = [v for v in args.variants if phase != "infer_merged" or v == "model"]
-        variants += ["frozen"] if phase == "infer_merged" and "frozen" in args.variants else []
-        models = {v: build_variant(cfg, v, args.img_size) for v in dict.fromkeys(variants)}
-        flops = {v: count_flops(m, images, phase) for v, m in models.items()}
-        steps = {v: prepare(m, phase) for v, m in models.items()}
+        chosen = phase_specs(specs, phase)
+        models = {
+            s.name: build_variant(configs[s.config], s.transform, args.img_size) for s in chosen
+        }
+        trainable = {name: count_trainable(m) for name, m in models.items()}
+        flops = {name: count_flops(m, images, phase) for name, m in models.items()}
+        steps = {name: prepare(m, phase) for name, m in models.items()}
         times = time_interleaved(steps, images, args.iters, args.warmup)
         summary = summarize(times, "frozen")
-        for name in summary:
-            summary[name]["gflops"] = flops[name] / 1e9
-            if "frozen" in flops and name != "frozen":
-                summary[name]["flop_ratio_vs_frozen"] = flops[name] / flops["frozen"]
+        for spec in chosen:
+            entry = summary[spec.name]
+            entry["trainable_params"] = trainable[spec.name]
+            entry["gflops"] = flops[spec.name] / 1e9
+            if "frozen" in flops and spec.name != "frozen":
+                entry["flop_ratio_vs_frozen"] = flops[spec.name] / flops["frozen"]
             if not args.no_memory:
-                summary[name]["memory"] = measure_memory(args, name, phase)
+                entry["memory"] = measure_memory(args, spec, phase)
         report[phase] = summary
         del models, steps
     return report
@@ -266,6 +326,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant")
     parser.add_argument("--merged", action="store_true", help="also time merged inference")
     parser.add_argument("--variants", nargs="+", default=["model", "frozen", "no_adapter"])
+    parser.add_argument(
+        "--methods", nargs="+", metavar="CONFIG", help="more configs, timed side by side as is"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument(
         "--threads", type=int, help="torch threads (default: torch's); 1 is steadier on shared CPUs"
@@ -281,13 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.worker_variant:
-        result = memory_worker(args)
-    else:
-        unknown = sorted(set(args.variants) - set(VARIANTS))
-        if unknown:
-            raise KeyError(f"Unknown variants {unknown}; registered: {sorted(VARIANTS)}.")
-        result = run(args)
+    result = memory_worker(args) if args.worker_variant else run(args)
     print(json.dumps(result))
     return result
 

@@ -3,7 +3,12 @@
 from mtlora_vision.adapters.config import LoRAConfig, MTLoRAConfig, build_adapter_config
 from mtlora_vision.adapters.inject import inject_adapters, match_targets
 from mtlora_vision.adapters.lora import LoRALinear
-from mtlora_vision.adapters.merge import is_merged, merge_adapters, unmerge_adapters
+from mtlora_vision.adapters.merge import (
+    is_merged,
+    merge_adapters,
+    merge_for_inference,
+    unmerge_adapters,
+)
 from mtlora_vision.adapters.mtl_lora import MTLLoRALinear
 from mtlora_vision.adapters.mtlora import MTLoRALinear, MTLoRAOutput
 from mtlora_vision.adapters.prompt import TaskAdaptiveLowRankPrompt
@@ -30,5 +35,6 @@ __all__ = [
     "load_adapter_state_dict",
     "match_targets",
     "merge_adapters",
+    "merge_for_inference",
     "unmerge_adapters",
 ]

@@ -33,6 +33,7 @@ import logging
 
 from torch import nn
 
+from mtlora_vision.adapters.mtl_lora import set_merge_at_inference
 from mtlora_vision.adapters.mtlora import MTLoRALinear
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,21 @@ def unmerge_adapters(model: nn.Module) -> int:
     count = sum(layer.unmerge() for layer in _adapter_layers(model))
     logger.info("Unmerged %d adapter layers.", count)
     return count
+
+
+def merge_for_inference(model: nn.Module) -> int:
+    """Make every adapter of ``model`` as cheap at inference as its method allows.
+
+    MTLoRA and LoRA layers fold their shared updates in (:func:`merge_adapters`); MTL-LoRA layers
+    switch to their on-the-fly per-task merged path, which runs when autograd is off
+    (:func:`~mtlora_vision.adapters.mtl_lora.set_merge_at_inference`). Prompt adapters and BitFit
+    have nothing to merge. Undo with :func:`unmerge_adapters` and
+    ``set_merge_at_inference(model, False)``.
+
+    Returns:
+        Number of layers changed.
+    """
+    return merge_adapters(model) + set_merge_at_inference(model, True)
 
 
 def is_merged(model: nn.Module) -> bool:
