@@ -258,5 +258,3 @@ def test_benchmark_times_other_methods_side_by_side(tmp_path) -> None:
         tool.variant_specs(tool.parse_args([config, "--methods", mtl, mtl]))
     with pytest.raises(KeyError, match="Unknown variants"):
         tool.variant_specs(tool.parse_args([config, "--variants", "nope"]))
-
-

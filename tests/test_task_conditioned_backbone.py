@@ -244,6 +244,8 @@ def test_method_configs_build_and_count() -> None:
     mtl = root / "configs" / "methods" / "mtl-lora_swin-t_pascal.py"
     counts = analyze.count_parameters(analyze.build_model(str(mtl)))
     assert counts["policy_groups"]["adapters"] == swin_t_mtl_lora_adapter_count(40, 2, 5)
+    # Task part: per adapted layer (4 per block, 12 blocks) T r^2 transforms + T n mixing logits.
+    assert counts["breakdown"]["task_adapters"] == 48 * (5 * 40 * 40 + 5 * 2)
     ta = Config.fromfile(str(root / "configs" / "methods" / "ta-lora_swin-t_pascal.py"))
     assert ta.optim_wrapper.paramwise_cfg.custom_keys == {"prompt_fast": {"lr_mult": 10.0}}
     ta.model.backbone.update(arch=ARCH, img_size=64, window_size=4, pretrained=None)
@@ -254,3 +256,8 @@ def test_method_configs_build_and_count() -> None:
     assert prompts_
     assert all(model.get_parameter(n).requires_grad for n in prompts_)
     assert {n.split(".")[2] for n in prompts_} == {"2", "3"}  # branch_stage 2
+    fast = sum(model.get_parameter(n).numel() for n in prompts_ if ".prompt_fast_" in n)
+    ta_counts = analyze.count_parameters(model)
+    assert ta_counts["breakdown"]["task_adapters"] == fast > 0
+    adapters = ta_counts["policy_groups"]["adapters"]
+    assert ta_counts["breakdown"]["shared_adapters"] == adapters - fast

@@ -19,12 +19,17 @@ from mmengine.registry import MODELS
 from torch import nn
 
 BREAKDOWN = ("shared_adapters", "task_adapters", "other_backbone", "decoder")
+#: Name parts of per-task adapter parameters: MTLoRA task branches, MTL-LoRA task transforms and
+#: mixing weights, the prompt adapter's fast (per-task) factors. Other adapter parameters are
+#: shared by all tasks (MTL-LoRA's A and up-projections, prompts' slow weights and gates).
+TASK_ADAPTER_MARKERS = (".lora_tasks_", ".lora_lambdas", ".lora_mix_logits", ".prompt_fast_")
 
 
 def breakdown_group(name: str, group: str) -> str:
     """Breakdown bucket of a parameter from its name and trainable-policy group (pure)."""
     if group == "adapters":
-        return "task_adapters" if ".lora_tasks_" in name else "shared_adapters"
+        task = any(marker in name for marker in TASK_ADAPTER_MARKERS)
+        return "task_adapters" if task else "shared_adapters"
     if group == "decoder":
         return "decoder"
     return "other_backbone"
