@@ -22,22 +22,9 @@ from mtlora_vision.engine.checkpoint import (
     load_checkpoint_safely,
     trainable_state_dict_keys,
 )
-from mtlora_vision.models.backbones.swin_checkpoint import compare_state_dicts
+from mtlora_vision.models.state_dict_check import check_state_dict_fits
 
 logger = logging.getLogger(__name__)
-
-#: How many keys an error message lists before summarising.
-MAX_LISTED_KEYS = 12
-
-
-def _listed(keys: list[str]) -> str:
-    head = keys[:MAX_LISTED_KEYS]
-    more = f" ... ({len(keys)} in total)" if len(keys) > MAX_LISTED_KEYS else ""
-    return f"{head}{more}"
-
-
-def _head_tasks(state: Mapping[str, Tensor]) -> list[str]:
-    return sorted({k.split(".")[1] for k in state if k.startswith("heads.")})
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], bool]:
@@ -77,23 +64,7 @@ def load_model_state(
         KeyError: If keys are missing or unexpected (e.g. a checkpoint for other tasks).
         ValueError: If shapes differ (e.g. a checkpoint for other ranks or head sizes).
     """
-    own = model.state_dict()
-    missing, unexpected, mismatched = compare_state_dicts(own, state)
-    if missing or unexpected:
-        tasks_note = ""
-        own_tasks, their_tasks = _head_tasks(own), _head_tasks(state)
-        if own_tasks != their_tasks:
-            tasks_note = f" It has heads for tasks {their_tasks}; the model for {own_tasks}."
-        raise KeyError(
-            f"{source} does not fit the model: missing keys {_listed(missing)}, unexpected keys "
-            f"{_listed(unexpected)}.{tasks_note} Was it trained with other tasks, adapters or "
-            "heads?"
-        )
-    if mismatched:
-        raise ValueError(
-            f"{source} has other shapes than the model (other ranks or outputs?): "
-            f"{_listed(mismatched)}."
-        )
+    check_state_dict_fits(model.state_dict(), state, source)
     model.load_state_dict(state, strict=True)
 
 

@@ -41,6 +41,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import CheckpointLoader
 from torch import Tensor, nn
 
+from mtlora_vision.models.state_dict_check import check_state_dict_fits
+
 logger = logging.getLogger(__name__)
 
 ATOMIC_BACKEND = "atomic_local"
@@ -370,38 +372,8 @@ class TrainableCheckpointHook(Hook):
                 f"Trainable-only checkpoint: {len(filled)} frozen entries kept from the model "
                 "as built."
             )
-        check_state_dict_matches(state, reference)
+        check_state_dict_fits(reference, state)
         checkpoint["state_dict"] = state
-
-
-def check_state_dict_matches(
-    state: Mapping[str, Tensor], reference: Mapping[str, Tensor], limit: int = 20
-) -> None:
-    """Raise a clear error unless ``state`` has exactly the keys and shapes of ``reference``.
-
-    Raises:
-        KeyError: Missing or unexpected keys (the first ``limit`` of each are listed).
-        ValueError: Keys whose shapes differ.
-    """
-    missing = [k for k in reference if k not in state]
-    unexpected = [k for k in state if k not in reference]
-    if missing or unexpected:
-        raise KeyError(
-            f"Checkpoint does not fit the model: {len(missing)} missing keys "
-            f"{missing[:limit]}, {len(unexpected)} unexpected keys {unexpected[:limit]}. Was it "
-            "trained with other tasks, ranks or adapters than this config?"
-        )
-    shapes = {
-        k: (tuple(state[k].shape), tuple(v.shape))
-        for k, v in reference.items()
-        if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
-    }
-    if shapes:
-        listed = dict(list(shapes.items())[:limit])
-        raise ValueError(
-            f"Checkpoint shapes differ from the model's (checkpoint, model): {listed}. Was it "
-            "trained with other ranks or numbers of classes?"
-        )
 
 
 def export_full_weights(model: nn.Module, filename: str | Path) -> None:

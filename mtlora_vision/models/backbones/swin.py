@@ -41,7 +41,6 @@ from mtlora_vision.models.backbones.swin_blocks import (
     patch_merge,
 )
 from mtlora_vision.models.backbones.swin_checkpoint import (
-    compare_state_dicts,
     filter_swin_checkpoint,
     load_checkpoint_file,
 )
@@ -49,6 +48,7 @@ from mtlora_vision.models.backbones.task_conditioned import (
     forward_task_conditioned,
     inject_task_conditioned,
 )
+from mtlora_vision.models.state_dict_check import compare_state_dicts
 
 logger = logging.getLogger(__name__)
 

@@ -114,22 +114,3 @@ def filter_swin_checkpoint(
         new_key = official_to_timm_key(key) if official else key
         out[wrap_adapted_key(new_key, wrapped)] = value
     return out, sorted(dropped)
-
-
-def compare_state_dicts(
-    expected: Mapping[str, Tensor], given: Mapping[str, Tensor]
-) -> tuple[list[str], list[str], list[str]]:
-    """Compare two state dicts by keys and shapes (pure).
-
-    Returns:
-        Sorted missing keys (in ``expected`` only), unexpected keys (in ``given`` only), and
-        ``"key: given shape vs expected shape"`` for shared keys whose shapes differ.
-    """
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    mismatched = [
-        f"{k}: {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(given))
-        if tuple(given[k].shape) != tuple(expected[k].shape)
-    ]
-    return missing, unexpected, mismatched
