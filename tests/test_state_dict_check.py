@@ -37,5 +37,5 @@ def test_fitting_state_passes_and_errors_name_what_differs():
     with pytest.raises(KeyError, match=r"heads for tasks \['normals', 'sal'\]; the model for"):
         check_state_dict_fits(model_state(), other_tasks, "Checkpoint 'a.pth'")
     other_rank = dict(model_state(), **{"backbone.w": torch.zeros(4, 5)})
-    with pytest.raises(ValueError, match=r"'a.pth' shapes differ.*backbone\.w: \(4, 5\) vs \(4, 2\)"):
+    with pytest.raises(ValueError, match=r"'a.pth' shapes differ.*backbone\.w: \(4, 5\) vs"):
         check_state_dict_fits(model_state(), other_rank, "Checkpoint 'a.pth'")
