@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
+from mtlora_vision.config_types import resolve_type
 
 #: How the task outputs of an MTLoRA layer relate to its shared output (MTLORA_SPEC 1.2).
 MODES: tuple[str, ...] = ("matrix", "matrixv2", "addition")
@@ -284,7 +285,7 @@ def build_adapter_config(
         return cfg
     fields = dict(cfg)
     kind = fields.pop("type", "mtlora")
-    cls = ADAPTER_TYPES.get(kind) if isinstance(kind, str) else kind
+    cls = resolve_type(kind, ADAPTER_TYPES)
     if cls not in _CONFIG_CLASSES:
         raise ValueError(
             f"Unknown adapter type {kind!r}; use one of {sorted(ADAPTER_TYPES)} or the classes."

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from mtlora_vision.adapters.config import AdapterConfig, build_adapter_config
 from mtlora_vision.adapters.trainable import TrainablePolicy
+from mtlora_vision.config_types import resolve_type
 from mtlora_vision.models.backbones.swin import SwinBackbone
 from mtlora_vision.models.heads.builder import build_head
 from mtlora_vision.models.heads.hrnet import HRNetHead
@@ -103,7 +104,7 @@ def build_backbone(
     """Build the backbone from its config entry, giving it the model's tasks and adapters."""
     options = dict(cfg)
     kind = options.pop("type", SwinBackbone)
-    cls = BACKBONE_TYPES.get(kind) if isinstance(kind, str) else kind
+    cls = resolve_type(kind, BACKBONE_TYPES)
     if cls is not SwinBackbone:
         raise ValueError(f"Unknown backbone type {kind!r}; supported: {sorted(BACKBONE_TYPES)}.")
     for key in ("tasks", "adapter"):
@@ -134,7 +135,7 @@ def build_losses(
     )
     weighting_cfg = dict(options.get("weighting") or {"type": FixedWeighting})
     kind = weighting_cfg.pop("type", FixedWeighting)
-    cls = WEIGHTING_TYPES.get(kind) if isinstance(kind, str) else kind
+    cls = resolve_type(kind, WEIGHTING_TYPES)
     if cls is None:
         raise ValueError(f"Unknown loss weighting {kind!r}; choose from {sorted(WEIGHTING_TYPES)}.")
     return criterion, cls(tasks=tuple(tasks), **weighting_cfg)

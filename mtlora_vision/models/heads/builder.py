@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from mtlora_vision.config_types import resolve_type
 from mtlora_vision.models.heads.hrnet import HRNetHead
 from mtlora_vision.models.heads.mlp import MLPHead
 
@@ -30,7 +31,7 @@ def build_head(cfg: Mapping[str, Any], in_channels: Sequence[int], num_outputs: 
     """
     options = dict(cfg)
     kind = options.pop("type", HRNetHead)
-    cls = HEAD_TYPES.get(kind) if isinstance(kind, str) else kind
+    cls = resolve_type(kind, HEAD_TYPES)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ValueError(f"Unknown head type {kind!r}; use a class or one of {sorted(HEAD_TYPES)}.")
     return cls(in_channels=tuple(in_channels), num_outputs=num_outputs, **options)
