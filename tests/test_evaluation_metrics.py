@@ -167,7 +167,21 @@ def test_no_baseline_means_no_delta_m(caplog):
         "edge/odsF",
     }
     assert 0.05 < values["depth/rmse"] < 0.2  # noise std 0.1 m
-    assert any("multitask/delta_m omitted" in r.getMessage() for r in caplog.records)
+    warned = [r.getMessage() for r in caplog.records if "delta_m omitted" in r.getMessage()]
+    assert len(warned) == 1
+    assert "nyud" in warned[0]
+
+
+def test_delta_m_off_is_silent_and_missing_baselines_warn_once(caplog):
+    samples = _samples(2, tasks=("sal",))
+    with caplog.at_level(logging.WARNING, logger="mtlora_vision.evaluation.metrics"):
+        off = MultiTaskMetric(("sal",), baselines={})
+        assert "multitask/delta_m" not in _run(off, samples)
+        assert caplog.records == []
+        unset = MultiTaskMetric(("sal",), dataset=None)
+        _run(unset, samples)
+        _run(unset, samples)  # a second validation does not repeat the warning
+    assert len(caplog.records) == 1
 
 
 def test_per_class_iou_and_fbeta_are_opt_in():

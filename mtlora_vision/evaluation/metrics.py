@@ -93,8 +93,8 @@ class MultiTaskMetric(BaseMetric):
             edge tolerance and (for PASCAL-Context) the default Delta-m baselines.
         num_classes: Classes per segmentation task; overrides the dataset defaults.
         baselines: Single-task value per metric key for Delta-m. ``None`` uses
-            :data:`PAPER_SWIN_T_BASELINES` for PASCAL-Context and none otherwise; ``{}`` turns
-            Delta-m off.
+            :data:`PAPER_SWIN_T_BASELINES` for PASCAL-Context and none otherwise (with one
+            warning); ``{}`` turns Delta-m off silently.
         delta_m_keys: Task -> metric key that represents it in Delta-m, merged over
             :data:`DEFAULT_DELTA_M_KEYS`.
         lower_is_better: Metric keys whose Delta-m term is negated; defaults to
@@ -146,7 +146,9 @@ class MultiTaskMetric(BaseMetric):
         self.tasks = check_tasks(tasks, available, what=f"MultiTaskMetric(dataset={dataset!r})")
         self.num_classes = _resolve_num_classes(self.tasks, dataset, num_classes)
         self.class_names = _resolve_class_names(self.num_classes, class_names)
+        self.dataset = dataset
         self.baselines = _resolve_baselines(baselines, dataset)
+        self._warn_no_baselines = baselines is None and not self.baselines
         self.delta_m_keys = _resolve_delta_m_keys(self.tasks, delta_m_keys)
         self.lower_is_better = frozenset(
             LOWER_IS_BETTER_KEYS if lower_is_better is None else lower_is_better
@@ -260,6 +262,15 @@ class MultiTaskMetric(BaseMetric):
         return out
 
     def _delta_m(self, metrics: Mapping[str, float]) -> float | None:
+        if not self.baselines:
+            if self._warn_no_baselines:  # warned once; baselines={} turns Delta-m off silently
+                logger.warning(
+                    "No Delta-m baselines for dataset %r; multitask/delta_m omitted. Pass "
+                    "baselines={metric key: single-task value} to report it.",
+                    self.dataset,
+                )
+                self._warn_no_baselines = False
+            return None
         entered: dict[str, float] = {}
         left_out: list[str] = []
         for task in self.tasks:
