@@ -4,6 +4,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper
+from scipy.io import loadmat
 
 from mtlora_vision.engine.amp import CPUAutocastOptimWrapper
 from mtlora_vision.engine.runtime import resolve_launcher, resolve_precision, resolve_work_dir
@@ -82,11 +83,10 @@ def test_written_files_round_trip(tmp_path):
     rgb = cv2.imread(str(path))[..., ::-1]
     decoded = rgb.astype(np.float64) * 2 / 255 - 1
     assert decoded[0, 0] == pytest.approx(normals[:, 0, 0].numpy(), abs=0.01)
-    depth = torch.full((1, 2, 2), 1.5)
-    assert (
-        np.load(write_prediction(tmp_path / "depth" / "a", "depth", depth)).tolist()
-        == [[1.5] * 2] * 2
-    )
+    depth = torch.tensor([[[1.5, 2.0], [0.5, 9.25]]])
+    path = write_prediction(tmp_path / "depth" / "a", "depth", depth)
+    assert path.name == "a.mat"  # what ASTMT / MTI-Net eval_depth reads: loadmat(...)["depth"]
+    assert loadmat(path)["depth"].tolist() == depth[0].tolist()
 
 
 def test_resize_prediction_keeps_labels_and_unit_normals():

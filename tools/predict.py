@@ -2,7 +2,7 @@
 
     python tools/predict.py CONFIG CHECKPOINT img1.jpg img2.png --out-dir predictions/
 
-Writes ``OUT_DIR/<task>/<image name>.png`` per task (``.npy`` for depth) at each image's size, and
+Writes ``OUT_DIR/<task>/<image name>.png`` per task (``.mat`` for depth) at each image's size, and
 ``OUT_DIR/show/<image name>.png`` with the input and every task's prediction side by side.
 """
 

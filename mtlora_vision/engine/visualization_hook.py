@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import os.path as osp
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +12,8 @@ import cv2
 import numpy as np
 import torch.nn.functional as F
 from mmengine.hooks import Hook
+from mmengine.visualization import LocalVisBackend, Visualizer
+from scipy.io import savemat
 from torch import Tensor
 
 from mtlora_vision.visualization.colorize import make_panel
@@ -25,23 +29,48 @@ class MultiTaskVisualizationHook(Hook):
 
     Args:
         num_images: How many samples of the first validation batch to draw.
+        by_epoch: Index the pictures by epoch, as mmengine's ``LoggerHook`` indexes validation
+            metrics by default (``log_metric_by_epoch=True``), so pictures and metrics share
+            their step; False indexes them by iteration.
     """
 
     priority = "LOW"
 
-    def __init__(self, num_images: int = 2) -> None:
+    def __init__(self, num_images: int = 2, by_epoch: bool = True) -> None:
         if num_images < 0:
             raise ValueError(f"num_images must be >= 0, got {num_images}.")
         self.num_images = num_images
+        self.by_epoch = by_epoch
 
     def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         """Draw the first samples of the first validation batch."""
         if batch_idx != 0 or not outputs or self.num_images == 0:
             return
+        _make_local_image_dirs(runner.visualizer, "val")
+        step = self._step(runner)
         for index, sample in enumerate(outputs[: self.num_images]):
             image = data_batch["inputs"][index]
             panel = make_panel(image.float(), sample["pred"], sample.get("targets"))
-            runner.visualizer.add_image(f"val/{sample['id']}", panel, step=runner.iter)
+            runner.visualizer.add_image(f"val/{sample['id']}", panel, step=step)
+
+    def _step(self, runner) -> int:
+        if not self.by_epoch:
+            return runner.iter
+        # As LoggerHook: runner.epoch would build a train loop that a val-only run has not built.
+        train_loop = getattr(runner, "_train_loop", None)
+        return 0 if train_loop is None or isinstance(train_loop, dict) else runner.epoch
+
+
+def _make_local_image_dirs(visualizer: Visualizer, group: str) -> None:
+    """Create ``vis_image/<group>`` for local backends.
+
+    mmengine's ``LocalVisBackend`` writes ``<name>_<step>.png`` without creating the folders that a
+    ``/`` in the name implies, and ``cv2.imwrite`` fails silently; TensorBoard needs the ``/`` to
+    group the images.
+    """
+    for backend in getattr(visualizer, "_vis_backends", {}).values():
+        if isinstance(backend, LocalVisBackend):
+            os.makedirs(osp.join(backend.experiment._img_save_dir, group), exist_ok=True)
 
 
 def _resize_prediction(task: str, pred: Tensor, size: tuple[int, int]) -> Tensor:
@@ -62,7 +91,8 @@ def prediction_to_file_array(task: str, pred: Tensor) -> np.ndarray:
 
     Formats follow the community's offline evaluation (ASTMT / MTI-Net style): class ids as 8-bit
     PNG, saliency and edge probabilities as 8-bit PNG (``255 * p``), normals as RGB PNG
-    (``255 * (n + 1) / 2``), depth as float32 ``.npy`` in metres.
+    (``255 * (n + 1) / 2``), depth as float32 metres in a MATLAB ``.mat`` file under the key
+    ``"depth"`` (what the ASTMT / MTI-Net ``eval_depth`` reads).
 
     Args:
         task: Task name.
@@ -85,12 +115,12 @@ def prediction_to_file_array(task: str, pred: Tensor) -> np.ndarray:
 
 
 def write_prediction(path: Path, task: str, pred: Tensor) -> Path:
-    """Write one prediction; returns the file written (``.png``, or ``.npy`` for depth)."""
+    """Write one prediction; returns the file written (``.png``, or ``.mat`` for depth)."""
     array = prediction_to_file_array(task, pred)
     path.parent.mkdir(parents=True, exist_ok=True)
     if task == "depth":
-        path = path.with_suffix(".npy")
-        np.save(path, array)
+        path = path.with_suffix(".mat")
+        savemat(path, {"depth": array})
         return path
     path = path.with_suffix(".png")
     if array.ndim == 3:
