@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -71,7 +72,34 @@ def test_train_writes_a_trainable_only_checkpoint(trained):
     assert (work_dir / "last_checkpoint").read_text().strip().endswith("epoch_1.pth")
 
 
-def test_test_tool_writes_metrics_json_predictions_and_pictures(trained):
+def _events(work_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (path,) = work_dir.glob("*/vis_data/events.out.tfevents.*")
+    events = EventAccumulator(str(path), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    return events
+
+
+def test_tensorboard_has_task_losses_lr_metrics_and_images(trained):
+    _, work_dir, _ = trained
+    events = _events(work_dir)
+    scalars = set(events.Tags()["scalars"])
+    tasks = ("semseg", "human_parts", "sal", "normals", "edge")
+    assert {"loss", "lr", *(f"loss_{t}" for t in tasks), *(f"raw_{t}" for t in tasks)} <= scalars
+    assert scalars >= EXPECTED_KEYS
+    # validated before training (ValidateBeforeTrainHook) and after epoch 1: metrics by epoch
+    assert [e.step for e in events.Scalars("semseg/mIoU")] == [0, 1]
+    assert [e.step for e in events.Scalars("loss_sal")] == [1, 2]
+    images = events.Tags()["images"]
+    assert len(images) == 2
+    assert all(tag.startswith("val/") for tag in images)
+    assert {e.step for e in events.Images(images[0])} == {0, 1}  # the metrics' steps
+    # the local backend keeps the same pictures as files
+    assert len(list(work_dir.glob("*/vis_data/vis_image/val/*.png"))) == 4
+
+
+def test_test_tool_writes_metrics_json_predictions_and_pictures(trained, capsys):
     root, work_dir, options = trained
     out = root / "metrics.json"
     metrics = test_tool.main(
@@ -93,8 +121,22 @@ def test_test_tool_writes_metrics_json_predictions_and_pictures(trained):
     written = json.loads(out.read_text())
     assert written == pytest.approx(metrics)
     assert set(written) >= EXPECTED_KEYS
+    assert all(isinstance(v, float) for v in written.values())
+    captured = capsys.readouterr()
+    assert "test: 100%" in captured.err  # progress bar over the 1 test batch
+    assert "human_parts  mIoU" in captured.out  # per-task table
+    # Offline-evaluation formats at the original image size (synthetic images are 48 x 64).
     for task in ("semseg", "human_parts", "sal", "normals", "edge"):
-        assert len(list((root / "preds" / task).glob("*.png"))) == 2
+        files = sorted((root / "preds" / task).glob("*.png"))
+        assert len(files) == 2
+        array = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
+        assert array.dtype == "uint8"
+        assert array.shape == ((48, 64, 3) if task == "normals" else (48, 64))
+        if task in ("semseg", "human_parts"):
+            assert array.max() < {"semseg": 21, "human_parts": 7}[task]
+    normals = cv2.imread(str(next((root / "preds" / "normals").glob("*.png"))))[..., ::-1]
+    unit = normals.astype("float64") * 2 / 255 - 1
+    assert abs((unit**2).sum(axis=-1) - 1).max() < 0.05  # RGB = 255 * (n + 1) / 2
     assert len(list((root / "show").glob("*.png"))) == 2
 
 
@@ -136,6 +178,12 @@ def test_train_kill_resume_and_finish(tmp_path):
     assert final["meta"]["iter"] == 6
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_ddp_with_two_gloo_processes(tmp_path):
     options = tiny_options(tmp_path / "data")
     result = run_tool(
@@ -145,7 +193,7 @@ def test_ddp_with_two_gloo_processes(tmp_path):
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29533",
+            str(_free_port()),  # a fixed port clashes with other test runs on the machine
             "tools/train.py",
             DEMO,
             "--launcher",

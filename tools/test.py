@@ -1,6 +1,11 @@
 """Evaluate a trained multi-task model with mmengine's Runner.
 
 python tools/test.py CONFIG CHECKPOINT [--out metrics.json] [--out-dir DIR] [--show-dir DIR]
+
+Shows a progress bar, prints a per-task metrics table, and with ``--out`` writes the metrics as one
+JSON object. ``--out-dir`` saves each task's prediction per image at the original image size in
+the files the ASTMT / MTI-Net offline evaluation reads: ``<task>/<id>.png`` (class ids; 255 * p
+for sal and edge; RGB 255 * (n + 1) / 2 for normals) and ``depth/<id>.mat`` (key ``depth``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 from mtlora_vision.engine.checkpoint import register_checkpoint_io
+from mtlora_vision.engine.progress_hook import ProgressBarHook
 from mtlora_vision.engine.runtime import (
     init_cpu_distributed,
     load_config,
@@ -41,10 +47,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def format_table(metrics: dict[str, float]) -> str:
-    """Return the metrics as a two-column text table, grouped by task prefix."""
-    width = max((len(key) for key in metrics), default=6)
-    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ---------"]
-    lines += [f"{key:<{width}}  {value:9.4f}" for key, value in sorted(metrics.items())]
+    """Return the metrics as a task / metric / value table, tasks in the metric's order."""
+    rows: dict[str, list[tuple[str, float]]] = {}
+    for key, value in metrics.items():
+        task, _, name = key.partition("/")
+        rows.setdefault(task, []).append((name or task, value))
+    task_w = max([len("task"), *(len(t) for t in rows)])
+    name_w = max([len("metric"), *(len(n) for r in rows.values() for n, _ in r)])
+    lines = [f"{'task':<{task_w}}  {'metric':<{name_w}}  {'value':>9}"]
+    lines.append(f"{'-' * task_w}  {'-' * name_w}  {'-' * 9}")
+    for task, entries in rows.items():
+        for index, (name, value) in enumerate(entries):
+            shown = task if index == 0 else ""
+            lines.append(f"{shown:<{task_w}}  {name:<{name_w}}  {value:9.4f}")
     return "\n".join(lines)
 
 
@@ -61,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cfg.load_from = args.checkpoint
     cfg.resume = False
     runner = Runner.from_cfg(cfg)
+    runner.register_hook(ProgressBarHook())
     if args.out_dir or args.show_dir:
         runner.register_hook(PredictionWriterHook(out_dir=args.out_dir, show_dir=args.show_dir))
     metrics = {key: float(value) for key, value in runner.test().items()}
