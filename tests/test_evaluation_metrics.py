@@ -228,3 +228,11 @@ def test_input_errors_name_the_problem():
         metric.process({}, [dict(sample, pred=scores)])
     with pytest.raises(ValueError, match="no results"):
         metric.compute_metrics([])
+
+
+def test_diverged_predictions_are_a_clear_error():
+    metric = MultiTaskMetric(("sal", "normals"))
+    sample = _samples(1, tasks=("sal", "normals"))[0]
+    diverged = dict(sample["pred"], normals=torch.full((3, H, W), float("nan")))
+    with pytest.raises(FloatingPointError, match=r"normals prediction of sample 'x' holds NaN"):
+        metric.process({}, [dict(sample, pred=diverged)])

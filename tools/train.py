@@ -13,7 +13,9 @@ import logging
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
+from mtlora_vision.engine.allocator import tune_cpu_allocator
 from mtlora_vision.engine.checkpoint import register_checkpoint_io
+from mtlora_vision.engine.hooks import last_saved_checkpoint
 from mtlora_vision.engine.runtime import (
     init_cpu_distributed,
     load_config,
@@ -52,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    tune_cpu_allocator()  # large CPU tensors without page faults on every step
     register_checkpoint_io()  # safe (allow-listed) checkpoint loading and atomic writes
     cfg = load_config(args.config, args.cfg_options)
     # work_dir is determined in this priority: CLI > segment in file > filename
@@ -64,7 +67,16 @@ def main(argv: list[str] | None = None) -> None:
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except FloatingPointError:  # non-finite loss, weights or predictions: say where to resume
+        last = last_saved_checkpoint(cfg.work_dir)
+        runner.logger.error(
+            "Training stopped on non-finite values (see the error below). Latest checkpoint, "
+            f"written before them: {last or 'none'}; fix the cause (e.g. a lower learning rate) "
+            "and run again with --resume."
+        )
+        raise
     shutdown_distributed()
 
 

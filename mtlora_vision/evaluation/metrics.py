@@ -174,6 +174,7 @@ class MultiTaskMetric(BaseMetric):
 
         Raises:
             KeyError: If a sample lacks ``pred``/``targets`` or an evaluated task.
+            FloatingPointError: If a prediction holds NaN or inf (a diverged model).
         """
         for sample in data_samples:
             pred, targets = _pred_and_targets(sample, self.tasks)
@@ -306,6 +307,13 @@ def _pred_and_targets(
         for field, values in (("pred", pred), ("targets", targets)):
             if task not in values:
                 raise KeyError(f"Task {task!r} missing from sample[{field!r}] ({list(values)}).")
+        value = pred[task]
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise FloatingPointError(
+                f"The {task} prediction of sample {sample.get('id', '?')!r} holds NaN or inf: the "
+                "model's weights have diverged. Lower the learning rate and resume from an earlier "
+                "checkpoint."
+            )
     return pred, targets
 
 
