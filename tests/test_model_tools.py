@@ -210,7 +210,13 @@ def test_benchmark_reports_every_variant(tmp_path) -> None:
         assert model["ratio_vs_frozen"] == pytest.approx(
             model["median_s"] / report[phase]["frozen"]["median_s"]
         )
+        assert model["cpu_ratio_vs_frozen"] == pytest.approx(
+            model["cpu_median_s"] / report[phase]["frozen"]["cpu_median_s"]
+        )
+        assert len(model["cpu_all_s"]) == 2
+        assert min(model["cpu_all_s"]) > 0
         assert model["flop_ratio_vs_frozen"] > 1.0
+    assert isinstance(report["malloc_tuned"], bool)
     # A frozen Swin needs no backbone backward: training it costs fewer FLOPs than with adapters.
     assert report["train"]["frozen"]["gflops"] < report["train"]["no_adapter"]["gflops"]
     args = tool.parse_args([config, "--img-size", "64", "--threads", "1"])

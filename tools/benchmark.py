@@ -22,8 +22,11 @@ frozen reference.
 
 Timing runs all variants in one process, interleaved step by step (A, B, C, A, B, C, ...), so load
 from other processes hits every variant alike; medians and the median of per-round ratios are
-reported. A training step is ``zero_grad`` + forward + backward of a surrogate loss (the mean
-square of every output). Peak memory is the peak RSS (``VmHWM``) of a fresh subprocess per variant
+reported, of wall-clock seconds and (``cpu_*``) of the process's CPU seconds, the steadier figure
+with ``--threads 1`` on a shared machine. The CPU allocator is tuned as in the train and test tools
+(:mod:`mtlora_vision.engine.allocator`; ``MTLORA_MALLOC_TUNING=0`` times glibc's defaults).
+A training step is ``zero_grad`` + forward + backward of a surrogate loss (the mean square of every
+output). Peak memory is the peak RSS (``VmHWM``) of a fresh subprocess per variant
 and phase (tracemalloc does not see torch's allocations), with the RSS before the first step.
 FLOPs (matmuls and convolutions, via ``torch.utils.flop_counter``; window attention on the CPU
 flash kernel is not counted, and it is identical across variants) give the floor of each ratio.
@@ -50,6 +53,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mtlora_vision.adapters.merge import merge_for_inference
+from mtlora_vision.engine.allocator import tune_cpu_allocator
 
 #: Variant name -> function turning the config's model dict into the variant's.
 VARIANTS: dict[str, Callable[[ConfigDict], ConfigDict]] = {}
@@ -189,27 +193,40 @@ def count_flops(model: nn.Module, images: Tensor, phase: str) -> int:
 
 def time_interleaved(
     steps: dict[str, Callable[[Tensor], None]], images: Tensor, iters: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds per step for every variant, measured round-robin."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and process CPU seconds per step for every variant, measured round-robin.
+
+    With one thread the CPU time is the steadier figure on a shared machine: time spent waiting
+    for a core that another process holds is not counted.
+    """
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     for it in range(warmup + iters):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step(images)
             if it >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
-def summarize(times: dict[str, list[float]], reference: str) -> dict[str, Any]:
-    """Medians and ratios against ``reference`` (of medians and median of per-round ratios)."""
-    out: dict[str, Any] = {}
+def summarize(
+    times: dict[str, list[float]], reference: str, prefix: str = ""
+) -> dict[str, dict[str, Any]]:
+    """Medians and ratios against ``reference`` (of medians and median of per-round ratios).
+
+    Keys are ``{prefix}median_s``, ``{prefix}all_s``, ``{prefix}ratio_vs_<reference>`` and
+    ``{prefix}round_ratio_vs_<reference>``.
+    """
+    out: dict[str, dict[str, Any]] = {}
     ref = times.get(reference)
     for name, values in times.items():
-        entry = {"median_s": statistics.median(values), "all_s": [round(v, 4) for v in values]}
+        median = statistics.median(values)
+        entry = {f"{prefix}median_s": median, f"{prefix}all_s": [round(v, 4) for v in values]}
         if ref is not None and name != reference:
-            entry[f"ratio_vs_{reference}"] = entry["median_s"] / statistics.median(ref)
-            entry[f"round_ratio_vs_{reference}"] = statistics.median(
+            entry[f"{prefix}ratio_vs_{reference}"] = median / statistics.median(ref)
+            entry[f"{prefix}round_ratio_vs_{reference}"] = statistics.median(
                 v / r for v, r in zip(values, ref, strict=True)
             )
         out[name] = entry
@@ -293,6 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "iters": args.iters,
         "threads": torch.get_num_threads(),
+        "malloc_tuned": args.malloc_tuned,
     }
     for phase in phases(args):
         chosen = phase_specs(specs, phase)
@@ -302,8 +320,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trainable = {name: count_trainable(m) for name, m in models.items()}
         flops = {name: count_flops(m, images, phase) for name, m in models.items()}
         steps = {name: prepare(m, phase) for name, m in models.items()}
-        times = time_interleaved(steps, images, args.iters, args.warmup)
-        summary = summarize(times, "frozen")
+        wall, cpu = time_interleaved(steps, images, args.iters, args.warmup)
+        summary = summarize(wall, "frozen")
+        for name, entry in summarize(cpu, "frozen", prefix="cpu_").items():
+            summary[name].update(entry)
         for spec in chosen:
             entry = summary[spec.name]
             entry["trainable_params"] = trainable[spec.name]
@@ -342,6 +362,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    # As the train and test tools do; MTLORA_MALLOC_TUNING=0 (inherited by the memory
+    # subprocesses) times glibc's defaults instead.
+    args.malloc_tuned = tune_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     result = memory_worker(args) if args.worker_variant else run(args)

@@ -17,6 +17,7 @@ from mmengine.config import DictAction
 
 from mtlora_vision.apis.inference import init_model
 from mtlora_vision.apis.predict import predict_images
+from mtlora_vision.engine.allocator import tune_cpu_allocator
 from mtlora_vision.engine.visualization_hook import write_prediction
 from mtlora_vision.visualization.colorize import make_panel
 
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    tune_cpu_allocator()  # large CPU tensors without page faults on every step
     model = init_model(
         args.config, args.checkpoint, device=args.device, cfg_options=args.cfg_options
     )

@@ -18,6 +18,7 @@ import os.path as osp
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
+from mtlora_vision.engine.allocator import tune_cpu_allocator
 from mtlora_vision.engine.checkpoint import register_checkpoint_io
 from mtlora_vision.engine.progress_hook import ProgressBarHook
 from mtlora_vision.engine.runtime import (
@@ -66,6 +67,7 @@ def format_table(metrics: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    tune_cpu_allocator()  # large CPU tensors without page faults on every step
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f"Checkpoint {args.checkpoint!r} does not exist.")
     register_checkpoint_io()  # safe (allow-listed) checkpoint loading and atomic writes

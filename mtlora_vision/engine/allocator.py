@@ -1,0 +1,75 @@
+"""Keep glibc from handing large tensor buffers back to the kernel after every free (CPU speed).
+
+PyTorch's CPU tensors come straight from ``malloc``. glibc serves requests above its mmap
+threshold (32 MiB at most) with fresh ``mmap`` pages and unmaps them on ``free``, so every large
+activation of a forward or backward pass is page-faulted in again, page by page, on first touch.
+On this project's 2-core CPU, ``x + x`` on a 38 MB tensor takes about 16 ms with the default
+settings and 1.5 ms with the tuning below; a 448x448 MTLoRA step allocates hundreds of such
+buffers. PyTorch's CPU performance guide recommends jemalloc or tcmalloc for this; two ``mallopt``
+calls give the same effect without a dependency:
+
+* ``M_MMAP_MAX = 0``: serve every request from the heap, never from a private mapping;
+* ``M_TRIM_THRESHOLD = 2 GiB - 1``: keep freed heap memory for the next allocation instead of
+  trimming it.
+
+The process then keeps its peak heap size until it exits (peak memory itself is unchanged). The
+tools call :func:`tune_cpu_allocator` at start-up; a library import never changes process-wide
+settings. Set ``MTLORA_MALLOC_TUNING=0`` to keep glibc's defaults; with jemalloc or tcmalloc in
+``LD_PRELOAD`` nothing is changed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import platform
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable that turns the tuning off when set to ``0``, ``false`` or ``no``.
+ENV_SWITCH = "MTLORA_MALLOC_TUNING"
+
+# glibc's mallopt parameter numbers (<malloc.h>).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_TRIM_THRESHOLD = 2**31 - 1
+
+_applied = False
+
+
+def tuning_requested(environ: dict[str, str] | None = None) -> bool:
+    """Whether the environment leaves the tuning on (pure; ``environ`` defaults to os.environ)."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    preload = env.get("LD_PRELOAD", "")
+    return not any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc"))
+
+
+def tune_cpu_allocator() -> bool:
+    """Apply the glibc settings of the module docstring once per process.
+
+    Returns:
+        Whether the settings are in effect (False on non-glibc systems, when switched off, with
+        another allocator preloaded, or if ``mallopt`` refused them).
+    """
+    global _applied
+    if _applied:
+        return True
+    if not tuning_requested():
+        logger.info("CPU allocator left at its defaults (%s or LD_PRELOAD).", ENV_SWITCH)
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        logger.debug("Not glibc: CPU allocator left at its defaults.")
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    ok = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
+    if not ok:
+        logger.warning("glibc refused the mallopt settings; CPU steps may page-fault more.")
+        return False
+    _applied = True
+    logger.debug("glibc malloc: no mmap for large blocks, freed memory kept for reuse.")
+    return True
