@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
+from mtlora_vision.datasets.masking import fill_where_invalid
 from mtlora_vision.tasks import IGNORE_INDEX
 
 #: Tasks stored as ``uint8`` label maps (255 ignore).
@@ -29,6 +31,31 @@ _VALIDITY_BITS = {"normals": 4}
 _CODE_OF = np.zeros(256, np.uint8)
 _CODE_OF[[1, IGNORE_INDEX]] = [1, 2]
 _VALUE_OF = np.array([0, 1, IGNORE_INDEX, IGNORE_INDEX], np.uint8)
+_BYTES = np.arange(256, dtype=np.uint8)
+
+
+def _encode_table(bit: int) -> np.ndarray:
+    """Byte table: label value (0, 1, 255) -> its 2-bit code shifted to ``bit``."""
+    return (_CODE_OF << bit).astype(np.uint8)
+
+
+def _decode_table(bit: int) -> np.ndarray:
+    """Byte table: flags byte -> label value of the 2 bits at ``bit``; 255 (padding) -> ignore."""
+    table = _VALUE_OF[(_BYTES >> bit) & 3]
+    table[IGNORE_INDEX] = IGNORE_INDEX
+    return table
+
+
+def _validity_table(bit: int) -> np.ndarray:
+    """Byte table: flags byte -> 1 if the validity bit is set, 0 for it unset or padding."""
+    table = ((_BYTES >> bit) & 1).astype(np.uint8)
+    table[IGNORE_INDEX] = 0
+    return table
+
+
+_ENCODE = {name: _encode_table(bit) for name, bit in _BINARY_BITS.items()}
+_DECODE = {name: _decode_table(bit) for name, bit in _BINARY_BITS.items()}
+_VALID = {name: _validity_table(bit) for name, bit in _VALIDITY_BITS.items()}
 
 
 def pack_flags(binary: Mapping[str, np.ndarray], validity: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -44,9 +71,9 @@ def pack_flags(binary: Mapping[str, np.ndarray], validity: Mapping[str, np.ndarr
     shape = next(iter({**binary, **validity}.values())).shape
     flags = np.zeros(shape, np.uint8)
     for name, label in binary.items():
-        flags |= _CODE_OF[label] << _BINARY_BITS[name]
+        flags |= cv2.LUT(np.ascontiguousarray(label, dtype=np.uint8), _ENCODE[name])
     for name, valid in validity.items():
-        flags |= valid.astype(np.uint8) << _VALIDITY_BITS[name]
+        flags |= np.left_shift(valid.view(np.uint8), _VALIDITY_BITS[name], dtype=np.uint8)
     return flags
 
 
@@ -58,14 +85,9 @@ def unpack_flags(
     Returns:
         ``(binary label maps uint8 (H, W), validity masks bool (H, W))``.
     """
-    padded = flags == IGNORE_INDEX
-    labels = {
-        name: np.where(padded, np.uint8(IGNORE_INDEX), _VALUE_OF[(flags >> _BINARY_BITS[name]) & 3])
-        for name in binary
-    }
-    valid = {
-        name: ((flags >> _VALIDITY_BITS[name]) & 1).astype(bool) & ~padded for name in validity
-    }
+    flags = np.ascontiguousarray(flags, dtype=np.uint8)
+    labels = {name: cv2.LUT(flags, _DECODE[name]) for name in binary}
+    valid = {name: cv2.LUT(flags, _VALID[name]).view(bool) for name in validity}
     return labels, valid
 
 
@@ -79,7 +101,16 @@ class PackLayout:
 
 
 def _is_binary(label: np.ndarray) -> bool:
+    """True if every value is 0, 1 or 255 (the common 0/1 maps are settled by their maximum)."""
+    if label.size == 0 or label.max() <= 1:
+        return True
     return not np.any((label > 1) & (label != IGNORE_INDEX))
+
+
+def _zero_where_invalid(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """A ``float32`` copy of ``values`` (``(H, W)`` or ``(H, W, C)``) with invalid pixels 0."""
+    out = np.array(values, dtype=np.float32, copy=True)
+    return fill_where_invalid(out, valid if out.ndim == 2 else valid[..., None], 0.0)
 
 
 def pack_targets(
@@ -112,16 +143,14 @@ def pack_targets(
             planes.append(label)
     if "normals" in targets:
         validity["normals"] = targets["normals"][..., 0] != IGNORE_INDEX
-        data["normals"] = np.where(
-            validity["normals"][..., None], targets["normals"], np.float32(0)
-        )
+        data["normals"] = _zero_where_invalid(targets["normals"], validity["normals"])
     if "depth" in targets:
-        data["depth"] = np.where(targets["depth"] != IGNORE_INDEX, targets["depth"], np.float32(0))
+        data["depth"] = _zero_where_invalid(targets["depth"], targets["depth"] != IGNORE_INDEX)
     if binary or validity:
         channels.append("flags")
         planes.append(pack_flags(binary, validity))
     if planes:
-        data["mask"] = planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)
+        data["mask"] = planes[0] if len(planes) == 1 else cv2.merge(planes)
     return data, PackLayout(tuple(channels), tuple(binary), tuple(validity))
 
 
