@@ -27,7 +27,12 @@ from mtlora_vision.datasets.labels import (
     mask_normals,
     normals_with_ignore,
 )
-from mtlora_vision.datasets.readers import SizeMismatchError
+from mtlora_vision.datasets.readers import (
+    CorruptFileError,
+    SizeMismatchError,
+    check_label_map,
+    check_label_values,
+)
 from mtlora_vision.datasets.synthetic_pascal import SceneObject, write_anno_mat
 
 
@@ -186,3 +191,31 @@ def test_nyud_conventions():
     np.testing.assert_allclose(normals, [[[255, 255, 255], [0, 0.6, 0.8]]], atol=1e-6)
     grey = decode_normals_png(np.full((1, 1, 3), 127, np.uint8))
     assert (normals_with_ignore(grey, min_norm=0.5) == 255).all()
+
+
+def test_malformed_anno_structs_are_errors_naming_the_file(tmp_path):
+    shape = (4, 5)
+    not_a_struct = np.zeros((1, 1))
+    with pytest.raises(CorruptFileError, match=r"f\.mat: `anno` is a float64 array"):
+        has_annotated_person(not_a_struct, source="f.mat")
+    obj = np.zeros((1, 1), dtype=[("class", object), ("class_ind", object), ("mask", object)])
+    obj[0, 0] = (np.array(["person"]), np.array([[15]]), np.ones(shape, np.uint8))
+    anno = np.zeros((1, 1), dtype=[("imname", object), ("objects", object)])
+    anno[0, 0] = (np.array(["x"]), obj)
+    with pytest.raises(CorruptFileError, match=r"g\.mat: a struct has no field 'parts'"):
+        decode_human_parts(anno, shape, source="g.mat")
+    obj[0, 0] = (np.array(["person"]), np.zeros((0, 0)), np.ones(shape, np.uint8))
+    with pytest.raises(CorruptFileError, match=r"h\.mat: field 'class_ind' is empty"):
+        has_annotated_person(anno, source="h.mat")
+
+
+def test_label_value_and_label_map_checks():
+    check_label_values("ok.png", np.array([[0, 20, 255]], np.uint8), 21)
+    with pytest.raises(CorruptFileError, match=r"bad\.png.*\[21, 254\] outside 0\.\.20"):
+        check_label_values("bad.png", np.array([[0, 21, 254, 255]], np.uint8), 21)
+    ids = np.array([[1, 459]], np.uint16)
+    assert check_label_map("a.mat", ids) is ids
+    np.testing.assert_array_equal(check_label_map("b.mat", ids.astype(float)), ids)
+    for bad in (np.array([[1.5]]), np.array([[-1]]), np.array([[np.nan]]), np.zeros((2, 2, 1))):
+        with pytest.raises(CorruptFileError, match=r"c\.mat"):
+            check_label_map("c.mat", bad)

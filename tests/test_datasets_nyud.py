@@ -103,3 +103,7 @@ def test_bad_inputs(nyud_root, tmp_path):
     cv2.imwrite(str(root / "segmentation" / "0001.png"), np.full(SIZE, 41, np.uint8))
     with pytest.raises(CorruptFileError, match=r"segmentation/0001\.png.*0..40"):
         ds[1]
+    root = shutil.copytree(nyud_root, tmp_path / "depth3")
+    np.save(root / "depth" / "0000.npy", np.ones((*SIZE, 3), np.float32))
+    with pytest.raises(CorruptFileError, match=r"depth/0000\.npy.*\(36, 48, 3\), expected"):
+        NYUDMT(root, "train", tasks="depth", augment=False)[0]

@@ -146,10 +146,42 @@ def test_cached_edges_follow_label_map_changes(pascal_copy, tmp_path):
         pascal_copy, "val", tasks=["edge"], keep_original_size=True, cache_dir=cache
     )
     assert ds[0]["data_samples"]["targets"]["edge"].sum() > 0
-    assert len(list(cache.rglob("edge-v1/2009_000000.*.png"))) == 1
+    assert len(list(cache.rglob("edge-v2/2009_000000.*.bin"))) == 1
     mat = pascal_copy / "pascal-context/trainval/2009_000000.mat"
     scipy.io.savemat(mat, {"LabelMap": np.full(SIZE, 440, np.uint16)})
     assert ds[0]["data_samples"]["targets"]["edge"].sum() == 0
+    assert len(list(cache.rglob("edge-v2/2009_000000.*.bin"))) == 1  # the old entry is gone
+
+
+def test_cached_labels_equal_freshly_decoded_ones(pascal_root, tmp_path):
+    kwargs = dict(split="val", keep_original_size=True, tasks=["human_parts", "edge"])
+    fresh = PascalContextMT(pascal_root, use_cache=False, **kwargs)
+    cached = PascalContextMT(pascal_root, cache_dir=tmp_path / "cache", **kwargs)
+    for i in range(len(fresh)):
+        cached[i]  # fills the cache
+        for task in kwargs["tasks"]:
+            a = fresh[i]["data_samples"]["targets"][task]
+            torch.testing.assert_close(
+                cached[i]["data_samples"]["targets"][task], a, rtol=0, atol=0
+            )
+    entry = next((tmp_path / "cache").rglob("edge-v2/*.bin"))
+    entry.write_bytes(b"damaged")
+    image_id = entry.name.split(".")[0]
+    index = cached.ids.index(image_id)
+    torch.testing.assert_close(
+        cached[index]["data_samples"]["targets"]["edge"],
+        fresh[index]["data_samples"]["targets"]["edge"],
+    )
+
+
+def test_val_split_is_resize_only(pascal_root, tmp_path):
+    ds = PascalContextMT(pascal_root, "val", img_size=(40, 56), cache_dir=tmp_path / "cache")
+    first, second = ds[1], ds[1]
+    assert torch.equal(first["inputs"], second["inputs"])
+    scene = _scene(1, 1)
+    for task, expected in (("semseg", scene.semseg), ("sal", scene.saliency > 127)):
+        resized = cv2.resize(expected.astype(np.uint8), (56, 40), interpolation=cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(first["data_samples"]["targets"][task].numpy(), resized)
 
 
 def test_missing_data_root_names_path_and_command(tmp_path):
@@ -158,6 +190,43 @@ def test_missing_data_root_names_path_and_command(tmp_path):
         FileNotFoundError, match=r"nowhere.*tools/prepare_dataset\.py pascal_context"
     ):
         PascalContextMT(missing)
+
+
+def test_bad_files_name_the_file_and_what_is_wrong(pascal_copy):
+    def sample(tasks, index):
+        return PascalContextMT(pascal_copy, tasks=tasks, augment=False, use_cache=False)[index]
+
+    cv2.imwrite(str(pascal_copy / "semseg/VOC12/2008_000000.png"), np.full(SIZE, 37, np.uint8))
+    with pytest.raises(CorruptFileError, match=r"VOC12/2008_000000\.png.*\[37\] outside 0\.\.20"):
+        sample(["semseg"], 0)
+    cv2.imwrite(str(pascal_copy / "normals_distill/2008_000002.png"), np.zeros(SIZE, np.uint8))
+    with pytest.raises(CorruptFileError, match=r"normals_distill/2008_000002\.png.*1 channel"):
+        sample(["normals"], 2)
+    scipy.io.savemat(
+        pascal_copy / "human_parts/2008_000003.mat",
+        {"anno": np.zeros((1, 1), dtype=[("imname", object)])},
+    )
+    with pytest.raises(CorruptFileError, match=r"2008_000003\.mat.*no field 'objects'"):
+        sample(["human_parts"], 3)
+    with pytest.raises(CorruptFileError, match=r"2008_000003\.mat.*no field 'objects'"):
+        PascalContextMT(pascal_copy, tasks=["human_parts"], use_cache=False)
+    label_maps = pascal_copy / "pascal-context/trainval"
+    scipy.io.savemat(label_maps / "2008_000004.mat", {"LabelMap": np.zeros((*SIZE, 2))})
+    with pytest.raises(CorruptFileError, match=r"2008_000004\.mat.*shape \(48, 64, 2\)"):
+        sample(["edge"], 4)
+    scipy.io.savemat(label_maps / "2008_000005.mat", {"Other": np.zeros(SIZE)})
+    with pytest.raises(CorruptFileError, match=r"2008_000005\.mat.*no variable 'LabelMap'"):
+        sample(["normals"], 5)
+    # Integral floats are valid ids.
+    scipy.io.savemat(label_maps / "2008_000001.mat", {"LabelMap": np.full(SIZE, 440.0)})
+    assert (sample(["edge"], 1)["data_samples"]["targets"]["edge"] == 0).all()
+
+
+def test_single_task_as_a_string(pascal_root):
+    ds = PascalContextMT(pascal_root, "val", tasks="sal", use_cache=False)
+    assert ds.tasks == ("sal",)
+    with pytest.raises(NotADirectoryError, match=r"train\.txt.*is a file"):
+        PascalContextMT(pascal_root / "ImageSets/Context/train.txt")
 
 
 def test_unknown_task_and_split(pascal_root):

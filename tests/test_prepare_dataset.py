@@ -65,6 +65,19 @@ def test_missing_unreadable_and_missized_files_are_listed(pascal_root, tmp_path)
         ("unreadable", "human_parts/2008_000002.mat"),
         ("mis-sized", "sal_distill/2008_000003.png"),
     }
+    # The checks of the dataset's own readers: label values and channel counts.
+    cv2.imwrite(str(root / "semseg/VOC12/2008_000000.png"), np.full(SIZE, 99, np.uint8))
+    cv2.imwrite(str(root / "normals_distill/2009_000001.png"), np.zeros(SIZE, np.uint8))
+    report = verify_dataset("pascal_context", root, progress=False)
+    found = {(p.kind, str(p.path.relative_to(root))) for p in report.problems if p.kind != "count"}
+    assert ("unreadable", "semseg/VOC12/2008_000000.png") in found
+    assert ("unreadable", "normals_distill/2009_000001.png") in found
+    assert len(found) == 6
+    short = report.format(limit=1)
+    assert "  unreadable: 4\n" in short
+    assert "... and 3 more unreadable files" in short
+    assert "2008_000002.mat" not in short
+    assert "2008_000002.mat" in report.format()
     quick = verify_dataset("pascal_context", root, quick=True, progress=False)
     assert {p.kind for p in quick.problems} == {"count", "missing"}
     assert (

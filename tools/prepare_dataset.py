@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="check that files exist, do not decode"
     )
+    parser.add_argument(
+        "--all", action="store_true", help="list every problem (default: 20 per kind)"
+    )
     parser.add_argument("--url", help="override the download URL")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             extract_archive(archive, args.root, progress=progress)
     report = verify_dataset(args.dataset, args.root, quick=args.quick, progress=progress)
-    print(report.format())
+    print(report.format(limit=None if args.all else 20))
     return 0 if report.ok else 1
 
 

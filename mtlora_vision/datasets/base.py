@@ -112,6 +112,11 @@ class MultiTaskDataset(Dataset):
         self.data_root = Path(data_root).expanduser()
         if synthesize_if_missing is not None:
             self._synthesize(synthesize_if_missing)
+        if self.data_root.exists() and not self.data_root.is_dir():
+            raise NotADirectoryError(
+                f"{type(self).__name__} data_root {str(self.data_root)!r} is a file, not a dataset "
+                "folder; pass the folder that holds the release (e.g. data/PASCAL_MT)."
+            )
         if not self.data_root.is_dir():
             raise FileNotFoundError(
                 f"{type(self).__name__} data_root {str(self.data_root)!r} does not exist. Prepare "
@@ -120,6 +125,8 @@ class MultiTaskDataset(Dataset):
                 f"{self.data_root} --dataset {self.dataset_name}`."
             )
         self.split = split
+        # A single task may be given as a plain string (e.g. from --cfg-options ...tasks=sal).
+        tasks = (tasks,) if isinstance(tasks, str) else tasks
         self.tasks = check_tasks(tasks, self.available_tasks, what=f"{type(self).__name__}")
         self.cache_dir = (
             dataset_cache_dir(cache_dir, self.dataset_name, self.data_root) if use_cache else None

@@ -105,30 +105,30 @@ def download(url: str, dest: str | Path, progress: bool = True, timeout: float =
     return dest
 
 
-def _members(archive: Path) -> int:
+def _unpack(archive: Path, target: Path, progress: bool) -> None:
+    """Extract ``archive`` into ``target`` in one pass, with a progress bar over its bytes."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            return len(zf.infolist())
-    with tarfile.open(archive) as tf:
-        return len(tf.getmembers())
-
-
-def _unpack(archive: Path, target: Path, progress: bool) -> None:
-    total = _members(archive)
-    with tqdm(
-        total=total, unit="files", desc=f"extract {archive.name}", disable=not progress
-    ) as bar:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    zf.extract(info, target)  # zipfile strips absolute paths and ".." itself
-                    bar.update(1)
-            return
-        with tarfile.open(archive) as tf:
-            for member in tf:
-                # The "data" filter refuses absolute paths, links out of the target and devices.
-                tf.extract(member, target, filter="data")
-                bar.update(1)
+            members = zf.infolist()
+            for info in tqdm(
+                members, unit="files", desc=f"extract {archive.name}", disable=not progress
+            ):
+                zf.extract(info, target)  # zipfile strips absolute paths and ".." itself
+        return
+    with (
+        open(archive, "rb") as raw,
+        tqdm.wrapattr(
+            raw,
+            "read",
+            total=archive.stat().st_size,
+            desc=f"extract {archive.name}",
+            disable=not progress,
+        ) as reader,
+        tarfile.open(fileobj=reader, mode="r|*") as tf,  # streamed: the archive is read once
+    ):
+        for member in tf:
+            # The "data" filter refuses absolute paths, links out of the target and devices.
+            tf.extract(member, target, filter="data")
 
 
 def extract_archive(archive: str | Path, root: str | Path, progress: bool = True) -> Path:

@@ -15,40 +15,68 @@ import numpy as np
 from skimage.morphology import thin
 
 from mtlora_vision.datasets.class_info import HUMAN_PART_GROUPS, PERSON_CLASS_ID
-from mtlora_vision.datasets.readers import SizeMismatchError
+from mtlora_vision.datasets.masking import fill_where_invalid
+from mtlora_vision.datasets.readers import CorruptFileError, SizeMismatchError
 from mtlora_vision.tasks import IGNORE_INDEX
 
 _INVALID = float(IGNORE_INDEX)
 
 
-def _scalar(value: np.ndarray) -> object:
+def _corrupt_anno(source: str, problem: str) -> CorruptFileError:
+    return CorruptFileError(
+        f"{source}: {problem}; expected the PASCAL-Part `anno` struct (fields imname, objects; "
+        "object fields class, class_ind, mask, parts; part fields part_name, mask). Replace the "
+        "file with the one of the release."
+    )
+
+
+def _field(record: np.ndarray | np.void, name: str, source: str) -> np.ndarray:
+    """Field ``name`` of a MATLAB struct record, or an error naming the file and the field."""
+    names = record.dtype.names or ()
+    if name not in names:
+        raise _corrupt_anno(source, f"a struct has no field {name!r} (it has {list(names)})")
+    return record[name]
+
+
+def _scalar(value: np.ndarray, source: str, what: str) -> object:
     """First element of a MATLAB cell/array field as loaded by scipy (e.g. ``[[15]]`` -> 15)."""
     flat = np.asarray(value).ravel()
     if flat.size == 0:
-        raise ValueError("empty MATLAB field")
+        raise _corrupt_anno(source, f"field {what!r} is empty")
     return flat[0].item() if hasattr(flat[0], "item") else flat[0]
 
 
-def anno_objects(anno: np.ndarray) -> np.ndarray:
+def anno_objects(anno: np.ndarray, source: str = "<anno>") -> np.ndarray:
     """The object records of a PASCAL-Part ``anno`` variable, as a 1-D array (possibly empty).
 
     Args:
         anno: ``scipy.io.loadmat(path)['anno']``, a ``1x1`` struct (fields ``imname``, ``objects``).
+        source: Name of the file, used in error messages.
+
+    Raises:
+        CorruptFileError: If ``anno`` is not such a struct.
     """
-    objects = anno[0, 0]["objects"]
+    if anno.dtype.names is None or anno.size != 1:
+        raise _corrupt_anno(source, f"`anno` is a {anno.dtype} array of shape {anno.shape}")
+    objects = _field(anno.ravel()[0], "objects", source)
     if objects.size == 0 or objects.dtype.names is None:
         return np.empty(0, dtype=object)
     return objects.ravel()
 
 
-def is_annotated_person(obj: np.void) -> bool:
+def is_annotated_person(obj: np.void, source: str = "<anno>") -> bool:
     """True if a PASCAL-Part object is a person (VOC id 15) with a non-empty ``parts`` array."""
-    return int(_scalar(obj["class_ind"])) == PERSON_CLASS_ID and obj["parts"].size > 0
+    class_ind = _scalar(_field(obj, "class_ind", source), source, "class_ind")
+    try:
+        is_person = int(class_ind) == PERSON_CLASS_ID  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise _corrupt_anno(source, f"class_ind {class_ind!r} is not a number") from None
+    return is_person and _field(obj, "parts", source).size > 0
 
 
-def has_annotated_person(anno: np.ndarray) -> bool:
+def has_annotated_person(anno: np.ndarray, source: str = "<anno>") -> bool:
     """True if the image has human-part labels: one of its objects is an annotated person."""
-    return any(is_annotated_person(obj) for obj in anno_objects(anno))
+    return any(is_annotated_person(obj, source) for obj in anno_objects(anno, source))
 
 
 def decode_human_parts(
@@ -74,24 +102,25 @@ def decode_human_parts(
 
     Raises:
         SizeMismatchError: On a mask whose size differs from ``shape``.
+        CorruptFileError: On a malformed struct.
         ValueError: On an unknown part name.
     """
     target = np.full(shape, IGNORE_INDEX, dtype=np.uint8)
     found = False
-    for obj in anno_objects(anno):
-        if not is_annotated_person(obj):
+    for obj in anno_objects(anno, source):
+        if not is_annotated_person(obj, source):
             continue
         if not found:
             target[:] = 0
             found = True
         for part in obj["parts"].ravel():
-            name = str(_scalar(part["part_name"]))
+            name = str(_scalar(_field(part, "part_name", source), source, "part_name"))
             if name not in groups:
                 raise ValueError(
                     f"{source}: unknown person part name {name!r}; expected one of "
                     f"{sorted(groups)}."
                 )
-            mask = np.asarray(part["mask"])
+            mask = np.asarray(_field(part, "mask", source))
             if mask.shape != tuple(shape):
                 raise SizeMismatchError(
                     f"{source}: part {name!r} has mask size {mask.shape} but the image has size "
@@ -131,7 +160,8 @@ def mask_normals(
     valid = np.take(table, label_map, mode="clip")
     if np.issubdtype(label_map.dtype, np.signedinteger):
         valid &= label_map >= 0
-    return np.where(valid[..., None], normals, np.float32(_INVALID)).astype(np.float32, copy=False)
+    out = np.array(normals, dtype=np.float32, copy=True)
+    return fill_where_invalid(out, valid[..., None], _INVALID)
 
 
 def normals_with_ignore(normals: np.ndarray, min_norm: float = 0.0) -> np.ndarray:

@@ -169,13 +169,23 @@ def decode_nyud_file(task: str, path: Path) -> np.ndarray:
             raise CorruptFileError(f"NYUD label file {str(path)!r}: {err}") from err
     if path.suffix == ".png":
         if task == "normals":
-            return normals_with_ignore(decode_normals_png(read_rgb(path)), min_norm=0.5)
+            return normals_with_ignore(
+                decode_normals_png(read_rgb(path, strict=True)), min_norm=0.5
+            )
         return binarize_edge(read_label_png(path))
     array = read_npy(path)
-    expected_ndim = {"depth": (2, 3), "normals": (3,), "edge": (2, 3)}[task]
-    if array.ndim not in expected_ndim or (task == "normals" and array.shape[-1] != 3):
+    channels = 3 if task == "normals" else 1
+    if not (array.ndim == 3 and array.shape[-1] == channels) and not (
+        array.ndim == 2 and channels == 1
+    ):
+        expected = "(H, W, 3)" if channels == 3 else "(H, W) or (H, W, 1)"
         raise CorruptFileError(
-            f"NYUD {task} file {str(path)!r} has unexpected shape {array.shape}."
+            f"NYUD {task} file {str(path)!r} has shape {array.shape}, expected {expected}; "
+            "replace it with the file of the release."
+        )
+    if not np.issubdtype(array.dtype, np.number):
+        raise CorruptFileError(
+            f"NYUD {task} file {str(path)!r} holds {array.dtype} values, expected numbers."
         )
     if task == "depth":
         return depth_with_ignore(array)

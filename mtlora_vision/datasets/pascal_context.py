@@ -18,21 +18,16 @@ import numpy as np
 from mtlora_vision.datasets.base import MultiTaskDataset, check_files_exist, read_split_ids
 from mtlora_vision.datasets.cache import cached_flags
 from mtlora_vision.datasets.class_info import HUMAN_PART_CLASSES, VOC_CLASSES, normals_valid_lookup
-from mtlora_vision.datasets.labels import (
-    binarize_saliency,
-    decode_human_parts,
-    decode_normals_png,
-    edges_from_label_map,
-    has_annotated_person,
-    mask_normals,
+from mtlora_vision.datasets.labels import edges_from_label_map, mask_normals
+from mtlora_vision.datasets.pascal_files import (
+    has_person,
+    read_context_labels,
+    read_human_parts,
+    read_normals,
+    read_saliency,
+    read_semseg,
 )
-from mtlora_vision.datasets.readers import (
-    check_same_size,
-    read_gray,
-    read_label_png,
-    read_mat_variable,
-    read_rgb,
-)
+from mtlora_vision.datasets.readers import read_rgb
 from mtlora_vision.datasets.transforms import MultiTaskTransform
 
 logger = logging.getLogger(__name__)
@@ -143,7 +138,7 @@ class PascalContextMT(MultiTaskDataset):
         sources = {image_id: self._paths[image_id]["human_parts"] for image_id in ids}
 
         def compute(image_id: str, path: Path) -> bool:
-            return has_annotated_person(read_mat_variable(path, "anno"))
+            return has_person(path)
 
         if self.cache_dir is None:
             flags = {image_id: compute(image_id, path) for image_id, path in sources.items()}
@@ -170,31 +165,24 @@ class PascalContextMT(MultiTaskDataset):
 
         def context_labels() -> np.ndarray:
             if not label_map:
-                labels = read_mat_variable(paths["context"], "LabelMap")
-                check_same_size(paths["context"], labels, shape)
-                label_map.append(labels)
+                label_map.append(read_context_labels(paths["context"], shape))
             return label_map[0]
 
         if "semseg" in self.tasks:
-            targets["semseg"] = self._checked(
-                paths["semseg"], read_label_png(paths["semseg"]), shape
-            )
+            targets["semseg"] = read_semseg(paths["semseg"], shape)
         if "human_parts" in self.tasks:
             targets["human_parts"] = self.label_cache.get(
                 "human_parts",
                 image_id,
                 paths["human_parts"],
-                lambda: self._human_parts(paths["human_parts"], shape),
+                lambda: read_human_parts(paths["human_parts"], shape),
                 shape,
             )
         if "sal" in self.tasks:
-            targets["sal"] = binarize_saliency(
-                self._checked(paths["sal"], read_gray(paths["sal"]), shape)
-            )
+            targets["sal"] = read_saliency(paths["sal"], shape)
         if "normals" in self.tasks:
-            rgb = self._checked(paths["normals"], read_rgb(paths["normals"]), shape)
             targets["normals"] = mask_normals(
-                decode_normals_png(rgb), context_labels(), normals_valid_lookup()
+                read_normals(paths["normals"], shape), context_labels(), normals_valid_lookup()
             )
         if "edge" in self.tasks:
             targets["edge"] = self.label_cache.get(
@@ -205,12 +193,3 @@ class PascalContextMT(MultiTaskDataset):
                 shape,
             )
         return image, targets
-
-    @staticmethod
-    def _checked(path: Path, array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        check_same_size(path, array, shape)
-        return array
-
-    @staticmethod
-    def _human_parts(path: Path, shape: tuple[int, int]) -> np.ndarray:
-        return decode_human_parts(read_mat_variable(path, "anno"), shape, source=str(path))

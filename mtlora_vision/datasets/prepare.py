@@ -24,11 +24,15 @@ from mtlora_vision.datasets.nyud import (
     resolve_extension,
 )
 from mtlora_vision.datasets.pascal_context import PASCAL_SPLIT_SIZES, pascal_paths
+from mtlora_vision.datasets.pascal_files import (
+    read_context_labels,
+    read_normals,
+    read_saliency,
+    read_semseg,
+)
 from mtlora_vision.datasets.readers import (
     CorruptFileError,
     SizeMismatchError,
-    read_gray,
-    read_label_png,
     read_mat_variable,
     read_rgb,
 )
@@ -64,8 +68,12 @@ class DatasetReport:
         """True when nothing is missing, unreadable, mis-sized or miscounted."""
         return not self.problems
 
-    def format(self) -> str:
-        """Human-readable report: counts, then every problem with its path, grouped by kind."""
+    def format(self, limit: int | None = None) -> str:
+        """Human-readable report: counts, then the problems with their paths, grouped by kind.
+
+        Args:
+            limit: List at most this many problems per kind (None: all of them).
+        """
         lines = [f"{self.dataset} at {self.root}"]
         for split, count in self.counts.items():
             expected = EXPECTED_COUNTS[self.dataset].get(split)
@@ -75,7 +83,10 @@ class DatasetReport:
             found = [p for p in self.problems if p.kind == kind]
             if found:
                 lines.append(f"  {kind}: {len(found)}")
-                lines += [f"    {p.path}{': ' + p.detail if p.detail else ''}" for p in found]
+                shown = found if limit is None else found[:limit]
+                lines += [f"    {p.path}{': ' + p.detail if p.detail else ''}" for p in shown]
+                if len(shown) < len(found):
+                    lines.append(f"    ... and {len(found) - len(shown)} more {kind} files")
         lines.append("  OK" if self.ok else f"  {len(self.problems)} problem(s)")
         return "\n".join(lines)
 
@@ -85,19 +96,23 @@ def _read_shape(path: Path, reader: Callable[[Path], np.ndarray]) -> tuple[int, 
 
 
 def _pascal_readers(shape_of_image: tuple[int, int]) -> dict[str, Callable[[Path], np.ndarray]]:
+    """The dataset's own readers (same checks as training) plus the size of every object mask."""
+
     def parts(path: Path) -> np.ndarray:
         anno = read_mat_variable(path, "anno")
-        for obj in anno_objects(anno):
-            if np.asarray(obj["mask"]).shape != shape_of_image:
-                raise SizeMismatchError(f"object mask of size {np.asarray(obj['mask']).shape}")
+        for obj in anno_objects(anno, str(path)):
+            if "mask" in (obj.dtype.names or ()):
+                mask_shape = np.asarray(obj["mask"]).shape
+                if mask_shape != shape_of_image:
+                    raise SizeMismatchError(f"object mask of size {mask_shape}")
         return decode_human_parts(anno, shape_of_image, source=str(path))
 
     return {
-        "semseg": read_label_png,
+        "semseg": partial(read_semseg, shape=shape_of_image),
         "human_parts": parts,
-        "sal": read_gray,
-        "normals": read_rgb,
-        "context": lambda p: read_mat_variable(p, "LabelMap"),
+        "sal": partial(read_saliency, shape=shape_of_image),
+        "normals": partial(read_normals, shape=shape_of_image),
+        "context": partial(read_context_labels, shape=shape_of_image),
     }
 
 

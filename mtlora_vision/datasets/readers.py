@@ -15,6 +15,8 @@ import scipy.io
 from PIL import Image
 from scipy.io.matlab import MatReadError
 
+from mtlora_vision.tasks import IGNORE_INDEX
+
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 _MAT_ERRORS = (OSError, ValueError, TypeError, IndexError, NotImplementedError, MatReadError)
@@ -33,12 +35,18 @@ def _require_file(path: Path) -> None:
         raise FileNotFoundError(f"Dataset file {str(path)!r} does not exist.")
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_rgb(path: str | Path, strict: bool = False) -> np.ndarray:
     """Read a JPEG or PNG as ``uint8 (H, W, 3)`` RGB.
+
+    Args:
+        path: The file.
+        strict: Require an 8-bit three-channel file (for vector data such as normals PNGs, where
+            converting grey or 16-bit files to RGB would make up values); otherwise any image is
+            converted to 8-bit RGB.
 
     Raises:
         FileNotFoundError: If the file is missing.
-        CorruptFileError: If it cannot be decoded.
+        CorruptFileError: If it cannot be decoded, or with ``strict`` is not 8-bit RGB.
     """
     path = Path(path)
     _require_file(path)
@@ -47,10 +55,17 @@ def read_rgb(path: str | Path) -> np.ndarray:
     # check the end-of-image marker explicitly.
     if data[:2] == _JPEG_SOI and not data.rstrip(b"\0").endswith(_JPEG_EOI):
         raise CorruptFileError(f"JPEG {str(path)!r} is truncated (no end-of-image marker).")
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    flag = cv2.IMREAD_UNCHANGED if strict else cv2.IMREAD_COLOR
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     if bgr is None:
         raise CorruptFileError(
             f"Cannot decode image {str(path)!r}; the file is corrupt or not an image."
+        )
+    if strict and (bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8):
+        channels = 1 if bgr.ndim == 2 else bgr.shape[2]
+        raise CorruptFileError(
+            f"Image {str(path)!r} has {channels} channel(s) of {bgr.dtype}; expected an 8-bit RGB "
+            "file (3 channels). Replace it with the file of the release."
         )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
@@ -104,8 +119,7 @@ def read_mat_variable(path: str | Path, name: str) -> np.ndarray:
 
     Raises:
         FileNotFoundError: If the file is missing.
-        CorruptFileError: If it cannot be parsed.
-        KeyError: If the variable is absent.
+        CorruptFileError: If it cannot be parsed or the variable is absent.
     """
     path = Path(path)
     _require_file(path)
@@ -114,7 +128,10 @@ def read_mat_variable(path: str | Path, name: str) -> np.ndarray:
     except _MAT_ERRORS as err:
         raise CorruptFileError(f"Cannot read MATLAB file {str(path)!r}: {err}") from err
     if name not in content:
-        raise KeyError(f"MATLAB file {str(path)!r} has no variable {name!r}.")
+        raise CorruptFileError(
+            f"MATLAB file {str(path)!r} has no variable {name!r}; it is not a file of this "
+            "release. Replace it with the file of the release."
+        )
     return content[name]
 
 
@@ -150,3 +167,59 @@ def check_same_size(path: str | Path, array: np.ndarray, image_shape: tuple[int,
             f"{tuple(image_shape)}; the file is mis-sized (list all such files with "
             "tools/prepare_dataset.py --check)."
         )
+
+
+def check_label_values(path: str | Path, labels: np.ndarray, num_classes: int) -> None:
+    """Raise if a label map holds values other than ``0 .. num_classes - 1`` and 255 (ignore).
+
+    Args:
+        path: The label's file, named in the error.
+        labels: ``uint8 (H, W)``.
+        num_classes: Number of classes of the task.
+
+    Raises:
+        CorruptFileError: Naming the file and the unexpected values.
+    """
+    # Two vectorised counts instead of a boolean mask: the common valid map costs almost nothing.
+    if np.count_nonzero(labels >= num_classes) == np.count_nonzero(labels == IGNORE_INDEX):
+        return
+    bad = np.unique(labels[(labels >= num_classes) & (labels != IGNORE_INDEX)])
+    raise CorruptFileError(
+        f"Label file {str(path)!r} has values {bad.tolist()[:10]} outside 0..{num_classes - 1} "
+        f"and {IGNORE_INDEX} (ignore); it is not a label map of this task. Replace it with the "
+        "file of the release (list all such files with tools/prepare_dataset.py --check)."
+    )
+
+
+def check_label_map(path: str | Path, array: np.ndarray) -> np.ndarray:
+    """Validate a PASCAL-Context ``LabelMap``: 2-D, integer ids (integral floats accepted).
+
+    Args:
+        path: The ``.mat`` file, named in the error.
+        array: The loaded variable.
+
+    Returns:
+        The ids as an integer ``(H, W)`` array (the input itself when already integer).
+
+    Raises:
+        CorruptFileError: On another number of dimensions, non-integral or negative values.
+    """
+    if array.ndim != 2:
+        raise CorruptFileError(
+            f"LabelMap of {str(path)!r} has shape {array.shape}; expected a 2-D (H, W) map of "
+            "PASCAL-Context class ids."
+        )
+    if np.issubdtype(array.dtype, np.integer):
+        labels = array
+    elif np.issubdtype(array.dtype, np.floating) and np.all(np.isfinite(array)):
+        labels = array.astype(np.int32)
+        if not np.array_equal(labels, array):
+            labels = None
+    else:
+        labels = None
+    if labels is None or (labels.size and labels.min() < 0):
+        raise CorruptFileError(
+            f"LabelMap of {str(path)!r} (dtype {array.dtype}) holds values that are not "
+            "non-negative integer class ids; replace the file with the one of the release."
+        )
+    return labels
