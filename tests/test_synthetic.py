@@ -119,6 +119,17 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert (norm[depth == 0] == 0).all()
 
 
+def test_pascal_bytes_are_deterministic_for_a_seed(tmp_path):
+    # The .mat files too: their header text carries no time stamp.
+    a = make_synthetic_dataset(tmp_path / "a", "pascal_context", 2, 1, (24, 32), seed=1)
+    b = make_synthetic_dataset(tmp_path / "b", "pascal_context", 2, 1, (24, 32), seed=1)
+    c = make_synthetic_dataset(tmp_path / "c", "pascal_context", 2, 1, (24, 32), seed=2)
+    assert _digest(a) == _digest(b) != _digest(c)
+    header = (a / "human_parts/2008_000000.mat").read_bytes()[:116]
+    assert header.startswith(b"MATLAB 5.0 MAT-file")
+    assert scipy.io.whosmat(a / "human_parts/2008_000000.mat") == [("anno", (1, 1), "struct")]
+
+
 def test_nyud_geometry_is_consistent():
     from mtlora_vision.datasets.synthetic_nyud import render_nyud_scene
 
@@ -169,6 +180,9 @@ def test_ensure_is_atomic_and_safe_for_two_processes(tmp_path):
 
 def test_command_line_tool(tmp_path, capsys):
     argv = [str(tmp_path / "cli"), "--dataset", "nyud", "--num-train", "1", "--num-val", "1"]
-    out = make_tool.main([*argv, "--size", "24", "32"])
+    out = make_tool.main([*argv, "--size", "24", "32", "--seed", "9"])
     assert (out / "gt_sets/val.txt").read_text() == "0001\n"
     assert "wrote nyud" in capsys.readouterr().out
+    meta = json.loads((out / "synthetic.json").read_text())
+    assert (meta["size"], meta["seed"], meta["num_train"]) == ([24, 32], 9, 1)
+    assert cv2.imread(str(out / "images/0000.jpg")).shape == (24, 32, 3)

@@ -9,6 +9,7 @@ one dome per object) all come from the same rasterisation, so they agree with th
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,6 +275,21 @@ def _annotations(
     return objects, human_parts
 
 
+#: Text of the 116-byte MAT-file header; scipy writes the current time there, which would make
+#: two runs with the same seed differ in their bytes.
+_MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file, written by mtlora_vision (synthetic data)"
+_MAT_HEADER_TEXT_SIZE = 116
+
+
+def save_mat(path: Path, variables: dict[str, np.ndarray]) -> None:
+    """``scipy.io.savemat`` (compressed, MATLAB 5 format) with a fixed header text."""
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, variables, do_compression=True)
+    payload = bytearray(buffer.getvalue())
+    payload[:_MAT_HEADER_TEXT_SIZE] = _MAT_HEADER_TEXT.ljust(_MAT_HEADER_TEXT_SIZE)
+    path.write_bytes(bytes(payload))
+
+
 def write_anno_mat(path: Path, image_id: str, objects: list[SceneObject]) -> None:
     """Write a PASCAL-Part ``anno`` struct readable as ``loadmat(p)['anno'][0][0][1][0]``."""
     part_dtype = [("part_name", object), ("mask", object)]
@@ -294,7 +310,7 @@ def write_anno_mat(path: Path, image_id: str, objects: list[SceneObject]) -> Non
         )
     anno = np.zeros((1, 1), dtype=[("imname", object), ("objects", object)])
     anno[0, 0] = (np.array([image_id]), records)
-    scipy.io.savemat(str(path), {"anno": anno}, do_compression=True)
+    save_mat(path, {"anno": anno})
 
 
 def write_pascal_sample(root: Path, image_id: str, scene: PascalScene, voc_semseg: bool) -> None:
@@ -311,10 +327,8 @@ def write_pascal_sample(root: Path, image_id: str, scene: PascalScene, voc_semse
         str(root / "normals_distill" / f"{image_id}.png"),
         encode_normals_png(scene.normals)[..., ::-1],
     )
-    scipy.io.savemat(
-        str(root / "pascal-context" / "trainval" / f"{image_id}.mat"),
-        {"LabelMap": scene.label_map},
-        do_compression=True,
+    save_mat(
+        root / "pascal-context" / "trainval" / f"{image_id}.mat", {"LabelMap": scene.label_map}
     )
     write_anno_mat(root / "human_parts" / f"{image_id}.mat", image_id, scene.objects)
 
