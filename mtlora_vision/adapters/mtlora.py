@@ -17,8 +17,10 @@ and ``B`` with zeros, so a freshly wrapped layer returns exactly the frozen laye
 The task terms are computed for all tasks at once: the task ``A`` matrices are stacked (and, when
 the tasks share the input, concatenated with the shared ``A`` into one matmul), then one batched
 matmul applies every task's ``B`` and adds the frozen output in the same call (``baddbmm``).
-Fixed scales enter as the matmuls' ``alpha``; trainable ones multiply ``B`` (``out x r``), never
-the activations. Merging is documented in :mod:`mtlora_vision.adapters.merge`.
+:meth:`MTLoRALinear.forward_task_factors` stops before that expansion and returns the task outputs
+as ``base + coeffs @ factors.T``, for consumers that only need linear functions of them (the Swin
+task branch at inference). Scales multiply ``B`` (``out x r``) or enter as a matmul's ``alpha``,
+never the activations. Merging is documented in :mod:`mtlora_vision.adapters.merge`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,42 @@ class MTLoRAOutput(NamedTuple):
 
     shared: Tensor
     tasks: Tensor
+
+
+class MTLoRAFactors(NamedTuple):
+    """Outputs of :meth:`MTLoRALinear.forward_task_factors`: task outputs kept low-rank.
+
+    Task ``t``'s output is ``base + coeffs[t] @ factors[t].T``; consumers that only need linear
+    functions of the task outputs never have to form the ``T`` full-width tensors.
+
+    Attributes:
+        shared: Shared output ``(..., out_features)``.
+        base: What every task output starts from, ``(..., out_features)``: the frozen projection
+            in ``matrix`` and ``addition`` mode, the shared output (the same tensor) in
+            ``matrixv2``.
+        coeffs: Task coefficients ``(T, ..., r_t)`` (``A_t u_t``).
+        factors: Task up-projections with their scales, ``(T, out_features, r_t)`` (``s_t B_t``).
+    """
+
+    shared: Tensor
+    base: Tensor
+    coeffs: Tensor
+    factors: Tensor
+
+
+def expand_task_factors(base: Tensor, coeffs: Tensor, factors: Tensor) -> Tensor:
+    """Task outputs ``base + coeffs[t] @ factors[t].T``, stacked ``(T, ..., out)``.
+
+    Args:
+        base: ``(..., out)``, shared by the tasks.
+        coeffs: ``(T, ..., r)``.
+        factors: ``(T, out, r)``.
+    """
+    T, r, out = coeffs.shape[0], coeffs.shape[-1], base.shape[-1]
+    flat = base.reshape(1, -1, out).expand(T, -1, -1)  # T, M, out (a view)
+    # baddbmm adds every task's low-rank term to the broadcast base in the same pass.
+    tasks = torch.baddbmm(flat, coeffs.reshape(T, -1, r), factors.transpose(1, 2))
+    return tasks.view(T, *base.shape)
 
 
 class MTLoRALinear(nn.Module):
@@ -184,13 +222,13 @@ class MTLoRALinear(nn.Module):
     def _stacked_task_a(self) -> Tensor:
         return torch.stack([self.lora_tasks_a[t] for t in self.task_names])  # T, r_t, in
 
-    def _stacked_task_b_alpha(self) -> tuple[Tensor, float]:
-        """Task ``B`` stacked ``(T, out, r_t)`` and the factor for the matmul's ``alpha``."""
+    def task_factors(self) -> Tensor:
+        """Task up-projections times their scales, stacked ``(T, out, r_t)`` (``s_t B_t``)."""
         b = torch.stack([self.lora_tasks_b[t] for t in self.task_names])  # T, out, r_t
         if self.trainable_scale:
             scales = torch.stack([self.lora_tasks_scale[t] for t in self.task_names])
-            return b * scales.view(-1, 1, 1), 1.0
-        return b, self.task_scale
+            return b * scales.view(-1, 1, 1)
+        return b * self.task_scale
 
     def get_delta_weight(self, name: str = "shared") -> Tensor:
         """Return ``scale * B @ A`` of the ``"shared"`` update or of one task, ``(out, in)``.
@@ -276,6 +314,24 @@ class MTLoRALinear(nn.Module):
         Returns:
             ``shared (..., out)`` and ``tasks (T, ..., out)``.
         """
+        parts = self.forward_task_factors(x, task_x)
+        tasks = expand_task_factors(parts.base, parts.coeffs, parts.factors)
+        shared = parts.shared
+        if self.mode == "addition":
+            shared = parts.base + self.lora_norm(tasks.sum(0))
+        return MTLoRAOutput(shared, tasks)
+
+    def forward_task_factors(self, x: Tensor, task_x: Tensor | None = None) -> MTLoRAFactors:
+        """Shared output, the task outputs' common base and their low-rank parts.
+
+        Args:
+            x: Shared input ``(..., in_features)``.
+            task_x: Optional task inputs ``(T, ..., in_features)`` (see :meth:`forward_tasks`).
+
+        Returns:
+            The factors; in ``addition`` mode ``shared`` is the frozen projection (the LayerNorm
+            of the task sum needs the expanded task outputs, see :meth:`forward_tasks`).
+        """
         if not self.task_names:
             raise ValueError("forward_tasks needs task adapters; this layer is plain LoRA.")
         T = self.num_tasks
@@ -301,19 +357,12 @@ class MTLoRALinear(nn.Module):
             task_flat = task_x.reshape(T, -1, self.in_features)  # T, M, in
             task_low = torch.bmm(task_flat, self._stacked_task_a().transpose(1, 2))  # T, M, r_t
         shared, task_base = self._shared_and_task_base(flat, dropped, base, shared_low)
-        # baddbmm adds every task's B_t u_t to the (broadcast) base in the same pass.
-        task_b, alpha = self._stacked_task_b_alpha()
-        tasks = torch.baddbmm(
-            task_base.expand(T, -1, -1),
-            task_low,
-            task_b.transpose(1, 2).to(task_low.dtype),
-            alpha=alpha,
-        )
-        if self.mode == "addition":
-            shared = base + self.lora_norm(tasks.sum(0))
         lead = x.shape[:-1]
-        return MTLoRAOutput(
-            shared.view(*lead, self.out_features), tasks.view(T, *lead, self.out_features)
+        return MTLoRAFactors(
+            shared.view(*lead, self.out_features),
+            task_base.view(*lead, self.out_features),
+            task_low.reshape(T, *lead, self.task_rank),
+            self.task_factors().to(task_low.dtype),
         )
 
     def _shared_and_task_base(

@@ -44,6 +44,11 @@ from mtlora_vision.models.backbones.swin_checkpoint import (
     filter_swin_checkpoint,
     load_checkpoint_file,
 )
+from mtlora_vision.models.backbones.task_branch import (
+    block_forward_task_streams,
+    patch_merge_task_streams,
+    supports_factored_branch,
+)
 from mtlora_vision.models.backbones.task_conditioned import (
     forward_task_conditioned,
     inject_task_conditioned,
@@ -183,6 +188,9 @@ class SwinBackbone(nn.Module):
         ]
         self.adapter_config = adapter
         self.task_branching = False
+        #: In eval mode, keep the task streams low-rank and merge them once (:mod:`.task_branch`);
+        #: False runs the direct per-task path in eval mode too (same outputs, for checks).
+        self.factored_task_branch = True
         self.task_conditioned = isinstance(adapter, (MTLLoRAConfig, TALoRAPromptConfig))
         #: First task-specific stage of a task-conditioned adapter (``num_stages`` otherwise).
         self.branch_stage = adapter.branch_stage if self.task_conditioned else self.num_stages
@@ -341,25 +349,41 @@ class SwinBackbone(nn.Module):
                 f"tasks={tasks!r}: choosing tasks needs a task-conditioned adapter (MTL-LoRA, "
                 "TA-LoRA prompts); this backbone computes all its tasks in one pass."
             )
-        B = images.shape[0]
-        T = self.num_streams
         x = self.patch_embed(images)  # B, H/4, W/4, C
         feats = []
         for i, stage in enumerate(self.layers):
             for block in stage.blocks[:-1]:
                 x = block_forward(block, x, fused)
-            task_x = None
-            if self.task_branching:
-                x, task_x = block_forward_tasks(stage.blocks[-1], x, fused)
-            else:
-                x = block_forward(stage.blocks[-1], x, fused)
-            if i + 1 < self.num_stages:
-                merge = self.layers[i + 1].downsample
-                x = patch_merge(merge, x)
-                task_x = patch_merge(merge, task_x) if task_x is not None else None
-            if task_x is None:
-                feat = x.unsqueeze(0).expand(T, *x.shape)
-            else:
-                feat = task_x.view(T, B, *task_x.shape[1:])
+            merge = self.layers[i + 1].downsample if i + 1 < self.num_stages else None
+            x, task_x = self._stage_end(stage.blocks[-1], merge, x, fused)
+            feat = x.unsqueeze(0).expand(self.num_streams, *x.shape) if task_x is None else task_x
             feats.append(feat.permute(0, 1, 4, 2, 3))  # T, B, C, H, W
         return feats
+
+    def _stage_end(
+        self, block: nn.Module, merge: nn.Module | None, x: Tensor, fused: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Last block of a stage, then the next stage's patch merging (None after the last stage).
+
+        Returns:
+            Shared tokens ``(B, h, w, c)`` for the next stage and task features
+            ``(T, B, h, w, c)``, or None without task branches.
+        """
+        if not self.task_branching:
+            x = block_forward(block, x, fused)
+            return (x if merge is None else patch_merge(merge, x)), None
+        B, H, W = x.shape[:3]
+        if self.factored_task_branch and not self.training and supports_factored_branch(block):
+            x, streams = block_forward_task_streams(block, x, fused)
+            if merge is None:
+                tasks = streams.expand()
+            elif H % 2 == 0 and W % 2 == 0:
+                tasks = patch_merge_task_streams(merge, streams)
+            else:
+                tasks = patch_merge(merge, streams.expand().flatten(0, 1))
+        else:
+            x, tasks = block_forward_tasks(block, x, fused)  # T*B, H, W, C
+            tasks = tasks if merge is None else patch_merge(merge, tasks)
+        if merge is not None:
+            x = patch_merge(merge, x)
+        return x, tasks.view(-1, B, *tasks.shape[-3:])

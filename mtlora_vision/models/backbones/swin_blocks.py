@@ -230,7 +230,8 @@ def window_attention(
     return out.transpose(1, 2).reshape(B_, N, -1)
 
 
-def _geometry(block: torch.nn.Module, x: Tensor) -> WindowGeometry:
+def window_geometry_of(block: torch.nn.Module, x: Tensor) -> WindowGeometry:
+    """Geometry of ``block`` (a timm ``SwinTransformerBlock``) on the grid of ``x (B, H, W, C)``."""
     return window_geometry(
         (x.shape[1], x.shape[2]),
         tuple(block.window_size),
@@ -252,7 +253,7 @@ def block_forward(block: torch.nn.Module, x: Tensor, fused: bool = True) -> Tens
         ``(B, H, W, C)``.
     """
     grid = (x.shape[1], x.shape[2])
-    geom = _geometry(block, x)
+    geom = window_geometry_of(block, x)
     attended = window_attention(block.attn, to_windows(block.norm1(x), geom), geom, fused)
     x = x + block.drop_path1(from_windows(block.attn.proj(attended), geom, grid))
     return x + block.drop_path2(block.mlp(block.norm2(x)))
@@ -281,7 +282,7 @@ def block_forward_tasks(
         raise TypeError("block_forward_tasks needs task adapters on attn.proj, mlp.fc1, mlp.fc2.")
     B, H, W, C = x.shape
     T = proj.num_tasks
-    geom = _geometry(block, x)
+    geom = window_geometry_of(block, x)
     attended = window_attention(block.attn, to_windows(block.norm1(x), geom), geom, fused)
     out = proj.forward_tasks(attended)  # B*nW, N, C and T, B*nW, N, C
     shared = x + block.drop_path1(from_windows(out.shared, geom, (H, W)))
@@ -301,8 +302,16 @@ def patch_merge(merge: torch.nn.Module, x: Tensor) -> Tensor:
     Concatenation order per 2x2 cell: (0,0), (1,0), (0,1), (1,1) in (row, column), as in the
     official Swin. Odd grids (never reached from inputs that are multiples of 32) use the module.
     """
-    B, H, W, C = x.shape
-    if H % 2 or W % 2:
+    if x.shape[1] % 2 or x.shape[2] % 2:
         return merge(x)
-    x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+    x = merge_cells(x).flatten(3)
     return merge.reduction(merge.norm(x))
+
+
+def merge_cells(x: Tensor) -> Tensor:
+    """Group each 2x2 cell of ``(B, H, W, C)`` (even ``H, W``): ``(B, H/2, W/2, 4, C)``.
+
+    Cell order (0,0), (1,0), (0,1), (1,1) in (row, column), the official concatenation order.
+    """
+    B, H, W, C = x.shape
+    return x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3, 4)

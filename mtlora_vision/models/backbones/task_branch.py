@@ -1,0 +1,184 @@
+"""MTLoRA's per-task branch at inference, with the task streams kept in low-rank form.
+
+MTLoRA (Agiza et al., CVPR 2024), MTLORA_SPEC 1.4-1.5. Without DropPath and dropout (eval mode)
+the task stream ``t`` leaving the last block of a stage is
+
+    x'_t = x + p_t + m_t = X0 + [A_p o, A_2 g_t] @ [s_t B_p, s_t B_2]^T   (``q = 2 r_t`` columns),
+
+with ``X0 = x + p0 + m0`` the stream every task starts from: ``p0`` and ``m0`` are ``proj`` and
+``fc2`` without task terms (the frozen projections in ``matrix`` mode, the shared outputs in
+``matrixv2``), because in both modes the frozen weights read the *shared* activations. Only the
+task *coefficients* differ per task (``r_t`` numbers per token and layer); the ``T`` full-width
+streams are formed for the LayerNorm and GELU in between, which are not linear.
+
+The next stage's patch merging ``y_t = R(LN(v_t))`` (``v_t``: four neighbouring tokens
+concatenated, ``R`` the linear reduction) is then computed from ``X0`` once instead of once per
+task. With ``v_t = v0 + d_t``, ``w0 = v0 - mean(v0)`` and ``D = 4C``:
+
+    mean(v_t) = mean(v0) + mean(d_t)
+    var(v_t)  = var(v0) + 2 w0.d_t / D + var(d_t)
+    y_t = [R(g * w0) + R(g * (d_t - mean(d_t)))] / sqrt(var(v_t) + eps) + R(b)
+
+where ``g, b`` are the LayerNorm's weight and bias. ``R(g * w0)`` is one full reduction shared by
+the tasks; ``d_t`` is low-rank, so ``R(g * (d_t - mean d_t))``, ``w0.d_t`` and ``var(d_t)`` are
+small matmuls on the coefficients. The variance is formed around the centred ``w0`` (no
+``E[v^2] - mean^2`` cancellation), so the result equals the direct computation up to float32
+rounding. Training keeps the direct path: DropPath draws per task and sample, which breaks the
+shared ``X0``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from mtlora_vision.adapters.mtlora import MTLoRALinear, expand_task_factors
+from mtlora_vision.models.backbones.swin_blocks import (
+    from_windows,
+    merge_cells,
+    to_windows,
+    window_attention,
+    window_geometry_of,
+)
+
+
+class TaskStreams(NamedTuple):
+    """Task streams of a stage as ``base + coeffs[t] @ factors[t].T``.
+
+    Attributes:
+        base: Stream every task starts from, ``(B, H, W, C)``.
+        coeffs: Task coefficients ``(T, B, H, W, q)``.
+        factors: Task up-projections with scales ``(T, C, q)``.
+    """
+
+    base: Tensor
+    coeffs: Tensor
+    factors: Tensor
+
+    def expand(self) -> Tensor:
+        """The task streams ``(T, B, H, W, C)``."""
+        return expand_task_factors(self.base, self.coeffs, self.factors)
+
+
+def supports_factored_branch(block: nn.Module) -> bool:
+    """Whether ``block``'s task layers have a mode the factored branch handles (not addition)."""
+    layers = (block.attn.proj, block.mlp.fc1, block.mlp.fc2)
+    return all(isinstance(m, MTLoRALinear) and m.mode != "addition" for m in layers)
+
+
+def block_forward_task_streams(
+    block: nn.Module, x: Tensor, fused: bool = True
+) -> tuple[Tensor, TaskStreams]:
+    """Last block of a stage with task branches, eval mode (no DropPath, no dropout).
+
+    Args:
+        block: Block whose ``attn.proj``, ``mlp.fc1``, ``mlp.fc2`` are ``MTLoRALinear`` with
+            tasks in ``matrix`` or ``matrixv2`` mode.
+        x: Shared tokens ``(B, H, W, C)``.
+        fused: Use fused attention.
+
+    Returns:
+        Shared output ``(B, H, W, C)`` and the task streams (module docstring).
+    """
+    proj, fc1, fc2 = block.attn.proj, block.mlp.fc1, block.mlp.fc2
+    B, H, W = x.shape[:3]
+    T = proj.num_tasks
+    geom = window_geometry_of(block, x)
+    attended = window_attention(block.attn, to_windows(block.norm1(x), geom), geom, fused)
+    p = proj.forward_task_factors(attended)  # B*nW, N, C and T, B*nW, N, r
+    shared = x + from_windows(p.shared, geom, (H, W))
+    base = shared if p.base is p.shared else x + from_windows(p.base, geom, (H, W))
+    # Permute the r coefficients per token instead of T full-width task outputs.
+    coeffs_p = from_windows(p.coeffs.flatten(0, 1), geom, (H, W)).view(T, B, H, W, -1)
+    tasks = expand_task_factors(base, coeffs_p, p.factors)  # T, B, H, W, C
+    hidden = fc1.forward_tasks(block.norm2(shared), block.norm2(tasks))
+    act = block.mlp.act
+    m = fc2.forward_task_factors(act(hidden.shared), act(hidden.tasks))
+    out_shared = shared + m.shared
+    out_base = out_shared if base is shared and m.base is m.shared else base + m.base
+    streams = TaskStreams(
+        out_base, torch.cat([coeffs_p, m.coeffs], -1), torch.cat([p.factors, m.factors], -1)
+    )
+    return out_shared, streams
+
+
+def layer_bias(layer: nn.Module) -> Tensor | None:
+    """Bias of a linear layer or of the layer an adapter wraps."""
+    return layer.base_layer.bias if isinstance(layer, MTLoRALinear) else layer.bias
+
+
+def linear_map(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` without its bias (a linear layer, or an adapter layer in eval mode)."""
+    bias = layer_bias(layer)
+    return layer(x) if bias is None else layer(x) - bias
+
+
+def cell_columns(factors: Tensor, cells: int) -> Tensor:
+    """Directions of a merged task delta, ``(T, cells * q, cells * C)`` for ``factors (T, C, q)``.
+
+    Column ``(k, j)`` holds ``factors[t, :, j]`` in block ``k`` and zeros elsewhere, so the delta of
+    a merged token is ``coeffs (cells * q) @ columns``.
+    """
+    T, C, q = factors.shape
+    blocks = factors.new_zeros(T, cells, q, cells, C)
+    for k in range(cells):
+        blocks[:, k, :, k] = factors.transpose(1, 2)
+    return blocks.view(T, cells * q, cells * C)
+
+
+def task_rstd(
+    centred: Tensor, coeffs: Tensor, factors: Tensor, centred_columns: Tensor, eps: float
+) -> Tensor:
+    """``1 / sqrt(var(v_t) + eps)`` of every task's merged tokens, ``(T, N, 1)`` (pure).
+
+    Args:
+        centred: Base tokens minus their mean, ``w0 (N, K * C)``.
+        coeffs: Merged task coefficients ``(T, N, K * q)``.
+        factors: Task factors ``(T, C, q)``.
+        centred_columns: :func:`cell_columns` minus their means ``(T, K * q, K * C)``.
+        eps: The LayerNorm's epsilon.
+    """
+    T, N, Kq = coeffs.shape
+    C, q = factors.shape[1:]
+    K, D = Kq // q, centred.shape[-1]
+    var0 = centred.square().mean(-1)  # N
+    # w0 . d_t = sum_k (w0_k . factors_t) . c_tk: block-wise, so no dense (D x Kq) product.
+    proj = centred.view(N, K, C) @ factors.transpose(0, 1).reshape(C, T * q)  # N, K, T*q
+    proj = proj.view(N, K, T, q).permute(2, 0, 1, 3).reshape(T, N, Kq)
+    cross = (proj * coeffs).sum(-1)  # T, N
+    gram = centred_columns @ centred_columns.transpose(1, 2)  # T, Kq, Kq
+    var_d = ((coeffs @ gram) * coeffs).sum(-1) / D  # var(d_t), T, N
+    var = var0 + 2.0 * cross / D + var_d
+    return torch.rsqrt(var.clamp_min(0.0) + eps).unsqueeze(-1)
+
+
+def patch_merge_task_streams(merge: nn.Module, streams: TaskStreams) -> Tensor:
+    """Patch merging (timm's) of every task stream, ``(T, B, H/2, W/2, C')``, from the factors.
+
+    Args:
+        merge: The merging module (``norm`` a LayerNorm over ``4C``, ``reduction`` linear); in
+            eval mode if its reduction carries an adapter (MTLoRA+).
+        streams: Task streams on an even ``(H, W)`` grid.
+    """
+    base = merge_cells(streams.base)  # B, H2, W2, 4, C
+    B, H2, W2, K, C = base.shape
+    T, q = streams.coeffs.shape[0], streams.coeffs.shape[-1]
+    coeffs = merge_cells(streams.coeffs.flatten(0, 1)).reshape(T, -1, K * q)  # T, N, 4q
+    flat = base.reshape(-1, K * C)  # N, D
+    centred = flat - flat.mean(-1, keepdim=True)
+    columns = cell_columns(streams.factors, K)
+    columns = columns - columns.mean(-1, keepdim=True)  # d_t - mean(d_t) = coeffs @ columns
+    rstd = task_rstd(centred, coeffs, streams.factors, columns, merge.norm.eps)
+    norm, reduction = merge.norm, merge.reduction
+    weight = norm.weight if norm.weight is not None else flat.new_ones(K * C)
+    bias = norm.bias if norm.bias is not None else flat.new_zeros(K * C)
+    shared_part = linear_map(reduction, centred * weight)  # N, C'
+    # The task maps R(g * columns) and R(b) in one small call.
+    small = linear_map(reduction, torch.cat([(columns * weight).flatten(0, 1), bias[None]]))
+    task_maps = small[:-1].view(T, K * q, -1)  # T, 4q, C'
+    own_bias = layer_bias(reduction)
+    offset = small[-1] if own_bias is None else small[-1] + own_bias
+    out = torch.baddbmm(shared_part.expand(T, -1, -1), coeffs, task_maps)
+    return torch.addcmul(offset, out, rstd).view(T, B, H2, W2, -1)
