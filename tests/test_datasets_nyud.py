@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
 
 from mtlora_vision.datasets.nyud import NYUDMT
 from mtlora_vision.datasets.readers import CorruptFileError, SizeMismatchError
@@ -107,3 +110,30 @@ def test_bad_inputs(nyud_root, tmp_path):
     np.save(root / "depth" / "0000.npy", np.ones((*SIZE, 3), np.float32))
     with pytest.raises(CorruptFileError, match=r"depth/0000\.npy.*\(36, 48, 3\), expected"):
         NYUDMT(root, "train", tasks="depth", augment=False)[0]
+
+
+def test_dataset_config_builds_with_cfg_options(nyud_root):
+    cfg = Config.fromfile(
+        str(Path(__file__).resolve().parents[1] / "configs/_base_/datasets/nyud_mt.py")
+    )
+    cfg.merge_from_dict(  # what --cfg-options does
+        {
+            "train_dataloader.dataset.data_root": str(nyud_root),
+            "train_dataloader.dataset.img_size": (24, 32),
+            "train_dataloader.batch_size": 2,
+            "train_dataloader.num_workers": 0,
+            "train_dataloader.persistent_workers": False,
+            "train_dataloader.pin_memory": False,
+        }
+    )
+    loader = Runner.build_dataloader(cfg.train_dataloader, seed=0)
+    batch = next(iter(loader))
+    assert batch["inputs"].shape == (2, 3, 24, 32)
+    assert batch["data_samples"][0]["targets"]["depth"].shape == (1, 24, 32)
+    assert loader.dataset.metainfo["num_outputs"] == {
+        "semseg": 40,
+        "depth": 1,
+        "normals": 3,
+        "edge": 1,
+    }
+    assert len(cfg.val_dataloader.dataset.tasks) == 4

@@ -24,6 +24,7 @@ from mtlora_vision.datasets.transforms import (
     ignore_empty_human_parts,
     to_input_tensor,
 )
+from mtlora_vision.tasks import IGNORE_INDEX
 
 
 def _dome_height(shape, center, radius, amplitude):
@@ -405,3 +406,17 @@ def test_fill_where_invalid_equals_np_where_bit_for_bit():
 def test_invalid_augmentation_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MultiTaskTransform((8, 8), augment=True, **kwargs)
+
+
+def test_flags_round_trip_every_combination():
+    combos = [(s, e, v) for s in (0, 1, 255) for e in (0, 1, 255) for v in (False, True)]
+    sal = np.array([[c[0] for c in combos]], np.uint8)
+    edge = np.array([[c[1] for c in combos]], np.uint8)
+    valid = np.array([[c[2] for c in combos]])
+    flags = pack_flags({"sal": sal, "edge": edge}, {"normals": valid})
+    assert len(set(flags.ravel().tolist())) == len(combos)  # every combination has its own byte
+    assert IGNORE_INDEX not in flags
+    labels, validity = unpack_flags(flags, ["sal", "edge"], ["normals"])
+    np.testing.assert_array_equal(labels["sal"], sal)
+    np.testing.assert_array_equal(labels["edge"], edge)
+    np.testing.assert_array_equal(validity["normals"], valid)
