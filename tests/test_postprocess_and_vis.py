@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -7,7 +9,12 @@ from mmengine.optim import OptimWrapper
 from scipy.io import loadmat
 
 from mtlora_vision.engine.amp import CPUAutocastOptimWrapper
-from mtlora_vision.engine.runtime import resolve_launcher, resolve_precision, resolve_work_dir
+from mtlora_vision.engine.runtime import (
+    resolve_cpu_threads,
+    resolve_launcher,
+    resolve_precision,
+    resolve_work_dir,
+)
 from mtlora_vision.engine.visualization_hook import _resize_prediction, write_prediction
 from mtlora_vision.models.postprocess import decode_output, postprocess_outputs
 from mtlora_vision.visualization.colorize import (
@@ -112,6 +119,23 @@ def test_precision_resolution_on_cpu_and_gpu():
     resolve_precision(cfg, amp=True, cuda=True)
     assert cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper"
     assert cfg.optim_wrapper.dtype == "float16"
+
+
+def test_cpu_threads_from_config_unless_cuda_or_environment(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    assert resolve_cpu_threads(Config(dict(cpu_threads=1)), cuda=False) == 1
+    assert calls == [1]
+    assert resolve_cpu_threads(Config(dict(cpu_threads=1)), cuda=True) is None
+    assert resolve_cpu_threads(Config(dict()), cuda=False) is None
+    with pytest.raises(ValueError, match="cpu_threads must be a positive integer"):
+        resolve_cpu_threads(Config(dict(cpu_threads=0)), cuda=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's explicit choice wins
+    assert resolve_cpu_threads(Config(dict(cpu_threads=1)), cuda=False) is None
+    assert calls == [1]
+    demo = Path(__file__).resolve().parents[1] / "configs" / "mtlora_swin_demo.py"
+    assert Config.fromfile(str(demo)).cpu_threads == 1
 
 
 def test_launcher_uses_gloo_without_cuda_and_work_dir_priority():

@@ -24,6 +24,7 @@ from mtlora_vision.engine.progress_hook import ProgressBarHook
 from mtlora_vision.engine.runtime import (
     init_cpu_distributed,
     load_config,
+    resolve_cpu_threads,
     resolve_launcher,
     resolve_work_dir,
     shutdown_distributed,
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     register_checkpoint_io()  # safe (allow-listed) checkpoint loading and atomic writes
     cfg = load_config(args.config, args.cfg_options)
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
+    resolve_cpu_threads(cfg)
     resolve_launcher(cfg, args.launcher)
     init_cpu_distributed(args.launcher)
     cfg.load_from = args.checkpoint

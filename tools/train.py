@@ -19,6 +19,7 @@ from mtlora_vision.engine.hooks import last_saved_checkpoint
 from mtlora_vision.engine.runtime import (
     init_cpu_distributed,
     load_config,
+    resolve_cpu_threads,
     resolve_launcher,
     resolve_precision,
     resolve_work_dir,
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     # work_dir is determined in this priority: CLI > segment in file > filename
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
     resolve_precision(cfg, amp=args.amp)
+    resolve_cpu_threads(cfg)
     resolve_launcher(cfg, args.launcher)
     init_cpu_distributed(args.launcher)
     if args.resume == "auto":
