@@ -14,6 +14,7 @@ from mtlora_vision.adapters.mtl_lora import (
     set_active_tasks,
     set_merge_at_inference,
 )
+from mtlora_vision.adapters.mtl_lora_merge import merge_task, task_merged_state_dict, unmerge_task
 from mtlora_vision.tasks import Task
 
 TASKS = ("semseg", "depth", "normals")
@@ -84,6 +85,17 @@ def test_official_init_shapes_and_ranges() -> None:
     assert diagonal.lora_lambdas.shape == (num_tasks, RANK)
     assert torch.equal(diagonal.lora_lambdas, torch.ones(num_tasks, RANK))
     assert torch.equal(diagonal.task_transforms(), torch.eye(RANK).expand(num_tasks, RANK, RANK))
+
+
+def test_diagonal_default_follows_the_init() -> None:
+    official = MTLLoRALinear(nn.Linear(IN, OUT), TASKS, rank=RANK)
+    adapters = MTLLoRALinear(nn.Linear(IN, OUT), TASKS, rank=RANK, init="adapters")
+    assert not official.diagonal
+    assert official.lora_lambdas.shape == (len(TASKS), RANK, RANK)
+    assert adapters.diagonal  # the library's "singular_values" default
+    assert adapters.lora_lambdas.shape == (len(TASKS), RANK)
+    full = MTLLoRALinear(nn.Linear(IN, OUT), TASKS, rank=RANK, init="adapters", diagonal=False)
+    assert torch.equal(full.lora_lambdas, torch.ones(len(TASKS), RANK, RANK))
 
 
 def test_adapters_library_init() -> None:
@@ -350,3 +362,39 @@ def test_bad_layouts_are_refused() -> None:
         layer(x, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="integer"):
         layer(x, torch.zeros(4))
+
+
+def test_merge_task_accepts_one_task_layouts_and_exports_plain_weights() -> None:
+    second = MTLLoRALinear(nn.Linear(OUT, 3), TASKS, rank=2, alpha=4.0, num_up=2)
+    model = nn.Sequential(make_layer(), nn.GELU(), second)
+    with torch.no_grad():
+        model[2].lora_b.normal_()
+    x = torch.randn(4, 2, IN)
+    set_active_tasks(model, ("normals",))  # a backbone's layout for tasks=("normals",)
+    with torch.no_grad():
+        expected = model(x)
+        other = model[2](F.gelu(model[0](x, "semseg")), "semseg")
+    plain = nn.Sequential(nn.Linear(IN, OUT), nn.GELU(), nn.Linear(OUT, 3))
+    state = task_merged_state_dict(model, "normals")
+    assert set(state) == set(plain.state_dict())
+    plain.load_state_dict(state, strict=True)
+    assert relative_error(plain(x), expected) <= 1e-5
+    assert relative_error(plain(x), other) > 1e-3  # another task's export would differ
+
+    assert merge_task(model, "normals") == 2
+    with torch.no_grad():
+        assert relative_error(model(x), expected) <= 1e-5
+        assert relative_error(model[0](x, ("normals",)), model[0](x, "normals")) == 0
+    with pytest.raises(RuntimeError, match="unmerge"):
+        model[0](x, ("normals", "semseg"))
+    # the export is the same while merged in place
+    merged_state = task_merged_state_dict(model, "semseg")
+    torch.testing.assert_close(
+        merged_state["0.weight"],
+        model[0].base_layer.weight
+        - model[0].get_delta_weight("normals")
+        + model[0].get_delta_weight("semseg"),
+    )
+    assert unmerge_task(model) == 2
+    assert not model[0].merged
+    assert unmerge_task(model) == 0

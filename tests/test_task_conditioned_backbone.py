@@ -13,7 +13,9 @@ from torch import nn
 
 from mtlora_vision.adapters.config import build_adapter_config
 from mtlora_vision.adapters.mtl_lora import MTLLoRALinear, set_merge_at_inference
+from mtlora_vision.adapters.mtl_lora_merge import merge_task, task_merged_state_dict, unmerge_task
 from mtlora_vision.adapters.mtlora import MTLoRALinear
+from mtlora_vision.adapters.state_dict import adapter_state_dict, load_adapter_state_dict
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
 from mtlora_vision.adapters.trainable import TrainablePolicy
 from mtlora_vision.models.backbones.swin import SwinBackbone
@@ -218,6 +220,51 @@ def test_merged_inference_equals_unmerged(images: torch.Tensor) -> None:
     for t, task in enumerate(TASKS):
         expected = x[2 * t : 2 * t + 2] @ layer.merged_weight(task).T + layer.base_layer.bias
         torch.testing.assert_close(out[2 * t : 2 * t + 2], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_per_task_merged_export_equals_the_adapted_backbone(images: torch.Tensor) -> None:
+    model = build(mtl_lora(1))  # stage 0: shared LoRA, stages 1-3: MTL-LoRA
+    perturb_adapters(model)
+    plain = build(None)
+    with torch.no_grad():
+        features = {task: model(images, tasks=(task,)) for task in TASKS}
+        plain.load_state_dict(task_merged_state_dict(model, "sal"), strict=True)
+        exported = plain(images)
+    for ref, out in zip(features["sal"], exported, strict=True):
+        assert_rel_close(out[0], ref[0])
+    assert (exported[3][0] - features["semseg"][3][0]).abs().max() > 1e-3
+
+    assert merge_task(model, "human_parts") == 4 * 4  # 4 blocks in stages 1-3
+    with torch.no_grad():
+        merged = model(images, tasks=("human_parts",))
+    for ref, out in zip(features["human_parts"], merged, strict=True):
+        assert_rel_close(out, ref)
+    with pytest.raises(RuntimeError, match="unmerge"):
+        model(images)  # all tasks stacked: not while one task is merged in place
+    assert unmerge_task(model) == 4 * 4
+    with pytest.raises(ValueError, match="prompt adapter"):
+        task_merged_state_dict(build(prompts(2)), "sal")
+
+
+@pytest.mark.parametrize("adapter", [mtl_lora(2), prompts(2)], ids=["mtl", "ta"])
+def test_adapter_state_dict_round_trip(adapter, images: torch.Tensor) -> None:
+    model = build(adapter)
+    perturb_adapters(model)
+    state = adapter_state_dict(model)
+    base_keys = {k for k in model.state_dict() if k not in state}
+    assert not any(".lora_" in k or ".prompt." in k for k in base_keys)
+    if isinstance(adapter, MTLLoRAConfig):
+        assert any(k.endswith(".lora_lambdas") for k in state)
+        assert any(k.endswith(".lora_shared_a") for k in state)  # shared LoRA before the branch
+    else:
+        assert all(".attn.prompt.prompt_" in k for k in state)
+    fresh = build(adapter)  # same base weights (seeded), adapters at their initialisation
+    with torch.no_grad():
+        reference = model(images)
+        assert (fresh(images)[3] - reference[3]).abs().max() > 1e-3
+        assert sorted(load_adapter_state_dict(fresh, state)) == sorted(state)
+        for out, ref in zip(fresh(images), reference, strict=True):
+            assert torch.equal(out, ref)
 
 
 def test_tasks_argument_needs_a_task_conditioned_adapter(images: torch.Tensor) -> None:

@@ -10,6 +10,7 @@ from mtlora_vision.adapters.merge import (
     unmerge_adapters,
 )
 from mtlora_vision.adapters.mtl_lora import MTLLoRALinear
+from mtlora_vision.adapters.mtl_lora_merge import merge_task, task_merged_state_dict, unmerge_task
 from mtlora_vision.adapters.mtlora import MTLoRALinear, MTLoRAOutput
 from mtlora_vision.adapters.prompt import TaskAdaptiveLowRankPrompt
 from mtlora_vision.adapters.state_dict import adapter_state_dict, load_adapter_state_dict
@@ -36,5 +37,8 @@ __all__ = [
     "match_targets",
     "merge_adapters",
     "merge_for_inference",
+    "merge_task",
+    "task_merged_state_dict",
     "unmerge_adapters",
+    "unmerge_task",
 ]

@@ -72,6 +72,15 @@ def normalize_task_names(tasks: Sequence[str], what: str) -> tuple[str, ...]:
     return names
 
 
+def default_diagonal(init: str) -> bool:
+    """Whether ``Lambda_t`` is diagonal by default for an initialisation variant.
+
+    The official release trains with a full ``(r, r)`` ``Lambda_t`` (``diagonal_format=False`` in
+    every script); the ``adapters`` library defaults to ``"singular_values"``, a diagonal.
+    """
+    return init == "adapters"
+
+
 def _check_positive(name: str, value: float, *, integer: bool = False) -> None:
     """Raise ``ValueError`` unless ``value`` is a finite number > 0 (an int >= 1 if ``integer``)."""
     if integer and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -93,11 +102,15 @@ class MTLLoRALinear(nn.Module):
             code's default of 0 divides by zero).
         dropout: Dropout probability on the input of ``A``.
         diagonal: Store ``Lambda_t`` as a diagonal ``(r,)`` instead of a full ``(r, r)`` matrix.
+            ``None`` takes the default of ``init``: full for ``"official"`` (every released
+            training script), diagonal for ``"adapters"`` (its ``"singular_values"`` default).
         init: ``"official"``: ``Lambda_t`` identity (ones if diagonal), mixing logits
             ``kaiming_uniform(a=sqrt(5))``, i.e. ``U(-1/sqrt(n), 1/sqrt(n))``. ``"adapters"``
             (AdapterHub ``MTLLoRAConfig``): mixing logits ones (uniform mix), ``Lambda_t`` all-ones
-            ``(r, r)`` (a rank-one start) or ones if diagonal. Both draw ``A`` from
-            ``kaiming_uniform(a=sqrt(5))`` and set ``B^i`` to zero.
+            ``(r, r)`` (its ``"linear"`` type, a rank-one start) or ones if diagonal. Both draw
+            ``A`` from ``kaiming_uniform(a=sqrt(5))`` and set ``B^i`` to zero. The library's other
+            defaults (``n_up_projection=1``, ``weights_sharpness=0.05``) are not implied: pass
+            ``num_up`` and ``temperature``.
 
     Attributes:
         lora_a: Shared down-projection ``A``, ``(r, in_features)``.
@@ -126,7 +139,7 @@ class MTLLoRALinear(nn.Module):
         num_up: int = 1,
         temperature: float = 1.0,
         dropout: float = 0.0,
-        diagonal: bool = False,
+        diagonal: bool | None = None,
         init: MTLLoRAInit = "official",
     ) -> None:
         super().__init__()
@@ -149,13 +162,13 @@ class MTLLoRALinear(nn.Module):
         self.alpha = float(alpha)
         self.num_up = num_up
         self.temperature = float(temperature)
-        self.diagonal = diagonal
+        self.diagonal = default_diagonal(init) if diagonal is None else bool(diagonal)
         self.init = init
         self.scaling = self.alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         num_tasks = len(self.tasks)
         dd = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
-        lambda_shape = (num_tasks, rank) if diagonal else (num_tasks, rank, rank)
+        lambda_shape = (num_tasks, rank) if self.diagonal else (num_tasks, rank, rank)
         self.lora_a = nn.Parameter(torch.empty(rank, self.in_features, **dd))
         self.lora_lambdas = nn.Parameter(torch.empty(lambda_shape, **dd))
         self.lora_b = nn.Parameter(torch.empty(num_up, self.out_features, rank, **dd))
@@ -382,7 +395,13 @@ class MTLLoRALinear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
     def _forward_in_place_merged(self, x: Tensor, layout: TaskLayout) -> Tensor:
-        """After :meth:`merge`, only single-task batches of the merged task can run."""
+        """After :meth:`merge`, only single-task batches of the merged task can run.
+
+        A one-task stacked layout (``("sal",)``, what a backbone sets for ``tasks=("sal",)``) is
+        a single-task batch too.
+        """
+        if not isinstance(layout, (str, Tensor)) and len(layout) == 1:
+            (layout,) = layout
         if isinstance(layout, str) and self.task_index(layout) == self.task_index(self.merged_task):
             return self.base_layer(x)
         raise RuntimeError(

@@ -50,7 +50,8 @@ class MTLLoRAConfig:
         num_up: Number of shared up-projections ``B^i``.
         temperature: Softmax temperature of the mixing weights (> 0).
         dropout: Dropout on the adapter input.
-        diagonal: Diagonal ``Lambda_t`` instead of full ``(r, r)``.
+        diagonal: Diagonal ``Lambda_t`` instead of full ``(r, r)``; ``None`` takes the default of
+            ``init`` (full for ``"official"``, diagonal for ``"adapters"``).
         init: ``"official"`` or ``"adapters"`` (AdapterHub) initialisation.
         target_modules: Leaf names of the block linears to adapt.
         branch_stage: First task-specific stage; earlier stages get plain shared LoRA.
@@ -62,7 +63,7 @@ class MTLLoRAConfig:
     num_up: int = 2
     temperature: float = 0.8
     dropout: float = 0.05
-    diagonal: bool = False
+    diagonal: bool | None = None
     init: str = "official"
     target_modules: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
     branch_stage: int = 0
@@ -80,6 +81,8 @@ class MTLLoRAConfig:
             raise ValueError(f"dropout must lie in [0, 1), got dropout={self.dropout!r}.")
         if self.init not in ("official", "adapters"):
             raise ValueError(f"Unknown init={self.init!r}; choose 'official' or 'adapters'.")
+        if self.diagonal is not None and not isinstance(self.diagonal, bool):
+            raise ValueError(f"diagonal must be True, False or None, got {self.diagonal!r}.")
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         if not self.target_modules:
             raise ValueError("target_modules is empty; name at least one linear layer.")
