@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
-from mtlora_vision.adapters.prompt import (
-    TaskAdaptiveLowRankPrompt,
+from mtlora_vision.adapters.prompt import TaskAdaptiveLowRankPrompt, prompt_param_role
+from mtlora_vision.adapters.prompt_attention import (
     gated_prompt_attention,
     project_prompt_kv,
-    prompt_param_role,
     prompt_window_attention,
 )
 
