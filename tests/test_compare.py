@@ -94,15 +94,20 @@ def test_delta_m_from_single_task_runs(compare, runs, tmp_path: Path) -> None:
     assert rows["bad"].total > rows["bad"].trainable  # default policy freezes Swin weights
 
     table = (out / "comparison.md").read_text().splitlines()
-    assert table[0] == "| method | trainable (M) | semseg/mIoU ↑ | normals/mean ↓ | Δm (%) |"
+    header = "| method | config | trainable (M) | semseg/mIoU ↑ | normals/mean ↓ | Δm (%) |"
+    assert table[0] == header
     good_m = f"{rows['good'].trainable / 1e6:.2f}"
-    assert f"| good | {good_m} | 60.00 | 18.00 | 15.00 |" in table
+    # no top-level dumped config in these fake runs: the config is the run's vis_data/config.py
+    assert f"| good | `config.py` | {good_m} | 60.00 | 18.00 | 15.00 |" in table
+    assert f"| single-task | 2 runs, one per task | {single / 1e6:.2f} |" in "\n".join(table)
     assert "| bad |" in "\n".join(table)
     with (out / "comparison.csv").open() as handle:
         records = {r["method"]: r for r in csv.DictReader(handle)}
     assert float(records["bad"]["delta_m"]) == pytest.approx(-5.0)
     assert records["good"]["delta_m_keys"] == "normals/mean semseg/mIoU"
     assert int(records["single-task"]["trainable"]) == single
+    assert records["good"]["configs"].endswith("good/20250101_000000/vis_data/config.py")
+    assert len(records["single-task"]["configs"].split()) == 2
     assert records["single-task"]["semseg/mIoU"] == "50.0"
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

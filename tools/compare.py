@@ -14,8 +14,10 @@ baselines from ``--baselines``; else single-task runs among the work dirs (every
 one task is a baseline; together they form one "single-task" row, Delta-m 0 by definition, whose
 parameters are the sum of its runs'); else the ``multitask/delta_m`` the run logged.
 
-Writes ``comparison.md``, ``comparison.csv`` and ``pareto.png`` (trainable parameters, log scale,
-against Delta-m, one labelled point per method) to ``--out``.
+Writes to ``--out``: ``comparison.md`` (method, config, trainable parameters, each task's Delta-m
+metric, Delta-m), ``comparison.csv`` (every metric, parameter counts, config and work dir paths,
+where the metrics and Delta-m came from) and ``pareto.png`` (trainable parameters, log scale,
+against Delta-m, one labelled point per method).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class RunResult:
 
     name: str
     work_dirs: list[str]
+    configs: list[str]
     tasks: tuple[str, ...]
     trainable: int
     total: int
@@ -156,6 +159,7 @@ def load_run(work_dir: str | Path) -> RunResult:
     return RunResult(
         name=str(name),
         work_dirs=[str(work_dir)],
+        configs=[str(top_level[0] if top_level else config_file)],
         tasks=tuple(cfg.model.tasks),
         trainable=trainable,
         total=total,
@@ -172,6 +176,7 @@ def merge_single_task(runs: Sequence[RunResult]) -> RunResult:
     return RunResult(
         name=SINGLE_TASK,
         work_dirs=[d for run in runs for d in run.work_dirs],
+        configs=[c for run in runs for c in run.configs],
         tasks=tuple(t for run in runs for t in run.tasks),
         trainable=sum(run.trainable for run in runs),
         total=sum(run.total for run in runs),
@@ -236,15 +241,23 @@ def _fmt(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.2f}"
 
 
+def config_label(row: RunResult) -> str:
+    """Short name of a row's config: the file name, or the count of merged single-task runs."""
+    if len(row.configs) == 1:
+        return f"`{Path(row.configs[0]).name}`"
+    return f"{len(row.configs)} runs, one per task"
+
+
 def format_markdown(rows: Sequence[RunResult]) -> str:
-    """Markdown table: method, trainable parameters (M), one column per task metric, Delta-m."""
+    """Markdown table: method, config, trainable parameters (M), task metrics, Delta-m."""
     columns = metric_columns(rows)
     names = [f"{k} {'↓' if k in LOWER_IS_BETTER_KEYS else '↑'}" for k in columns]
-    header = ["method", "trainable (M)", *names, "Δm (%)"]
+    header = ["method", "config", "trainable (M)", *names, "Δm (%)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         values = [_fmt(row.metrics.get(key, math.nan)) for key in columns]
-        cells = [row.name, f"{row.trainable / 1e6:.2f}", *values, _fmt(row.delta_m)]
+        trainable = f"{row.trainable / 1e6:.2f}"
+        cells = [row.name, config_label(row), trainable, *values, _fmt(row.delta_m)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -255,7 +268,7 @@ def write_csv(rows: Sequence[RunResult], path: Path) -> None:
     fixed = ["method", "tasks", "trainable", "total", "delta_m", "delta_m_source", "delta_m_keys"]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow([*fixed, *metric_keys, "work_dirs", "metrics_source"])
+        writer.writerow([*fixed, *metric_keys, "configs", "work_dirs", "metrics_source"])
         for row in rows:
             writer.writerow(
                 [
@@ -267,6 +280,7 @@ def write_csv(rows: Sequence[RunResult], path: Path) -> None:
                     row.delta_m_source,
                     " ".join(row.delta_m_keys),
                     *[row.metrics.get(k, "") for k in metric_keys],
+                    " ".join(row.configs),
                     " ".join(row.work_dirs),
                     row.metrics_source,
                 ]
