@@ -1,5 +1,5 @@
 # TA-LoRA-inspired prompts on Swin-T 448, five PASCAL-Context tasks, official recipe. The method
-# lives in configs/_base_/methods/ta_lora.py.
+# lives in configs/_base_/methods/ta_lora.py; the demo twin is configs/methods/demo/ta-lora_demo.py.
 #   python tools/train.py configs/methods/ta-lora_swin-t_pascal.py
 from mmengine.config import read_base
 
