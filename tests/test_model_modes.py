@@ -66,10 +66,26 @@ def test_loss_mode_weights_the_official_losses():
 
 
 def test_loss_resizes_outputs_to_the_target_size_and_trains():
-    model = build(losses=dict(weighting=dict(type="uncertainty"))).train()
+    model = build(losses=dict(weighting=dict(type="uncertainty"))).eval()  # eval: deterministic
     assert isinstance(model.loss_weighting, UncertaintyWeighting)
     samples = make_samples(2, size=(32, 48))
-    losses = model(torch.randn(2, 3, 64, 64), samples, mode="loss")
+    inputs = torch.randn(2, 3, 64, 64)
+    losses = model(inputs, samples, mode="loss")
+    with torch.no_grad():
+        outputs = model(inputs, mode="tensor")  # (B, K, 64, 64), resized by hand below
+    resized = {
+        t: F.interpolate(o, size=(32, 48), mode="bilinear", align_corners=False)
+        for t, o in outputs.items()
+    }
+    stack = {t: torch.stack([s["targets"][t] for s in samples]) for t in TASKS}
+    torch.testing.assert_close(
+        losses["raw_semseg"], cross_entropy_loss(resized["semseg"], stack["semseg"])
+    )
+    torch.testing.assert_close(
+        losses["raw_normals"], normals_l1_loss(resized["normals"], stack["normals"])
+    )
+    # Uncertainty weighting at s = 0: 0.5 * L + 0.5 * 0.
+    torch.testing.assert_close(losses["loss_sal"], 0.5 * losses["raw_sal"])
     total, _ = model.parse_losses(losses)
     total.backward()
     # The uncertainty log-variances are part of the model and learn with it.
