@@ -18,7 +18,7 @@ class ProgressBarHook(Hook):
         desc: Label in front of the bar.
     """
 
-    priority = "LOW"
+    priority = "HIGH"  # closes the bar before LoggerHook prints the metrics
 
     def __init__(self, desc: str = "test") -> None:
         self.desc = desc
