@@ -11,6 +11,7 @@ from torch import nn
 
 from mtlora_vision.adapters.mtl_lora import (
     MTLLoRALinear,
+    merging_pays_off,
     set_active_tasks,
     set_merge_at_inference,
 )
@@ -19,6 +20,7 @@ from mtlora_vision.tasks import Task
 
 TASKS = ("semseg", "depth", "normals")
 IN, OUT, RANK, NUM_UP = 6, 5, 3, 2
+TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 def make_layer(
@@ -244,6 +246,34 @@ def test_merge_at_inference_matches_low_rank_path(monkeypatch: pytest.MonkeyPatc
     layer.dropout = nn.Dropout(0.1)
     with torch.no_grad(), pytest.raises(AssertionError, match="low-rank path used"):
         layer(x, TASKS)  # active dropout: the low-rank path
+
+
+def test_merge_at_inference_only_where_it_pays_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    # IN * OUT = 30 multiply-adds per rank to merge; M * (IN + OUT) = 11 M for the low-rank terms.
+    assert not merging_pays_off(2, IN, OUT)
+    assert merging_pays_off(3, IN, OUT)
+    assert not merging_pays_off(7 * 7, 768, 3072)  # Swin-T stage-4 fc1 at 224 px, batch 1
+    assert merging_pays_off(56 * 56, 96, 384)  # stage-1 fc1: 3136 tokens
+    layer = make_layer().eval()
+    set_merge_at_inference(layer, True)
+    used: list[str] = []
+    for path in ("_forward_low_rank", "_forward_merged_on_the_fly"):
+        original = getattr(MTLLoRALinear, path)
+
+        def record(self, *args, _path=path, _original=original):
+            used.append(_path)
+            return _original(self, *args)
+
+        monkeypatch.setattr(MTLLoRALinear, path, record)
+    small, large = torch.randn(len(TASKS) * 2, IN), torch.randn(len(TASKS) * 3, IN)
+    with torch.no_grad():
+        out_small, out_large = layer(small, TASKS), layer(large, TASKS)
+    assert used == ["_forward_low_rank", "_forward_merged_on_the_fly"]
+    for t in range(len(TASKS)):
+        expected = reference_output(layer, small[2 * t : 2 * t + 2], t)
+        torch.testing.assert_close(out_small[2 * t : 2 * t + 2].double(), expected, **TOL)
+        expected = reference_output(layer, large[3 * t : 3 * t + 3], t)
+        torch.testing.assert_close(out_large[3 * t : 3 * t + 3].double(), expected, **TOL)
 
 
 def test_gradients_only_where_intended() -> None:

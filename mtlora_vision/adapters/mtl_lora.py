@@ -81,6 +81,21 @@ def default_diagonal(init: str) -> bool:
     return init == "adapters"
 
 
+def merging_pays_off(rows_per_task: int, in_features: int, out_features: int) -> bool:
+    """Whether merging ``W + Delta W_t`` on the fly beats adding the low-rank terms.
+
+    Per task block, merging costs the ``(out, r) @ (r, in)`` product, ``r * in * out``
+    multiply-adds (the merged matmul then costs what the frozen one does); the low-rank path costs
+    ``M * r * (in + out)`` for ``M`` rows. The rank cancels out.
+
+    Args:
+        rows_per_task: Rows ``M`` (tokens of every sample) of one task block.
+        in_features: Input width of the layer.
+        out_features: Output width of the layer.
+    """
+    return rows_per_task * (in_features + out_features) > in_features * out_features
+
+
 def _check_positive(name: str, value: float, *, integer: bool = False) -> None:
     """Raise ``ValueError`` unless ``value`` is a finite number > 0 (an int >= 1 if ``integer``)."""
     if integer and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -119,8 +134,8 @@ class MTLLoRALinear(nn.Module):
         lora_mix_logits: Mixing logits ``w``, ``(T, n)``.
         active_tasks: Layout used when ``forward`` gets ``tasks=None`` (:func:`set_active_tasks`).
         merged_task: Task whose update is folded into ``base_layer.weight``, or ``None``.
-        merge_at_inference: Without autograd, merge ``W + Delta W_t`` on the fly (see
-            :meth:`forward` and :func:`set_merge_at_inference`); off by default.
+        merge_at_inference: Without autograd, merge ``W + Delta W_t`` on the fly where that is
+            cheaper (see :meth:`forward` and :func:`set_merge_at_inference`); off by default.
     """
 
     adapter_names: ClassVar[tuple[str, ...]] = (
@@ -325,7 +340,10 @@ class MTLLoRALinear(nn.Module):
         With :attr:`merge_at_inference` set, autograd off (``torch.no_grad``/``inference_mode``)
         and dropout inactive, name layouts instead run each task's rows through ``W + Delta W_t``
         merged on the fly: one batched matmul, about as cheap as the frozen layer, equal to the
-        low-rank path up to float rounding (so not bit-equal to the frozen layer at step 0).
+        low-rank path up to float rounding (so not bit-equal to the frozen layer at step 0). Only
+        where that is cheaper (:func:`merging_pays_off`): building ``Delta W_t`` costs
+        ``r * in * out`` per task, the low-rank terms ``M * r * (in + out)`` for ``M`` rows per
+        task, so small inputs (deep Swin stages at 224 px, batch 1) keep the low-rank path.
 
         Args:
             x: Input ``(N, ..., in_features)``; ``N = T' * B`` for a stacked layout of ``T'`` tasks.
@@ -355,7 +373,9 @@ class MTLLoRALinear(nn.Module):
         indices = self._stacked_indices(layout, x)
         dropout_active = isinstance(self.dropout, nn.Dropout) and self.dropout.training
         if self.merge_at_inference and not torch.is_grad_enabled() and not dropout_active:
-            return self._forward_merged_on_the_fly(x, indices)
+            rows = x.numel() // (self.in_features * len(indices))
+            if merging_pays_off(rows, self.in_features, self.out_features):
+                return self._forward_merged_on_the_fly(x, indices)
         return self._forward_low_rank(x, indices)
 
     def _stacked_indices(self, layout: str | Sequence[str], x: Tensor) -> list[int]:
