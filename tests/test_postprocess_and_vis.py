@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.optim import OptimWrapper
+from mmengine.optim import OptimWrapper, build_optim_wrapper
 from scipy.io import loadmat
+from torch.optim import SGD
 
 from mtlora_vision.engine.amp import CPUAutocastOptimWrapper
 from mtlora_vision.engine.runtime import (
@@ -110,15 +111,37 @@ def test_precision_resolution_on_cpu_and_gpu():
         dict(optim_wrapper=dict(type="AmpOptimWrapper", dtype="float16", optimizer=dict()))
     )
     resolve_precision(cfg, amp=False, cuda=False)
-    assert cfg.optim_wrapper.type is OptimWrapper
+    assert cfg.optim_wrapper.type == "mmengine.optim.optimizer.optimizer_wrapper.OptimWrapper"
     assert "dtype" not in cfg.optim_wrapper
     cfg = Config(dict(optim_wrapper=dict(type="OptimWrapper", optimizer=dict())))
     resolve_precision(cfg, amp=True, cuda=False)
-    assert cfg.optim_wrapper.type is CPUAutocastOptimWrapper
+    assert cfg.optim_wrapper.type == "mtlora_vision.engine.amp.CPUAutocastOptimWrapper"
     cfg = Config(dict(optim_wrapper=dict(type="OptimWrapper", optimizer=dict())))
     resolve_precision(cfg, amp=True, cuda=True)
-    assert cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper"
+    assert cfg.optim_wrapper.type.endswith(".AmpOptimWrapper")
     assert cfg.optim_wrapper.dtype == "float16"
+
+
+@pytest.mark.parametrize(
+    ("config", "amp", "cuda", "wrapper"),
+    [
+        ("mtlora_swin_pascal.py", False, False, OptimWrapper),  # fp16 config on a CPU
+        ("mtlora_swin_demo.py", True, False, CPUAutocastOptimWrapper),
+        ("mtlora_swin_demo.py", True, True, None),  # AmpOptimWrapper needs a GPU to build
+    ],
+)
+def test_resolved_real_configs_still_print_and_build(config, amp, cuda, wrapper, tmp_path):
+    cfg = Config.fromfile(str(Path(__file__).resolve().parents[1] / "configs" / config))
+    resolve_precision(cfg, amp=amp, cuda=cuda)
+    assert "optim_wrapper" in cfg.pretty_text  # the Runner logs it; a class object broke it
+    cfg.dump(str(tmp_path / "dumped.py"))  # the work-dir copy, re-read by test.py
+    dumped = Config.fromfile(str(tmp_path / "dumped.py")).optim_wrapper
+    resolve_precision(Config(dict(optim_wrapper=dumped)), amp=amp, cuda=cuda)  # idempotent
+    if wrapper is not None:
+        built = build_optim_wrapper(
+            torch.nn.Linear(2, 2), dict(type=cfg.optim_wrapper.type, optimizer=dict(type=SGD, lr=1))
+        )
+        assert type(built) is wrapper
 
 
 def test_cpu_threads_from_config_unless_cuda_or_environment(monkeypatch):

@@ -18,7 +18,18 @@ logger = logging.getLogger(__name__)
 
 
 def _type_name(value: Any) -> str:
-    return value if isinstance(value, str) else getattr(value, "__name__", str(value))
+    """Class name of a config ``type``: a class, a registry name or a dotted path."""
+    name = value if isinstance(value, str) else getattr(value, "__name__", str(value))
+    return name.rsplit(".", 1)[-1]
+
+
+def _dotted(cls: type) -> str:
+    """A class as the dotted path mmengine builds from.
+
+    A class object put into a loaded pure-Python config breaks ``cfg.pretty_text`` (which the
+    Runner logs at start-up), while the dotted path is printed and built like the file's own types.
+    """
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def resolve_work_dir(cfg: Config, config_path: str, work_dir: str | None) -> str:
@@ -47,14 +58,14 @@ def resolve_precision(cfg: Config, amp: bool, cuda: bool | None = None) -> None:
     asks_amp = _type_name(wrapper.get("type", "OptimWrapper")) == "AmpOptimWrapper"
     if cuda:
         if amp and not asks_amp:
-            wrapper.type = AmpOptimWrapper
+            wrapper.type = _dotted(AmpOptimWrapper)
             wrapper.setdefault("dtype", "float16")
             wrapper.setdefault("loss_scale", "dynamic")
         return
     if asks_amp or amp:
         for key in ("dtype", "loss_scale", "use_fsdp"):
             wrapper.pop(key, None)
-        wrapper.type = CPUAutocastOptimWrapper if amp else OptimWrapper
+        wrapper.type = _dotted(CPUAutocastOptimWrapper if amp else OptimWrapper)
         how = "bf16 autocast on the CPU" if amp else "fp32 (fp16 AMP needs CUDA; --amp gives bf16)"
         logger.warning("No CUDA device: training in %s.", how)
 
