@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlora_vision.adapters.config import AdapterSpec
+from mtlora_vision.adapters.lowrank_ops import expand_up, project_down
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +82,7 @@ def expand_task_factors(base: Tensor, coeffs: Tensor, factors: Tensor) -> Tensor
         factors: ``(T, out, r)``.
     """
     T, r, out = coeffs.shape[0], coeffs.shape[-1], base.shape[-1]
-    flat = base.reshape(1, -1, out).expand(T, -1, -1)  # T, M, out (a view)
-    # baddbmm adds every task's low-rank term to the broadcast base in the same pass.
-    tasks = torch.baddbmm(flat, coeffs.reshape(T, -1, r), factors.transpose(1, 2))
+    tasks = expand_up(base.reshape(-1, out), coeffs.reshape(T, -1, r), factors)  # T, M, out
     return tasks.view(T, *base.shape)
 
 
@@ -355,7 +354,7 @@ class MTLoRALinear(nn.Module):
             task_low = task_low.unflatten(-1, (T, self.task_rank)).transpose(0, 1)  # T, M, r_t
         else:
             task_flat = task_x.reshape(T, -1, self.in_features)  # T, M, in
-            task_low = torch.bmm(task_flat, self._stacked_task_a().transpose(1, 2))  # T, M, r_t
+            task_low = project_down(task_flat, self._stacked_task_a())  # T, M, r_t
         shared, task_base = self._shared_and_task_base(flat, dropped, base, shared_low)
         lead = x.shape[:-1]
         return MTLoRAFactors(
