@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,16 @@ def test_main_config_follows_the_official_recipe():
     assert cosine.eta_min == pytest.approx(5e-6 * 32 / 512)
     assert cfg.randomness.seed == 0
     assert cfg.model.backbone.pretrained.endswith("swin_tiny_patch4_window7_224.pth")
+    # Cosine per iteration after the warm-up; validation every 5 epochs as officially.
+    assert warmup.convert_to_iter_based
+    assert cosine.convert_to_iter_based
+    assert cosine.T_max == 280
+    assert cfg.train_cfg.val_interval == 5
+    assert cfg.model.losses.weighting.type == "fixed"  # official weights 1/2/5/10/50
+    # Switching to DWA needs its epoch hook, so every config has it (a no-op otherwise).
+    hooks = {getattr(h["type"], "__name__", h["type"]) for h in cfg.custom_hooks}
+    assert {"DWAEpochHook", "NonFiniteLossHook", "TrainableCheckpointHook"} <= hooks
+    assert cfg.default_hooks.checkpoint.type.__name__ == "AtomicCheckpointHook"
 
 
 def test_missing_pretrained_file_is_a_clear_error(tmp_path):
@@ -89,3 +100,36 @@ def test_dumped_config_builds_the_same_model(tmp_path):
         expected, actual = original(x, mode="tensor"), rebuilt(x, mode="tensor")
     for task in expected:
         torch.testing.assert_close(actual[task], expected[task])
+
+
+def _official_lr(step: int, warmup: int, total: int, base: float, start: float, low: float):
+    """timm CosineLRScheduler with warmup_prefix, per iteration (MTLORA_SPEC 6), written out."""
+    if step < warmup:
+        return start + (base - start) * step / warmup
+    return low + 0.5 * (base - low) * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def test_main_schedule_equals_the_official_per_iteration_cosine():
+    cfg = Config.fromfile(str(REPO / "configs/mtlora_swin_pascal.py"))
+    epoch_length = 4  # 156 in the real run; the curve only scales
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=cfg.optim_wrapper.optimizer.lr)
+    schedulers = []
+    for entry in cfg.param_scheduler:
+        options = {k: v for k, v in entry.items() if k not in ("type", "convert_to_iter_based")}
+        options.pop("by_epoch")
+        schedulers.append(
+            entry["type"].build_iter_from_epoch(optimizer, **options, epoch_length=epoch_length)
+        )
+    warmup, total = 20 * epoch_length, 300 * epoch_length
+    base, start, low = 5e-4 * 32 / 512, 5e-7 * 32 / 512, 5e-6 * 32 / 512
+    for step in range(total):
+        expected = _official_lr(step, warmup, total, base, start, low)
+        lr = optimizer.param_groups[0]["lr"]
+        if step < warmup:  # mmengine's linear warm-up reaches the peak one iteration earlier
+            assert lr == pytest.approx(expected, abs=base / warmup), step
+        else:
+            assert lr == pytest.approx(expected, rel=1e-9), step
+        optimizer.step()
+        for scheduler in schedulers:
+            scheduler.step()

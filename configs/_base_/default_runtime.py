@@ -8,7 +8,7 @@ from mmengine.hooks import (
 from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 
 from mtlora_vision.engine.checkpoint import AtomicCheckpointHook, TrainableCheckpointHook
-from mtlora_vision.engine.hooks import NonFiniteLossHook
+from mtlora_vision.engine.hooks import DWAEpochHook, NonFiniteLossHook
 from mtlora_vision.engine.visualization_hook import MultiTaskVisualizationHook
 
 default_hooks = dict(
@@ -26,6 +26,9 @@ custom_hooks = [
     # Stops on a NaN/inf loss naming the task, keeping the last good checkpoint.
     dict(type=NonFiniteLossHook),
     dict(type=MultiTaskVisualizationHook, num_images=2),
+    # Closes the per-epoch loss windows of DWA weighting (model.losses.weighting.type="dwa");
+    # does nothing for the other schemes.
+    dict(type=DWAEpochHook),
 ]
 
 env_cfg = dict(
