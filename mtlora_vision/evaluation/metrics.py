@@ -149,6 +149,7 @@ class MultiTaskMetric(BaseMetric):
         self.dataset = dataset
         self.baselines = _resolve_baselines(baselines, dataset)
         self._warn_no_baselines = baselines is None and not self.baselines
+        self._left_out_warned: list[str] = []
         self.delta_m_keys = _resolve_delta_m_keys(self.tasks, delta_m_keys)
         self.lower_is_better = frozenset(
             LOWER_IS_BETTER_KEYS if lower_is_better is None else lower_is_better
@@ -280,12 +281,13 @@ class MultiTaskMetric(BaseMetric):
                 entered[key] = self.baselines[key]
             else:
                 left_out.append(f"{task} ({key})")
-        if left_out:
+        if left_out and left_out != self._left_out_warned:  # once, not at every validation
             logger.warning(
                 "Delta-m leaves out %s: no baseline or no finite value. Give baselines for these "
                 "keys to include them.",
                 ", ".join(left_out),
             )
+            self._left_out_warned = left_out
         if not entered:
             logger.warning("No evaluated task has a Delta-m baseline; multitask/delta_m omitted.")
             return None
