@@ -219,3 +219,13 @@ def test_label_value_and_label_map_checks():
     for bad in (np.array([[1.5]]), np.array([[-1]]), np.array([[np.nan]]), np.zeros((2, 2, 1))):
         with pytest.raises(CorruptFileError, match=r"c\.mat"):
             check_label_map("c.mat", bad)
+
+
+def test_byte_decoders_equal_their_formulas_for_every_value():
+    values = np.arange(256, dtype=np.uint8)
+    rgb = np.stack([values, values[::-1], values], -1)[None]  # (1, 256, 3)
+    expected = rgb.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+    np.testing.assert_array_equal(decode_normals_png(rgb), expected)
+    np.testing.assert_allclose(decode_normals_png(rgb), 2.0 * rgb / 255.0 - 1, atol=1e-6)
+    gray = values[None]
+    np.testing.assert_array_equal(binarize_saliency(gray), (gray / 255.0 > 0.5).astype(np.uint8))

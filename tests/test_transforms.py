@@ -381,17 +381,22 @@ def test_inputs_equal_the_direct_normalisation_formula_exactly():
 
 def test_fill_where_invalid_equals_np_where_bit_for_bit():
     rng = np.random.default_rng(2)
-    values = rng.normal(size=(3, 17, 19)).astype(np.float32)
+    values = rng.normal(size=(17, 19, 3)).astype(np.float32)
     values[0, 0, 0] = -0.0
     valid = rng.random((17, 19)) > 0.4
-    expected = np.where(valid, values, np.float32(255))
-    got = fill_where_invalid(values.copy(), valid, 255)
-    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
-    hwc = values.transpose(1, 2, 0).copy()
-    got = fill_where_invalid(hwc, valid[..., None], 0.0)
-    np.testing.assert_array_equal(got, np.where(valid[..., None], hwc, 0))
+    expected = np.where(valid[..., None], values, np.float32(255))
+    for array in (values.copy(), values.copy()[:, :, :2], values.transpose(2, 0, 1).copy()[0]):
+        want = expected[..., : array.shape[-1]] if array.ndim == 3 else expected[..., 0]
+        got = fill_where_invalid(array, valid, 255)
+        assert got is array
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    strided = values.copy()[:, ::2]  # not contiguous: the NumPy fallback
+    got = fill_where_invalid(strided, valid[:, ::2], 0.0)
+    np.testing.assert_array_equal(got, np.where(valid[:, ::2, None], values[:, ::2], 0))
     with pytest.raises(TypeError, match="float32"):
         fill_where_invalid(np.zeros(3), np.ones(3, bool), 0)
+    with pytest.raises(ValueError, match="does not match"):
+        fill_where_invalid(values.transpose(2, 0, 1).copy(), valid, 0)
 
 
 @pytest.mark.parametrize(

@@ -97,4 +97,6 @@ def finalize_normals(normals: np.ndarray, valid: np.ndarray) -> np.ndarray:
     np.maximum(norm, np.float32(_EPS), out=norm)
     inv = np.divide(np.float32(1.0), norm, out=norm)
     out = np.multiply(normals, inv, dtype=np.float32, order="C")
-    return fill_where_invalid(out, keep, IGNORE_INDEX)
+    for plane in out:
+        fill_where_invalid(plane, keep, IGNORE_INDEX)
+    return out

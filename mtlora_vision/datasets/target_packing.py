@@ -110,7 +110,7 @@ def _is_binary(label: np.ndarray) -> bool:
 def _zero_where_invalid(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """A ``float32`` copy of ``values`` (``(H, W)`` or ``(H, W, C)``) with invalid pixels 0."""
     out = np.array(values, dtype=np.float32, copy=True)
-    return fill_where_invalid(out, valid if out.ndim == 2 else valid[..., None], 0.0)
+    return fill_where_invalid(out, valid, 0.0)
 
 
 def pack_targets(
