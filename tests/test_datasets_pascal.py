@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import shutil
+import sys
 
 import cv2
 import numpy as np
@@ -16,6 +18,7 @@ from mmengine.dataset import DefaultSampler
 from mmengine.runner import Runner
 from skimage.morphology import thin
 
+from mtlora_vision.datasets import worker
 from mtlora_vision.datasets.class_info import normals_valid_context_ids
 from mtlora_vision.datasets.collate import multitask_collate
 from mtlora_vision.datasets.pascal_context import PascalContextMT
@@ -298,3 +301,42 @@ def test_synthesize_if_missing_writes_the_dataset(tmp_path):
     assert (root / "JPEGImages").is_dir()
     with pytest.raises(ValueError, match="Unknown synthesize_if_missing keys"):
         PascalContextMT(tmp_path / "other", synthesize_if_missing=dict(images=3))
+
+
+def test_loader_workers_return_what_the_main_process_returns(pascal_root, tmp_path):
+    # Workers run with their own settings (single-threaded OpenCV, malloc thresholds); values
+    # must not change. The val split has no randomness, so samples compare one to one.
+    ds = PascalContextMT(pascal_root, "val", img_size=(40, 40), cache_dir=tmp_path / "cache")
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=1, num_workers=1, collate_fn=multitask_collate
+    )
+    for i, batch in enumerate(loader):
+        sample = ds[i]
+        assert torch.equal(batch["inputs"][0], sample["inputs"])
+        for task, target in sample["data_samples"]["targets"].items():
+            assert torch.equal(batch["data_samples"][0]["targets"][task], target), task
+
+
+def test_worker_settings_apply_only_inside_workers(monkeypatch):
+    applied = []
+    monkeypatch.setattr(worker, "_configured_pid", None)
+    monkeypatch.setattr(worker, "keep_large_blocks_on_heap", lambda: applied.append(1) or True)
+    worker.configure_data_worker()  # the main process: left alone
+    assert applied == []
+    worker.configure_data_worker(force=True)
+    worker.configure_data_worker(force=True)  # once per process
+    assert applied == [1]
+
+
+def _apply_thresholds(queue):
+    queue.put(worker.keep_large_blocks_on_heap())
+
+
+def test_malloc_thresholds_apply_on_linux():
+    # In a forked child, so the test process keeps its own allocator settings.
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_apply_thresholds, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    assert queue.get(timeout=5) is sys.platform.startswith("linux")

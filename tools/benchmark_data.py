@@ -4,7 +4,8 @@ python tools/benchmark_data.py                      # synthetic PASCAL_MT at 375
 python tools/benchmark_data.py --root data/PASCAL_MT --runs 5
 python tools/benchmark_data.py --loader-workers 2   # through a DataLoader, divided by the workers
 
-In-process mode emulates one data-loader worker (OpenCV and torch single-threaded) and reports the
+In-process mode emulates one data-loader worker (the settings of ``datasets/worker.py``: OpenCV
+single-threaded, large blocks kept on the heap; torch single-threaded) and reports the
 median over runs of both wall-clock and CPU-time throughput; the CPU-time figure is the one that
 stays meaningful when other processes share the machine. The first pass over the images fills the
 derived-label cache (edges, human parts) and is not timed.
@@ -18,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import torch
 from torch.utils.data import DataLoader
 
@@ -26,6 +26,7 @@ from mtlora_vision.datasets.collate import multitask_collate
 from mtlora_vision.datasets.nyud import NYUDMT
 from mtlora_vision.datasets.pascal_context import PascalContextMT
 from mtlora_vision.datasets.synthetic import make_synthetic_dataset
+from mtlora_vision.datasets.worker import configure_data_worker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +59,7 @@ def build_dataset(
 
 
 def time_in_process(dataset: torch.utils.data.Dataset, runs: int, samples: int) -> dict[str, float]:
-    cv2.setNumThreads(0)
+    configure_data_worker(force=True)  # what every data-loader worker process gets
     torch.set_num_threads(1)
     for i in range(len(dataset)):  # warm-up: fills the label cache
         dataset[i]

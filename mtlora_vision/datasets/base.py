@@ -8,36 +8,22 @@ A sample follows ``docs/design.md`` section 1::
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from mtlora_vision.datasets.cache import DerivedLabelCache, dataset_cache_dir
 from mtlora_vision.datasets.synthetic import ensure_synthetic_dataset
 from mtlora_vision.datasets.transforms import MultiTaskTransform
+from mtlora_vision.datasets.worker import configure_data_worker
 from mtlora_vision.tasks import NUM_OUTPUTS, check_tasks
 
 logger = logging.getLogger(__name__)
 
 _SYNTHESIZE_KEYS = ("num_train", "num_val", "size", "seed")
-_configured_pid: int | None = None
-
-
-def configure_worker_threads() -> None:
-    """Run OpenCV single-threaded inside data-loader workers (the workers are the parallelism).
-
-    Called once per worker process on its first sample; the main process is left alone.
-    """
-    global _configured_pid
-    pid = os.getpid()
-    if _configured_pid != pid and get_worker_info() is not None:
-        cv2.setNumThreads(0)
-        _configured_pid = pid
 
 
 def read_split_ids(split_file: Path, split: str, splits_dir_hint: str) -> list[str]:
@@ -168,7 +154,7 @@ class MultiTaskDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Return sample ``index`` in the format of ``docs/design.md`` section 1."""
-        configure_worker_threads()
+        configure_data_worker()
         image, targets = self.load_sample(index)
         inputs, out_targets = self.transform(image, targets)
         return {
