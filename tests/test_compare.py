@@ -136,6 +136,15 @@ def test_logged_delta_m_is_the_fallback(compare, tmp_path: Path) -> None:
     assert compare.format_markdown([row]).splitlines()[2].endswith("| 3.00 | – | 1.50 |")
 
 
+def test_title_heads_the_table(compare, runs, tmp_path: Path) -> None:
+    out = tmp_path / "titled"
+    compare.main([*map(str, runs), "--out", str(out), "--title", "Synthetic data"])
+    lines = (out / "comparison.md").read_text().splitlines()
+    assert lines[0] == "Synthetic data"
+    assert lines[2].startswith("| method | config |")
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_clear_errors(compare, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         compare.find_run(tmp_path / "missing")

@@ -2,6 +2,7 @@
 
     python tools/compare.py work_dirs/lora_demo work_dirs/bitfit_demo ... --out work_dirs/compare
     python tools/compare.py WORK_DIR... --baselines baselines.json   # {"semseg/mIoU": 67.21, ...}
+    python tools/compare.py WORK_DIR... --title "Synthetic data: pipeline check only"
 
 Per work dir (what mmengine 0.10 writes there): the newest ``<timestamp>/vis_data/scalars.json``
 that holds a validation gives the final metrics (its last validation), and that run's
@@ -301,8 +302,13 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def plot_pareto(rows: Sequence[RunResult], path: Path) -> int:
+def plot_pareto(rows: Sequence[RunResult], path: Path, title: str | None = None) -> int:
     """Draw trainable parameters (log x) against Delta-m, one labelled point per row.
+
+    Args:
+        rows: The comparison rows.
+        path: PNG file to write.
+        title: Plot title (e.g. what data the runs saw), or None.
 
     Returns:
         The number of points drawn (rows without Delta-m are left out).
@@ -326,6 +332,8 @@ def plot_pareto(rows: Sequence[RunResult], path: Path) -> int:
     ax.set_ylabel("Δm (%)")
     ax.axhline(0.0, color="grey", lw=0.5)
     ax.grid(True, which="both", lw=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -337,6 +345,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("work_dirs", nargs="+", help="work dirs of finished runs")
     parser.add_argument("--out", default="work_dirs/compare", help="output directory")
     parser.add_argument("--baselines", help="JSON file: single-task value per metric key")
+    parser.add_argument(
+        "--title", help="caption for the table and title of the plot (e.g. 'synthetic data')"
+    )
     return parser.parse_args(argv)
 
 
@@ -353,9 +364,9 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = format_markdown(rows)
-    (out / "comparison.md").write_text(table)
+    (out / "comparison.md").write_text(f"{args.title}\n\n{table}" if args.title else table)
     write_csv(rows, out / "comparison.csv")
-    if plot_pareto(rows, out / "pareto.png") == 0:
+    if plot_pareto(rows, out / "pareto.png", args.title) == 0:
         logger.warning("No run has a Delta-m; pareto.png has no points. Add single-task runs.")
     print(table)
     print(f"Wrote comparison.md, comparison.csv and pareto.png to {out}")
