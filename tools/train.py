@@ -22,6 +22,7 @@ from mtlora_vision.engine.runtime import (
     resolve_cpu_threads,
     resolve_launcher,
     resolve_precision,
+    resolve_resume,
     resolve_work_dir,
     shutdown_distributed,
 )
@@ -64,10 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     resolve_cpu_threads(cfg)
     resolve_launcher(cfg, args.launcher)
     init_cpu_distributed(args.launcher)
-    if args.resume == "auto":
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
+    resolve_resume(cfg, args.resume)
     runner = Runner.from_cfg(cfg)
     try:
         runner.train()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import os.path as osp
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,6 +69,64 @@ def resolve_precision(cfg: Config, amp: bool, cuda: bool | None = None) -> None:
         wrapper.type = _dotted(CPUAutocastOptimWrapper if amp else OptimWrapper)
         how = "bf16 autocast on the CPU" if amp else "fp32 (fp16 AMP needs CUDA; --amp gives bf16)"
         logger.warning("No CUDA device: training in %s.", how)
+
+
+_CHECKPOINT_NAME = re.compile(r"(epoch|iter)_(\d+)\.pth")
+
+
+def latest_checkpoint(work_dir: str) -> str | None:
+    """The newest complete checkpoint of a run, for ``--resume`` without a path.
+
+    mmengine's own lookup reads only ``work_dir/last_checkpoint``. That pointer is written after
+    the checkpoint itself, so a kill between the two would otherwise restart from scratch (no
+    pointer yet) or lose the newest checkpoint. Checkpoint writes are atomic, so every
+    ``epoch_N.pth`` / ``iter_N.pth`` present is complete; the most recently written one wins,
+    together with the file ``last_checkpoint`` names.
+
+    Args:
+        work_dir: The run's work dir.
+
+    Returns:
+        The checkpoint path, or None when the run has none.
+    """
+    candidates = []
+    pointer = osp.join(work_dir, "last_checkpoint")
+    if osp.isfile(pointer):
+        with open(pointer, encoding="utf-8") as f:
+            candidates.append(f.read().strip())
+    if osp.isdir(work_dir):
+        names = [n for n in os.listdir(work_dir) if _CHECKPOINT_NAME.fullmatch(n)]
+        candidates += [osp.join(work_dir, n) for n in names]
+    existing = [c for c in candidates if c and osp.isfile(c)]
+    return max(existing, key=osp.getmtime) if existing else None
+
+
+def resolve_resume(cfg: Config, resume: str | None) -> None:
+    """Set ``cfg.resume`` and ``cfg.load_from`` from ``--resume [CKPT]`` (in place).
+
+    Args:
+        cfg: Config with its final ``work_dir``.
+        resume: None (no resume), ``"auto"`` (the work dir's :func:`latest_checkpoint`) or a path.
+
+    Raises:
+        FileNotFoundError: If the given checkpoint does not exist.
+    """
+    if resume is None:
+        return
+    if resume == "auto":
+        path = latest_checkpoint(cfg.work_dir)
+        if path is None:
+            logger.warning(
+                "--resume: no checkpoint in %s yet; training from the start.", cfg.work_dir
+            )
+            cfg.resume, cfg.load_from = False, None
+            return
+        logger.info("--resume: continuing from %s.", path)
+    else:
+        path = osp.expanduser(resume)
+        if not osp.isfile(path):
+            raise FileNotFoundError(f"--resume {resume!r}: no such checkpoint file.")
+    cfg.resume, cfg.load_from = True, path
 
 
 def resolve_cpu_threads(cfg: Config, cuda: bool | None = None) -> int | None:
