@@ -15,9 +15,9 @@ from mmengine.runner import Runner
 
 from mtlora_vision.engine.allocator import tune_cpu_allocator
 from mtlora_vision.engine.checkpoint import register_checkpoint_io
-from mtlora_vision.engine.hooks import last_saved_checkpoint
 from mtlora_vision.engine.runtime import (
     init_cpu_distributed,
+    latest_checkpoint,
     load_config,
     resolve_cpu_threads,
     resolve_launcher,
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         runner.train()
     except FloatingPointError:  # non-finite loss, weights or predictions: say where to resume
-        last = last_saved_checkpoint(cfg.work_dir)
+        last = latest_checkpoint(cfg.work_dir)
         runner.logger.error(
             "Training stopped on non-finite values (see the error below). Latest checkpoint, "
             f"written before them: {last or 'none'}; fix the cause (e.g. a lower learning rate) "
