@@ -17,8 +17,8 @@ method_adapter = dict(
     num_up=2,
     temperature=0.8,
     dropout=0.05,
-    diagonal=False,
-    init="official",
+    diagonal=None,  # the init's default: full r x r for "official", diagonal for "adapters"
+    init="official",  # or "adapters" (AdapterHub MTLLoRAConfig: uniform mix, all-ones Lambda_t)
     target_modules=("qkv", "proj", "fc1", "fc2"),
     branch_stage=0,
 )
