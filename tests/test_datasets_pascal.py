@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import shutil
-import sys
 
 import cv2
 import numpy as np
@@ -320,23 +318,9 @@ def test_loader_workers_return_what_the_main_process_returns(pascal_root, tmp_pa
 def test_worker_settings_apply_only_inside_workers(monkeypatch):
     applied = []
     monkeypatch.setattr(worker, "_configured_pid", None)
-    monkeypatch.setattr(worker, "keep_large_blocks_on_heap", lambda: applied.append(1) or True)
+    monkeypatch.setattr(worker, "tune_cpu_allocator", lambda: applied.append(1) or True)
     worker.configure_data_worker()  # the main process: left alone
     assert applied == []
     worker.configure_data_worker(force=True)
     worker.configure_data_worker(force=True)  # once per process
     assert applied == [1]
-
-
-def _apply_thresholds(queue):
-    queue.put(worker.keep_large_blocks_on_heap())
-
-
-def test_malloc_thresholds_apply_on_linux():
-    # In a forked child, so the test process keeps its own allocator settings.
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_apply_thresholds, args=(queue,))
-    child.start()
-    child.join(timeout=60)
-    assert queue.get(timeout=5) is sys.platform.startswith("linux")

@@ -24,7 +24,7 @@ Timing runs all variants in one process, interleaved step by step (A, B, C, A, B
 from other processes hits every variant alike; medians and the median of per-round ratios are
 reported, of wall-clock seconds and (``cpu_*``) of the process's CPU seconds, the steadier figure
 with ``--threads 1`` on a shared machine. The CPU allocator is tuned as in the train and test tools
-(:mod:`mtlora_vision.engine.allocator`; ``MTLORA_MALLOC_TUNING=0`` times glibc's defaults).
+(:mod:`mtlora_vision.allocator`; ``MTLORA_MALLOC_TUNING=0`` times glibc's defaults).
 A training step is ``zero_grad`` + forward + backward of a surrogate loss (the mean square of every
 output). Peak memory is the peak RSS (``VmHWM``) of a fresh subprocess per variant
 and phase (tracemalloc does not see torch's allocations), with the RSS before the first step.
@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mtlora_vision.adapters.merge import merge_for_inference
-from mtlora_vision.engine.allocator import tune_cpu_allocator
+from mtlora_vision.allocator import tune_cpu_allocator
 
 #: Variant name -> function turning the config's model dict into the variant's.
 VARIANTS: dict[str, Callable[[ConfigDict], ConfigDict]] = {}

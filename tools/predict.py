@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 from mmengine.config import DictAction
 
+from mtlora_vision.allocator import tune_cpu_allocator
 from mtlora_vision.apis.inference import init_model
 from mtlora_vision.apis.predict import predict_images
-from mtlora_vision.engine.allocator import tune_cpu_allocator
 from mtlora_vision.engine.visualization_hook import write_prediction
 from mtlora_vision.visualization.colorize import make_panel
 

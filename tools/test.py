@@ -18,7 +18,7 @@ import os.path as osp
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from mtlora_vision.engine.allocator import tune_cpu_allocator
+from mtlora_vision.allocator import tune_cpu_allocator
 from mtlora_vision.engine.checkpoint import register_checkpoint_io
 from mtlora_vision.engine.progress_hook import ProgressBarHook
 from mtlora_vision.engine.runtime import (

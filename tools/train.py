@@ -13,7 +13,7 @@ import logging
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from mtlora_vision.engine.allocator import tune_cpu_allocator
+from mtlora_vision.allocator import tune_cpu_allocator
 from mtlora_vision.engine.checkpoint import register_checkpoint_io
 from mtlora_vision.engine.runtime import (
     init_cpu_distributed,

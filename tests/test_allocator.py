@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from mtlora_vision.engine.allocator import ENV_SWITCH, tuning_requested
+from mtlora_vision.allocator import ENV_SWITCH, tuning_requested
 
 # Allocates and frees a 64 MiB tensor; prints whether the tuning applied and how many MiB of
 # resident memory the free gave back to the kernel.
 PROBE = """
-from mtlora_vision.engine.allocator import tune_cpu_allocator
+from mtlora_vision.allocator import tune_cpu_allocator
 applied = tune_cpu_allocator()
 import torch
 def rss_mib():
