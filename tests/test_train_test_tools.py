@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -178,22 +177,15 @@ def test_train_kill_resume_and_finish(tmp_path):
     assert final["meta"]["iter"] == 6
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ddp_with_two_gloo_processes(tmp_path):
     options = tiny_options(tmp_path / "data")
     result = run_tool(
         [
             "-m",
             "torch.distributed.run",
+            "--standalone",  # torchrun picks a free port itself: no clash with other runs
             "--nproc_per_node",
             "2",
-            "--master_port",
-            str(_free_port()),  # a fixed port clashes with other test runs on the machine
             "tools/train.py",
             DEMO,
             "--launcher",
