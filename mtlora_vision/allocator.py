@@ -12,9 +12,11 @@ calls give the same effect without a dependency:
 * ``M_TRIM_THRESHOLD = 2 GiB - 1``: keep freed heap memory for the next allocation instead of
   trimming it.
 
-The process then keeps its peak heap size until it exits (peak memory itself is unchanged). The
-tools call :func:`tune_cpu_allocator` at start-up; a library import never changes process-wide
-settings. Set ``MTLORA_MALLOC_TUNING=0`` to keep glibc's defaults; with jemalloc or tcmalloc in
+Measured for the MTLoRA r64 training step at 448x448, batch 2, one thread: 4.74 s -> 4.25 s per
+step (the frozen Swin's step is unchanged), peak RSS 3.98 -> 4.18 GB (heap fragmentation; stable
+from the third to the thirtieth step). The process keeps its peak heap until it exits. The tools
+call :func:`tune_cpu_allocator` at start-up, and data-loader workers at their first sample; a
+library import never changes process-wide settings. Set ``MTLORA_MALLOC_TUNING=0`` to keep glibc's defaults; with jemalloc or tcmalloc in
 ``LD_PRELOAD`` nothing is changed.
 """
 
