@@ -16,8 +16,8 @@ Measured for the MTLoRA r64 training step at 448x448, batch 2, one thread: 4.74 
 step (the frozen Swin's step is unchanged), peak RSS 3.98 -> 4.18 GB (heap fragmentation; stable
 from the third to the thirtieth step). The process keeps its peak heap until it exits. The tools
 call :func:`tune_cpu_allocator` at start-up, and data-loader workers at their first sample; a
-library import never changes process-wide settings. Set ``MTLORA_MALLOC_TUNING=0`` to keep glibc's defaults; with jemalloc or tcmalloc in
-``LD_PRELOAD`` nothing is changed.
+library import never changes process-wide settings. Set ``MTLORA_MALLOC_TUNING=0`` to keep glibc's
+defaults; with jemalloc or tcmalloc in ``LD_PRELOAD`` nothing is changed.
 """
 
 from __future__ import annotations
