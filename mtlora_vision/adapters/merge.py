@@ -21,6 +21,14 @@ low-rank terms (see :mod:`mtlora_vision.adapters.mtlora`). What can be merged:
 * **``addition`` mode: nothing.** Its shared output passes the task outputs through a LayerNorm,
   which is not linear.
 
+What stays unmerged costs little at inference: in eval mode the Swin backbone keeps the task
+streams as a shared base plus rank-``r_t`` coefficients and merges them into the next stage once
+(:mod:`mtlora_vision.models.backbones.task_branch`), so per task only the LayerNorm, the GELU and
+the rank-``r_t`` products run at full width. MTL-LoRA layers merge per task instead
+(:func:`~mtlora_vision.adapters.mtl_lora.set_merge_at_inference`, or
+:func:`~mtlora_vision.adapters.mtl_lora_merge.merge_task` for a one-task
+export).
+
 Merging is meant for inference (``model.eval()``): a merged layer applies the shared update without
 dropout, and unmerging subtracts the *current* update, so do not train a merged model. The merged
 state is not part of the state dict: save checkpoints unmerged. Outputs agree with the unmerged
