@@ -8,10 +8,12 @@ of :mod:`mtlora_vision.evaluation.functional`.
 
 Keys are flat and prefixed by task: ``semseg/mIoU``, ``human_parts/mIoU``, ``sal/mIoU``,
 ``sal/maxF``, ``normals/mean``, ``normals/median``, ``normals/rmse``, ``normals/11.25``,
-``normals/22.5``, ``normals/30``, ``edge/loss``, ``edge/odsF``, ``depth/rmse``,
+``normals/22.5``, ``normals/30``, ``edge/bce``, ``edge/odsF``, ``depth/rmse``,
 ``depth/log_rmse`` and ``multitask/delta_m``. Opt-in: ``<task>/IoU/<class>`` and
 ``sal/maxFbeta`` (F-beta with beta^2 = 0.3). Percentages for IoU, F, within-angle shares and
-Delta-m; degrees for normals; metres for depth.
+Delta-m; degrees for normals; metres for depth. No key contains ``loss``: mmengine's log processor
+reports every such key as the mean over the run's history instead of the current value (the
+official edge "loss" proxy is therefore ``edge/bce``).
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ DEFAULT_DELTA_M_KEYS: Mapping[str, str] = MappingProxyType(
 
 #: Metric keys that improve when they go down (sign of their Delta-m term).
 LOWER_IS_BETTER_KEYS: frozenset[str] = frozenset(
-    {"normals/mean", "normals/median", "normals/rmse", "edge/loss", "depth/rmse", "depth/log_rmse"}
+    {"normals/mean", "normals/median", "normals/rmse", "edge/bce", "depth/rmse", "depth/log_rmse"}
 )
 
 _SEG_TASKS = frozenset({"semseg", "human_parts"})
@@ -107,7 +109,7 @@ class MultiTaskMetric(BaseMetric):
             (PASCAL-Context) or 0.011 (NYUD-v2).
         edge_num_thresholds: Number of ODS thresholds (BSDS uses 99).
         edge_thin: Thin thresholded edge maps before matching (BSDS ``thinpb``).
-        edge_pos_weight: Positive weight of the ``edge/loss`` proxy.
+        edge_pos_weight: Positive weight of the ``edge/bce`` proxy (the official edge "loss").
         normals_bin_width: Histogram bin (degrees) for the normals median.
         collect_device: Device for gathering results across ranks (``"cpu"`` or ``"gpu"``).
         prefix: Extra prefix put before every key by mmengine (none by default).
@@ -249,7 +251,7 @@ class MultiTaskMetric(BaseMetric):
         return out
 
     def _reduce_edge(self, stats: list[dict[str, Tensor]]) -> dict[str, float]:
-        out = {"edge/loss": edge_loss(torch.stack([s["loss"] for s in stats]))}
+        out = {"edge/bce": edge_loss(torch.stack([s["loss"] for s in stats]))}
         if self.edge_ods:
             counts = torch.stack([s["pr"] for s in stats]).sum(dim=0)
             out["edge/odsF"] = ods_f(counts) * _PERCENT
