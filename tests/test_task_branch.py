@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from mtlora_vision.adapters.config import MTLoRAConfig
 from mtlora_vision.adapters.merge import merge_adapters
+from mtlora_vision.adapters.mtlora import MTLoRALinear
 from mtlora_vision.models.backbones.swin import SwinBackbone
 from mtlora_vision.models.backbones.swin_blocks import patch_merge
 from mtlora_vision.models.backbones.task_branch import TaskStreams, patch_merge_task_streams
@@ -165,3 +166,22 @@ def test_factored_expansion_is_the_task_stream() -> None:
     streams = TaskStreams(base, coeffs, factors).expand()
     for t in range(3):
         torch.testing.assert_close(streams[t], base + F.linear(coeffs[t], factors[t]))
+
+
+@pytest.mark.parametrize("mode", ["matrix", "matrixv2", "addition"])
+def test_task_factors_expand_to_forward_tasks(mode) -> None:
+    layer = MTLoRALinear(torch.nn.Linear(6, 5), 3, tasks=("a", "b"), task_rank=2, mode=mode)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if "lora_" in name:
+                p.normal_()
+    layer.eval()
+    x, task_x = torch.randn(4, 6), torch.randn(2, 4, 6)
+    for inputs in ((x,), (x, task_x)):
+        parts, full = layer.forward_task_factors(*inputs), layer.forward_tasks(*inputs)
+        torch.testing.assert_close(TaskStreams(*parts[1:]).expand(), full.tasks)
+        if mode != "addition":
+            torch.testing.assert_close(parts.shared, full.shared)
+        # matrixv2's task outputs start from the shared output, and in addition mode the factors'
+        # shared entry is the frozen projection the tasks start from: the same tensor, not a copy.
+        assert (parts.base is parts.shared) == (mode != "matrix")

@@ -357,9 +357,12 @@ class MTLoRALinear(nn.Module):
             task_low = project_down(task_flat, self._stacked_task_a())  # T, M, r_t
         shared, task_base = self._shared_and_task_base(flat, dropped, base, shared_low)
         lead = x.shape[:-1]
+        shared_out = shared.view(*lead, self.out_features)
+        # matrixv2: the very same tensor, so consumers can tell that base and shared coincide.
+        base_out = shared_out if task_base is shared else task_base.view(*lead, self.out_features)
         return MTLoRAFactors(
-            shared.view(*lead, self.out_features),
-            task_base.view(*lead, self.out_features),
+            shared_out,
+            base_out,
             task_low.reshape(T, *lead, self.task_rank),
             self.task_factors().to(task_low.dtype),
         )
