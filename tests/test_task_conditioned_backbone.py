@@ -19,6 +19,12 @@ from mtlora_vision.adapters.state_dict import adapter_state_dict, load_adapter_s
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
 from mtlora_vision.adapters.trainable import TrainablePolicy
 from mtlora_vision.models.backbones.swin import SwinBackbone
+from mtlora_vision.models.backbones.swin_blocks import (
+    relative_position_index,
+    to_windows,
+    window_attention,
+    window_geometry_of,
+)
 from mtlora_vision.models.backbones.task_conditioned import WindowPrompt, replicate_task_major
 
 ARCH = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 2))
@@ -308,3 +314,45 @@ def test_method_configs_build_and_count() -> None:
     assert ta_counts["breakdown"]["task_adapters"] == fast > 0
     adapters = ta_counts["policy_groups"]["adapters"]
     assert ta_counts["breakdown"]["shared_adapters"] == adapters - fast
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["explicit", "fused"])
+def test_joint_shared_prompt_matches_the_prompt_module(fused: bool) -> None:
+    # The backbone's window attention (P0 appended to the keys) against the prompt module's own
+    # attention maths (prompt_window_attention), on a shifted block with padding-free windows.
+    cfg = TALoRAPromptConfig(num_tokens=3, rank=2, branch_stage=2, shared_mode="joint")
+    backbone = SwinBackbone(ARCH, img_size=128, window_size=4, tasks=TASKS, adapter=cfg).eval()
+    perturb_adapters(backbone)
+    block = backbone.layers[2].blocks[1]
+    assert any(block.shift_size)
+    attn, prompt = block.attn, block.attn.prompt
+    prompt.set_active_tasks(TASKS)
+    x = torch.randn(len(TASKS) * 2, 8, 8, 64)  # task-major stacked streams, stage-3 grid
+    geom = window_geometry_of(block, x)
+    windows = to_windows(block.norm1(x), geom)
+    with torch.no_grad():
+        ours = window_attention(attn, windows, geom, fused)
+        B_, N, C = windows.shape
+        q, k, v = attn.qkv(windows).reshape(B_, N, 3, 2, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        index = relative_position_index(geom.window, attn.window_size, windows.device)
+        bias = attn.relative_position_bias_table[index].view(N, N, 2).permute(2, 0, 1)
+        linear = attn.qkv
+        expected = prompt(q, k, v, linear.weight, linear.bias, TASKS, bias, geom.mask, attn.scale)
+    assert_rel_close(ours, expected.transpose(1, 2).reshape(B_, N, C))
+
+
+def test_joint_mode_changes_outputs_at_step_zero_and_trains_the_shared_prompt(images) -> None:
+    gated = build(prompts(2))
+    joint = build(TALoRAPromptConfig(num_tokens=3, rank=2, branch_stage=2, shared_mode="joint"))
+    plain = build(None, tasks=TASKS)
+    with torch.no_grad():
+        base = plain(images)[-1][0]
+        assert torch.equal(gated(images)[-1][0], base)  # zero gates: the frozen model
+        assert not torch.allclose(joint(images)[-1][0], base)  # a prefix changes the softmax
+    joint.train()
+    sum(f.square().mean() for f in joint(images)).backward()
+    shared = joint.layers[2].blocks[0].attn.prompt.prompt_slow_shared
+    assert shared.grad is not None
+    assert shared.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="shared_mode"):
+        TALoRAPromptConfig(shared_mode="sum")

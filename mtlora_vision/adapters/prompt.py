@@ -25,9 +25,9 @@ shared by every window, so window partition, shift and patch merging are untouch
 ``g_0`` and ``g_task`` are per-head gates initialised to 0 (zero-init attention, as in peft's
 ``adaption_prompt``), so a fresh adapter leaves the frozen model bit-for-bit unchanged. With
 ``shared_mode="joint"`` P0's keys join the image keys in the normal softmax instead (the literal
-design): that changes outputs at step 0, as any prefix does, so it is not the default (and the
-Swin backbone adds prompts beside its own attention, so it runs the gated mode only). The attention
-maths are the pure functions of :mod:`~.prompt_attention`.
+design): that changes outputs at step 0, as any prefix does, so it is not the default. The Swin
+backbone runs both modes (``TALoRAPromptConfig.shared_mode``). The attention maths are the pure
+functions of :mod:`~.prompt_attention`.
 
 Fast and slow weights are told apart by parameter names: ``prompt_slow_*`` (P0 and the shared
 factor), ``prompt_fast_*`` (per-task factors) and ``prompt_gate_*``. With mmengine, give the fast

@@ -98,16 +98,18 @@ class TALoRAPromptConfig:
     """TA-LoRA-inspired prompts (``ta_lora_prompt``) in every block from ``branch_stage`` on.
 
     Our design from the paper's abstract (METHODS 2.3): per block, ``num_tokens`` prompt keys and
-    values in window attention, a shared prompt plus a low-rank task part, both behind per-head
-    zero-initialised gates. Only the gated shared mode is supported in the backbone (the prompt
-    branches are added to the backbone's own window attention). Default ``branch_stage=2``: task
-    prompts in Swin stages 3-4 only (METHODS 2.3.6); stages before it carry no prompts.
+    values in window attention, a shared prompt plus a low-rank task part behind a per-head
+    zero-initialised gate. The shared prompt has its own gated softmax branch
+    (``shared_mode="gated"``, an exact identity at step 0) or joins the image keys in the window
+    softmax (``"joint"``, the literal prefix design of METHODS 2.3.4). Default ``branch_stage=2``:
+    task prompts in Swin stages 3-4 only (METHODS 2.3.6); stages before it carry no prompts.
 
     Attributes:
         num_tokens: Prompt length ``L`` per block.
         rank: Rank of the task part (``<= min(L, stage width)``).
         compose: ``"add"`` or ``"hadamard"``.
         shared_factor: ``"left"`` or ``"right"``: which factor is shared (slow).
+        shared_mode: ``"gated"`` or ``"joint"`` (see above).
         warmup_mode: ``"learn_gate"`` or ``"frozen_gate"``.
         slow_init: ``"svd"`` or ``"normal"``.
         branch_stage: First stage with (task) prompts.
@@ -118,6 +120,7 @@ class TALoRAPromptConfig:
     rank: int = 4
     compose: str = "add"
     shared_factor: str = "left"
+    shared_mode: str = "gated"
     warmup_mode: str = "learn_gate"
     slow_init: str = "svd"
     branch_stage: int = 2
@@ -129,7 +132,7 @@ class TALoRAPromptConfig:
         _check_positive_int("rank", self.rank)
         if self.rank > self.num_tokens:
             raise ValueError(f"rank={self.rank} must not exceed num_tokens={self.num_tokens}.")
-        for name in ("compose", "shared_factor", "warmup_mode", "slow_init"):
+        for name in ("compose", "shared_factor", "shared_mode", "warmup_mode", "slow_init"):
             value = getattr(self, name)
             if value not in _CHOICES[name]:
                 raise ValueError(f"Unknown {name}={value!r}; choose from {list(_CHOICES[name])}.")

@@ -14,6 +14,7 @@ method_adapter = dict(
     rank=4,
     compose="add",
     shared_factor="left",
+    shared_mode="gated",  # "joint": P0's keys join the image softmax (changes outputs at step 0)
     warmup_mode="learn_gate",
     slow_init="svd",
     branch_stage=2,

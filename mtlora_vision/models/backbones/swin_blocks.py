@@ -199,7 +199,8 @@ def window_attention(
 
     Args:
         attn: A timm ``WindowAttention`` (its ``qkv`` may be an adapter layer; an ``attn.prompt``
-            adds its gated prompt branches, see :mod:`.task_conditioned`).
+            adds its gated prompt branches and, in ``"joint"`` mode, its shared prompt's keys and
+            values to every window's, see :mod:`.task_conditioned`).
         windows: Tokens ``(B * nW, N, C)``.
         geom: Window geometry of the block.
         fused: Use ``F.scaled_dot_product_attention``; else the explicit softmax path.
@@ -219,15 +220,39 @@ def window_attention(
         num_win = geom.mask.shape[0]
         attn_mask = bias.unsqueeze(0) + geom.mask.unsqueeze(1)  # nW, nH, N, N
         attn_mask = attn_mask.unsqueeze(0).expand(B_ // num_win, -1, -1, -1, -1).flatten(0, 1)
+    prompt = getattr(attn, "prompt", None)
+    if prompt is not None and prompt.shared_mode == "joint":
+        k, v, attn_mask = join_prompt_tokens(*prompt.joint_kv(attn.qkv), k, v, attn_mask)
     if fused:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype))
     else:
         scores = (q * attn.scale) @ k.transpose(-2, -1) + attn_mask
         out = scores.softmax(dim=-1) @ v
-    prompt = getattr(attn, "prompt", None)
     if prompt is not None:  # TA-LoRA-style prompts: gated branches beside the image softmax
         out = out + prompt.attention_residual(q, attn.qkv, attn.scale)
     return out.transpose(1, 2).reshape(B_, N, -1)
+
+
+def join_prompt_tokens(
+    prompt_k: Tensor, prompt_v: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Append prompt keys and values to every window's; prompt columns get no bias and no mask.
+
+    Args:
+        prompt_k: Prompt keys ``(nH, L, hd)``, the same for every window.
+        prompt_v: Prompt values ``(nH, L, hd)``.
+        k: Image keys ``(B_, nH, N, hd)``.
+        v: Image values ``(B_, nH, N, hd)``.
+        attn_mask: Additive bias and mask ``(1 or B_, nH, N, N)``.
+
+    Returns:
+        Keys and values ``(B_, nH, N + L, hd)`` and the mask ``(1 or B_, nH, N, N + L)``.
+    """
+    windows = k.shape[0]
+    k = torch.cat([k, prompt_k.to(k.dtype).expand(windows, -1, -1, -1)], dim=2)
+    v = torch.cat([v, prompt_v.to(v.dtype).expand(windows, -1, -1, -1)], dim=2)
+    pad = attn_mask.new_zeros(*attn_mask.shape[:-1], prompt_k.shape[1])
+    return k, v, torch.cat([attn_mask, pad], dim=-1)
 
 
 def window_geometry_of(block: torch.nn.Module, x: Tensor) -> WindowGeometry:

@@ -25,6 +25,7 @@ from mtlora_vision.adapters.config import AdapterSpec
 from mtlora_vision.adapters.inject import inject_adapters, match_targets
 from mtlora_vision.adapters.mtl_lora import MTLLoRALinear, set_active_tasks
 from mtlora_vision.adapters.prompt import TaskAdaptiveLowRankPrompt
+from mtlora_vision.adapters.prompt_attention import gated_prompt_attention, project_prompt_kv
 from mtlora_vision.adapters.task_conditioned_config import (
     MTLLoRAConfig,
     TALoRAPromptConfig,
@@ -42,8 +43,8 @@ class WindowPrompt(TaskAdaptiveLowRankPrompt):
     """Prompt of one Swin block's window attention, with the task layout set by the backbone.
 
     Installed as ``block.attn.prompt``; :func:`~.swin_blocks.window_attention` adds
-    :meth:`attention_residual` to its output. Arguments as :class:`TaskAdaptiveLowRankPrompt`
-    (``shared_mode`` is always ``"gated"``).
+    :meth:`attention_residual` to its output and, with ``shared_mode="joint"``, first appends
+    :meth:`joint_kv` to the image keys and values. Arguments as :class:`TaskAdaptiveLowRankPrompt`.
 
     Attributes:
         active_tasks: Task names stacked task-major in the current forward pass, or None.
@@ -73,7 +74,18 @@ class WindowPrompt(TaskAdaptiveLowRankPrompt):
                 "set_active_tasks)."
             )
         linear = getattr(qkv, "base_layer", qkv)
-        return self.residual(q, linear.weight, linear.bias, tasks=self.active_tasks, scale=scale)
+        if self.shared_mode == "gated":
+            return self.residual(q, linear.weight, linear.bias, self.active_tasks, scale)
+        kv = self.prompt_kv(linear.weight, linear.bias, self.active_tasks)
+        return gated_prompt_attention(  # joint: only the task branch (P0 is in the softmax)
+            q, task_k=kv.task_k, task_v=kv.task_v, task_gate=self._task_gate(), scale=scale
+        )
+
+    def joint_kv(self, qkv: nn.Module) -> tuple[Tensor, Tensor]:
+        """P0's keys and values ``(h, L, hd)``, which join the image keys in ``"joint"`` mode."""
+        linear = getattr(qkv, "base_layer", qkv)
+        tokens = self.prompt_slow_shared.to(linear.weight.dtype)
+        return project_prompt_kv(tokens, linear.weight, linear.bias, self.num_heads)
 
 
 def _mtl_lora_specs(backbone: nn.Module, cfg: MTLLoRAConfig) -> dict[str, AdapterSpec]:
@@ -131,7 +143,7 @@ def _inject_prompts(backbone: nn.Module, cfg: TALoRAPromptConfig, tasks: Sequenc
                 rank=cfg.rank,
                 compose=cfg.compose,
                 shared_factor=cfg.shared_factor,
-                shared_mode="gated",
+                shared_mode=cfg.shared_mode,
                 warmup_mode=cfg.warmup_mode,
                 slow_init=cfg.slow_init,
             ).to(attn.qkv.weight.device)
