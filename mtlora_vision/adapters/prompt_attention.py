@@ -191,19 +191,22 @@ def prompt_window_attention(
     Returns:
         Attention output per head ``(T * M, h, N, hd)`` (before the output projection).
     """
-    if task_k is not None and (task_v is None or task_gate is None):
-        raise ValueError("task_k needs task_v and task_gate as well.")
     if shared_k is not None and shared_v is None:
         raise ValueError("shared_k needs shared_v as well.")
-    q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
-    gated_shared = shared_k is not None and shared_gate is not None
-    joint_k, joint_v = (None, None) if gated_shared else (shared_k, shared_v)
-    out = _image_attention(q, k, v, rel_pos_bias, mask, joint_k, joint_v)
-    task_kv = None if task_k is None else (task_k, task_v, task_gate)
-    shared_kv = (shared_k, shared_v, shared_gate) if gated_shared else None
-    for branch in _gated_branches(q, task_kv, shared_kv):
-        out = out + branch
-    return out
+    gated = shared_k is not None and shared_gate is not None
+    branches = gated_prompt_attention(  # also checks the task arguments
+        q,
+        task_k=task_k,
+        task_v=task_v,
+        task_gate=task_gate,
+        shared_k=shared_k if gated else None,
+        shared_v=shared_v if gated else None,
+        shared_gate=shared_gate if gated else None,
+        scale=scale,
+    )
+    scaled = q * (q.shape[-1] ** -0.5 if scale is None else scale)
+    joint_k, joint_v = (None, None) if gated else (shared_k, shared_v)
+    return _image_attention(scaled, k, v, rel_pos_bias, mask, joint_k, joint_v) + branches
 
 
 def _gated_branches(
