@@ -347,7 +347,8 @@ def test_joint_mode_changes_outputs_at_step_zero_and_trains_the_shared_prompt(im
     plain = build(None, tasks=TASKS)
     with torch.no_grad():
         base = plain(images)[-1][0]
-        assert torch.equal(gated(images)[-1][0], base)  # zero gates: the frozen model
+        # Zero gates: the frozen model, up to the rounding of attention batched over the tasks.
+        assert_rel_close(gated(images)[-1][0], base, tol=1e-6)
         assert not torch.allclose(joint(images)[-1][0], base)  # a prefix changes the softmax
     joint.train()
     sum(f.square().mean() for f in joint(images)).backward()
