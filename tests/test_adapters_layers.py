@@ -42,7 +42,7 @@ def make_layer(mode: str = "matrix", **kwargs) -> MTLoRALinear:
 
 
 def explicit_outputs(layer: MTLoRALinear, x: torch.Tensor, task_x: torch.Tensor | None):
-    """MTLORA_SPEC 1.2 written out with a Python loop over tasks (no dropout)."""
+    """docs/model.md#mtlora-layer written out with a Python loop over tasks (no dropout)."""
     W, b = layer.base_layer.weight, layer.base_layer.bias
     h = x @ W.T + b
     task_terms = []

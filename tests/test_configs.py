@@ -103,7 +103,8 @@ def test_dumped_config_builds_the_same_model(tmp_path):
 
 
 def _official_lr(step: int, warmup: int, total: int, base: float, start: float, low: float):
-    """timm CosineLRScheduler with warmup_prefix, per iteration (MTLORA_SPEC 6), written out."""
+    """timm CosineLRScheduler with warmup_prefix, per iteration (docs/recipe.md#optimizer), written
+    out."""
     if step < warmup:
         return start + (base - start) * step / warmup
     return low + 0.5 * (base - low) * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))

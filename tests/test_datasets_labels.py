@@ -51,7 +51,7 @@ def _box(shape, rows, cols):
 def test_person_part_groups_cover_the_24_pascal_part_names():
     assert set(HUMAN_PART_GROUPS) == person_part_names()
     assert len(person_part_names()) == 24
-    # Spot checks against MTLORA_SPEC section 3.
+    # Spot checks against docs/data.md#file-formats.
     expected = {"hair": 1, "mouth": 1, "neck": 2, "torso": 2, "luarm": 3, "rhand": 4, "llarm": 4}
     expected |= {"ruleg": 5, "lfoot": 6, "rlleg": 6}
     assert {k: HUMAN_PART_GROUPS[k] for k in expected} == expected

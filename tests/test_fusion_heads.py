@@ -35,7 +35,7 @@ def features(channels, batch=2, sizes=((16, 12), (8, 6), (4, 3), (4, 3))):
 
 def test_fusion_is_one_bias_free_conv_per_stage() -> None:
     fusion = MultiScaleFusion(SWIN_T, PAPER)
-    # 192*18 + 384*36 + 768*72 + 768*144 (MTLORA_SPEC 1.6 / 1.8)
+    # 192*18 + 384*36 + 768*72 + 768*144 (docs/model.md#decoder, #parameter-counts)
     assert n_params(fusion) == 183_168
     assert all(conv.bias is None for conv in fusion.convs)
     feats = features((4, 8, 8, 8))

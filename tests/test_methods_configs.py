@@ -117,7 +117,8 @@ def test_demo_twins_differ_from_the_demo_only_in_the_method() -> None:
 
 def test_swin_t_trainable_counts_match_the_spec() -> None:
     analyze = load_tool("analyze_model")
-    # MTLORA_SPEC 1.8: MTL full FT of Swin-T, 4 tasks, = 29,464,442 trainable; the fifth (edge)
+    # docs/model.md#parameter-counts: MTL full FT of Swin-T, 4 tasks, = 29,464,442 trainable; the
+    # fifth (edge)
     # decoder adds the same fusion + HRNet head as sal (1 output channel).
     full = analyze.count_parameters(analyze.build_model(str(METHODS / "full-ft_swin-t_pascal.py")))
     sal = analyze.count_parameters(
@@ -125,7 +126,8 @@ def test_swin_t_trainable_counts_match_the_spec() -> None:
     )
     edge_decoder = sal["breakdown"]["decoder"]
     assert full["trainable"] == full["total"] == 29_464_442 + edge_decoder
-    # Decoder-only: 4 downsamplers + 4 heads = 1,946,624 (MTLORA_SPEC 1.8), plus the edge decoder.
+    # Decoder-only: 4 downsamplers + 4 heads = 1,946,624 (docs/model.md#parameter-counts), plus the
+    # edge decoder.
     dec = analyze.count_parameters(
         analyze.build_model(str(METHODS / "decoder-only_swin-t_pascal.py"))
     )

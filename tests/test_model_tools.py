@@ -15,7 +15,7 @@ from mtlora_vision.apis.inference import init_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs" / "paper"
-OFFICIAL_TSV = Path("/work/shared/reference/mtlora_official_state_dict.tsv")
+OFFICIAL_TSV = Path(__file__).resolve().parent / "fixtures" / "official_state_dict_keys.tsv"
 
 TINY_CONFIG = """
 from mtlora_vision.adapters.config import MTLoRAConfig
@@ -79,7 +79,7 @@ def randomise(model: torch.nn.Module) -> None:
 
 
 def paper_formula(r: int, plus: bool) -> dict[str, int]:
-    """MTLORA_SPEC 1.8 for Swin-T, 4 tasks, task rank 4."""
+    """docs/model.md#parameter-counts for Swin-T, 4 tasks, task rank 4."""
     dims, depths = (96, 192, 384, 768), (2, 2, 6, 2)
     shared = sum(16 * c * r * d for c, d in zip(dims, depths, strict=True))
     shared += sum(6 * c * r for c in dims[:3]) if plus else 0
@@ -120,7 +120,7 @@ def official_from_tsv() -> dict[str, torch.Tensor]:
     for line in OFFICIAL_TSV.read_text().splitlines():
         if line.startswith("#"):
             continue
-        key, shape, _ = line.split("\t")
+        key, shape = line.split("\t")
         state[key] = torch.randn(ast.literal_eval(shape)) if shape != "()" else torch.tensor(7)
     return state
 

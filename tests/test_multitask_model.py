@@ -187,7 +187,7 @@ def test_merged_model_gives_the_same_outputs(adapter) -> None:
 
 
 def closed_form_trainable(arch, window, tasks, r, r_t, fusion, outputs, plus=False) -> int:
-    """MTLORA_SPEC 1.8 for any Swin: adapters + non-adapter backbone + decoder."""
+    """docs/model.md#parameter-counts for any Swin: adapters + non-adapter backbone + decoder."""
     dims = [arch["embed_dim"] * 2**i for i in range(4)]
     depths, heads = arch["depths"], arch["num_heads"]
     shared = sum(16 * c * r * d for c, d in zip(dims, depths, strict=True))

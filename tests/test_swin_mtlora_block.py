@@ -1,4 +1,5 @@
-"""MTLoRA task branch against an independent re-statement of the official maths (MTLORA_SPEC 1.4).
+"""MTLoRA task branch against an independent re-statement of the official maths
+(docs/model.md#task-branch).
 
 The reference below is written from the spec with explicit per-task loops, explicit window
 partition, shift masks, relative-position indexing, attention softmax and the official
@@ -125,7 +126,8 @@ def unwindow(windows, w, s, H, W):  # noqa: N803
 
 
 def reference_block(block, x, w, s, tasks):
-    """MTLORA_SPEC 1.4 with a loop over tasks; ``tasks=()`` gives the shared-only block."""
+    """docs/model.md#task-branch with a loop over tasks; ``tasks=()`` gives the shared-only
+    block."""
     _B, H, W, C = x.shape
     o = attention(block, x, w, s)
     z = x + unwindow(shared_linear(block.attn.proj, o), w, s, H, W)

@@ -105,7 +105,8 @@ def test_gradients_through_the_factored_branch_match() -> None:
         backbone.zero_grad()
         sum(f.square().mean() for f in backbone(images)).backward()
         grads.append({n: p.grad for n, p in backbone.named_parameters() if "lora" in n})
-    # The shared fc2 update of the very last block reaches no task feature (MTLORA_SPEC 1.5).
+    # The shared fc2 update of the very last block reaches no task feature
+    # (docs/model.md#stage-outputs).
     unused = {n for n, g in grads[1].items() if g is None}
     assert unused == {
         "layers.3.blocks.1.mlp.fc2.lora_shared_a",

@@ -5,7 +5,8 @@
 
 Groups: shared (task-agnostic) adapters, task adapters, other trainable backbone parameters
 (patch embedding, norms, relative-position tables, patch-merging reductions), and the decoder
-(fusion and heads). The MTLoRA paper counts exactly these trainable parameters (MTLORA_SPEC 1.8).
+(fusion and heads). The MTLoRA paper counts exactly these trainable parameters
+(docs/model.md#parameter-counts).
 """
 
 from __future__ import annotations

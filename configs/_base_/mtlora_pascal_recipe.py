@@ -12,7 +12,7 @@ tasks = ("semseg", "human_parts", "sal", "normals")
 model.tasks = tasks
 # ImageNet-1K Swin-T (Microsoft's release or timm's); missing file -> a clear error at start-up.
 model.backbone.pretrained = "data/pretrained/swin_tiny_patch4_window7_224.pth"
-# Official loss weights (MTLORA_SPEC 4); edge (50) and depth (1) are used when those tasks are on.
+# Official loss weights (docs/recipe.md#losses); edge (50) and depth (1) are used when those tasks are on.
 model.losses = dict(weighting=dict(type="fixed"))
 train_dataloader.dataset.tasks = tasks
 val_dataloader.dataset.tasks = tasks

@@ -12,6 +12,6 @@ with read_base():
 model.adapter = method_adapter
 model.trainable = method_trainable
 optim_wrapper.paramwise_cfg = dict(custom_keys=method_custom_keys)
-# Prompt warm-up for the schedule's learning-rate warm-up epochs (METHODS 2.3.5); what it
+# Prompt warm-up for the schedule's learning-rate warm-up epochs (docs/methods.md#ta-lora); what it
 # changes depends on model.adapter.warmup_mode (frozen_gate holds the task gate at 0).
 custom_hooks.append(dict(type=PromptWarmupHook, warmup_epochs=warmup_epochs))

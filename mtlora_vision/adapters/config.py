@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
 from mtlora_vision.config_types import resolve_type
 
-#: How the task outputs of an MTLoRA layer relate to its shared output (MTLORA_SPEC 1.2).
+#: How the task outputs of an MTLoRA layer relate to its shared output (docs/model.md#mtlora-layer).
 MODES: tuple[str, ...] = ("matrix", "matrixv2", "addition")
 
 PerStage: TypeAlias = int | float | Sequence[int] | Sequence[float]
@@ -117,7 +117,8 @@ class AdapterSpec:
 class MTLoRAConfig:
     """MTLoRA: shared low-rank updates everywhere, task-specific ones where the backbone branches.
 
-    Defaults are the paper's r64 setting (MTLORA_SPEC 1.7); scalars are broadcast to all stages.
+    Defaults are the paper's r64 setting (``docs/model.md#defaults``); scalars are broadcast to all
+    stages.
 
     Attributes:
         shared_rank: Shared (task-agnostic) rank per stage.

@@ -3,7 +3,7 @@
 Yang et al., "MTL-LoRA: Low-Rank Adaptation for Multi-Task Learning", arXiv 2410.09437. The layer
 follows the official release (``init="official"``, the default) and offers the AdapterHub
 ``adapters`` library's initialisation as a switch (``init="adapters"``); see
-``/work/shared/reference/METHODS.md`` sections 1.1 and 1.6 for what each one does.
+``docs/methods.md#mtl-lora-official-release`` for what each one does.
 
 For a frozen linear layer ``W`` (out x in) and a row of task ``t``::
 

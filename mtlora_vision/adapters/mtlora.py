@@ -3,7 +3,7 @@
 MTLoRA: Low-Rank Adaptation Approach for Efficient Multi-Task Learning (Agiza, Neseem, Reda,
 CVPR 2024). With ``h = W x + b`` the frozen projection of the shared input ``x``, ``x~`` the input
 after dropout, ``x_t`` an optional input of task ``t`` and ``s``, ``s_t`` the scales (used as
-given, not divided by the rank), the layer computes (MTLORA_SPEC 1.2):
+given, not divided by the rank), the layer computes (``docs/model.md#mtlora-layer``):
 
 * ``matrix`` (official default): shared ``y = h + s B A x~``; task ``y_t = h + s_t B_t A_t u_t``
   with ``u_t = x_t`` if given, else ``x~``. The task output has no shared term, and the frozen

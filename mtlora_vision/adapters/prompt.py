@@ -4,7 +4,7 @@ TA-LoRA-inspired visual prompt adapter (faithful to the abstract; details unspec
 TA-LoRA by Zhang, Wang, Hu and Ma, arXiv 2505.00009: multi-task prompt tuning with a low-rank task
 part, fast (task) and slow (shared) weights, and zero-initialised attention during warm-up. It is
 NOT "Task-Aware LoRA" for SAM (arXiv 2403.10971). Only the abstract is public; everything below
-beyond it is our design (``/work/shared/reference/METHODS.md`` section 2.3), with its open choices
+beyond it is our design (``docs/methods.md#ta-lora``), with its open choices
 configurable.
 
 Per attention layer (one module per Swin block, "deep" prompts), with ``L`` tokens of width ``d``::

@@ -2,7 +2,8 @@
 
 MTLoRA (Agiza et al., CVPR 2024) trains the adapters, the patch embedding, every norm, the
 relative-position tables and (plain MTLoRA only) the patch-merging reductions, and freezes every
-other pretrained weight and bias of the backbone (MTLORA_SPEC 1.8). Here each backbone parameter
+other pretrained weight and bias of the backbone (``docs/model.md#trainable-policy``). Here each
+backbone parameter
 falls into exactly one group, decided in this order:
 
 1. ``adapters``: parameters of adapter layers (found structurally, see

@@ -2,7 +2,7 @@
 
 Tasks: semseg (21 VOC classes), human_parts (7), sal (binary), normals (distilled, valid on 170
 Context classes) and edge (Context boundaries, thinned); splits train (4,998) and val (5,105). The
-layout and formats are described in ``PASCAL_MT_FORMATS.md``; MTLoRA (Agiza et al., CVPR 2024)
+layout and formats are described in ``docs/data.md#file-formats``; MTLoRA (Agiza et al., CVPR 2024)
 trains on it with the pipeline of ``transforms.py``.
 """
 

@@ -2,7 +2,7 @@
 
 The dataset (``pascal_context.py``) and the verification of ``prepare.py`` both read files through
 these functions, so ``tools/prepare_dataset.py --check`` reports exactly the files that training
-would stop at. Formats: ``PASCAL_MT_FORMATS.md``.
+would stop at. Formats: ``docs/data.md#file-formats``.
 """
 
 from __future__ import annotations

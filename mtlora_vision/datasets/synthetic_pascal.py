@@ -1,4 +1,4 @@
-"""Synthetic scenes in the exact PASCAL_MT on-disk layout (see PASCAL_MT_FORMATS.md).
+"""Synthetic scenes in the exact PASCAL_MT on-disk layout (``docs/data.md#file-formats``).
 
 Each image shows a background (one Context class above a horizon, one below) and a few objects whose
 VOC class sets their colour, stripe texture and shape; persons are articulated figures whose six

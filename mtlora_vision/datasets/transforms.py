@@ -1,6 +1,6 @@
 """Joint geometric augmentation of an image and its dense multi-task targets (albumentations 2.0).
 
-The official PASCAL-Context train pipeline of ASTMT / MTI-Net / MTLoRA (MTLORA_SPEC section 3):
+The official PASCAL-Context train pipeline of ASTMT / MTI-Net / MTLoRA (``docs/data.md#pipeline``):
 horizontal flip (p=0.5, normals x negated), scale U(0.75, 1.25) and rotation U(-20, 20) degrees
 about the image centre with the same output size (normals rotated in-plane), a fixed resize that
 ignores the aspect ratio (cubic for image and normals, renormalised; nearest for label maps),

@@ -1,4 +1,4 @@
-"""Optimizer parameter groups of the official MTLoRA recipe (MTLORA_SPEC 6).
+"""Optimizer parameter groups of the official MTLoRA recipe (``docs/recipe.md#optimizer``).
 
 AdamW with weight decay (0.05 in the recipe) on every parameter with ``ndim >= 2`` whose name does
 not end in ``.bias``, and no decay on 1-D (and 0-d) parameters and biases. As in the official code

@@ -1,4 +1,4 @@
-"""Warm-up epochs of the TA-LoRA-style prompt adapter (METHODS 2.3.5).
+"""Warm-up epochs of the TA-LoRA-style prompt adapter (``docs/methods.md#ta-lora``).
 
 During the first ``warmup_epochs`` training epochs every
 :class:`~mtlora_vision.adapters.prompt.TaskAdaptiveLowRankPrompt` of the model is put in warm-up

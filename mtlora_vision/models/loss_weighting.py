@@ -30,7 +30,8 @@ from mtlora_vision.tasks import Task, check_tasks
 
 logger = logging.getLogger(__name__)
 
-#: Loss weights of the official recipe (MTLORA_SPEC 4; upstream ``multi_task_baseline.yml``).
+#: Loss weights of the official recipe (``docs/recipe.md#losses``; upstream
+#: ``multi_task_baseline.yml``).
 OFFICIAL_LOSS_WEIGHTS: Mapping[str, float] = {
     "semseg": 1.0,
     "human_parts": 2.0,

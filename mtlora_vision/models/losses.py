@@ -1,7 +1,7 @@
 """Per-task losses of MTLoRA (Agiza et al., CVPR 2024) for multi-task dense prediction.
 
 The formulas follow the official recipe (MTLoRA, inherited from Vandenhende et al.'s multi-task
-baselines; see ``MTLORA_SPEC.md`` section 4):
+baselines; see ``docs/recipe.md#losses``):
 
 * ``semseg``, ``human_parts``: cross-entropy, ignoring ``IGNORE_INDEX``, averaged over valid pixels;
 * ``sal``: HED-style balanced binary cross-entropy, ``w = #neg / #valid`` over the whole batch;

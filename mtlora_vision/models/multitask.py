@@ -1,9 +1,10 @@
 """Multi-task dense prediction model: Swin backbone with MTLoRA, per-task fusion and heads.
 
 MTLoRA: Low-Rank Adaptation Approach for Efficient Multi-Task Learning (Agiza et al., CVPR 2024).
-The backbone returns per-task features of four stages (MTLORA_SPEC 1.5); each task reduces them
+The backbone returns per-task features of four stages (``docs/model.md#stage-outputs``); each task
+reduces them
 with its own fusion convolutions and predicts with its own head at the finest scale; outputs are
-upsampled bilinearly to the input size (MTLORA_SPEC 1.6).
+upsampled bilinearly to the input size (``docs/model.md#decoder``).
 
 Input sizes: any ``H, W`` that are multiples of 32, not only the construction size; see
 :mod:`mtlora_vision.models.backbones.swin_blocks` for what happens to windows, shifts, padding and

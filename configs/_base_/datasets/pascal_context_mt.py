@@ -1,5 +1,5 @@
 # PASCAL-Context multi-task (PASCAL_MT release): 4,998 train / 5,105 val images, all five tasks.
-# Official pipeline (MTLORA_SPEC 3): train = flip, scale 0.75-1.25, rotation +-20 deg, resize to
+# Official pipeline (docs/data.md#pipeline): train = flip, scale 0.75-1.25, rotation +-20 deg, resize to
 # 448x448; val = resize only. Metrics at 448x448 on resized labels (the paper's protocol); set
 # val_dataloader.dataset.keep_original_size=True to evaluate at the original image sizes.
 from mmengine.dataset import DefaultSampler

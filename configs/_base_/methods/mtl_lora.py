@@ -1,4 +1,4 @@
-# MTL-LoRA (Yang et al., arXiv 2410.09437), official variant (METHODS 1.1): shared A, per-task full
+# MTL-LoRA (Yang et al., arXiv 2410.09437), official variant (docs/methods.md#mtl-lora): shared A, per-task full
 # r x r Lambda_t (identity init), n=2 shared up-projections mixed per task by softmax(w_t / 0.8)
 # (B_num=2 and tau=0.8 as in the released VL-BART script), dropout 0.05 before A, on
 # qkv/proj/fc1/fc2 of every block. Rank 40 matches MTLoRA r64 in trainable parameters on the five

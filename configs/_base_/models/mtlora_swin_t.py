@@ -1,4 +1,4 @@
-# MTLoRA on Swin-T for PASCAL-Context (Agiza et al., CVPR 2024; MTLORA_SPEC 1.1-1.8): the r64
+# MTLoRA on Swin-T for PASCAL-Context (Agiza et al., CVPR 2024; docs/model.md): the r64
 # "pertask" setting. Leaf configs under configs/paper/ override only what differs.
 from mtlora_vision.adapters.config import MTLoRAConfig
 from mtlora_vision.models.backbones.swin import SwinBackbone
@@ -25,7 +25,7 @@ model = dict(
         shared_scale=4.0,  # used as given, not divided by the rank
         task_scale=4.0,
         dropout=0.05,
-        mode="matrix",  # official semantics (MTLORA_SPEC 1.2)
+        mode="matrix",  # official semantics (docs/model.md#mtlora-layer)
         target_modules=("qkv", "proj", "fc1", "fc2"),
         adapt_downsample=False,  # True: MTLoRA+ (adapter on patch merging, reduction frozen)
     ),

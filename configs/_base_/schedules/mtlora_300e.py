@@ -1,4 +1,4 @@
-# The official MTLoRA recipe (MTLORA_SPEC 6): AdamW, 20 warm-up epochs then cosine per iteration,
+# The official MTLoRA recipe (docs/recipe.md#optimizer): AdamW, 20 warm-up epochs then cosine per iteration,
 # 300 epochs at batch 32 on one GPU, fp16 AMP with gradient clipping at 5.0.
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from mmengine.runner import EpochBasedTrainLoop, TestLoop, ValLoop

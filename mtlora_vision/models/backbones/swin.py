@@ -6,7 +6,8 @@
 Built from timm's Swin modules and weight layout (``patch_embed``, ``layers.{i}.downsample`` at the
 start of stage ``i``, ``layers.{i}.blocks.{j}``), without final norm or classifier, like the
 official MTLoRA backbone. Our forward walks the timm modules (:mod:`.swin_blocks`) so that the last
-block of each stage can branch per task (MTLORA_SPEC 1.4, 1.5): task streams pass through the next
+block of each stage can branch per task (``docs/model.md#stage-outputs``): task streams pass
+through the next
 stage's shared patch merging and feed only the decoders; the next stage reads the shared stream.
 
 Input sizes: any ``H, W`` that are multiples of 32 (patch 4 and three 2x mergings). The modules

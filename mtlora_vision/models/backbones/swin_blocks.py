@@ -2,7 +2,7 @@
 
 Swin Transformer (Liu et al., ICCV 2021) with MTLoRA (Agiza et al., CVPR 2024). The modules are
 timm's (``SwinTransformerBlock``, ``WindowAttention``, ``Mlp``); these functions walk them so that
-one code path serves the shared stream and the stacked task streams (MTLORA_SPEC 1.4).
+one code path serves the shared stream and the stacked task streams (``docs/model.md#task-branch``).
 
 Window geometry for a token grid ``H x W`` and a configured window ``w`` (per dimension):
 
@@ -287,7 +287,7 @@ def block_forward(block: torch.nn.Module, x: Tensor, fused: bool = True) -> Tens
 def block_forward_tasks(
     block: torch.nn.Module, x: Tensor, fused: bool = True
 ) -> tuple[Tensor, Tensor]:
-    """Run the last block of a stage with MTLoRA task branches (MTLORA_SPEC 1.4).
+    """Run the last block of a stage with MTLoRA task branches (``docs/model.md#task-branch``).
 
     Attention is shared; ``proj``, ``fc1`` and ``fc2`` give per-task outputs. The T task streams are
     stacked along the batch dimension, so every op after the low-rank terms runs once for all tasks.

@@ -4,7 +4,8 @@
 * TA-LoRA-inspired visual prompts (Zhang et al., arXiv 2505.00009; our design from the abstract).
 
 Both adapters make every layer's output depend on the task, so all tasks of an image need one
-stream per task (METHODS 1.3, 2.3.6). Stages before ``branch_stage`` are task-agnostic and run once
+stream per task (``docs/methods.md#branch-stage``). Stages before ``branch_stage`` are
+task-agnostic and run once
 on the batch ``(B, H, W, C)``; at ``branch_stage`` the stream is replicated task-major to
 ``(T * B, H, W, C)`` and every later layer runs batched over the tasks (MTL-LoRA layers and
 prompts read the stacking from their active task layout). Each stage's feature is then the task

@@ -1,7 +1,8 @@
 """HRNet-style dense prediction head, as used per task by MTLoRA (Agiza et al., CVPR 2024).
 
 From HRNet (Wang et al., TPAMI 2020) via the multi-task baselines of Vandenhende et al. (TPAMI
-2021), as in MTLORA_SPEC 1.6: upsample every scale bilinearly (``align_corners=False``) to the
+2021), as in ``docs/model.md#decoder``: upsample every scale bilinearly (``align_corners=False``)
+to the
 finest one, concatenate, 1x1 conv (with bias), BatchNorm, ReLU, 1x1 conv to the task's outputs.
 """
 

@@ -1,7 +1,8 @@
-"""Per-task multi-scale fusion ("downsampler") of MTLoRA (Agiza et al., CVPR 2024, MTLORA_SPEC 1.6).
+"""Per-task multi-scale fusion ("downsampler") of MTLoRA (Agiza et al., CVPR 2024).
 
 Each task reduces the channels of its four stage features with one 1x1 convolution without bias
-per stage (Swin-T: ``[192, 384, 768, 768] -> [18, 36, 72, 144]``) before its head.
+per stage (Swin-T: ``[192, 384, 768, 768] -> [18, 36, 72, 144]``) before its head
+(``docs/model.md#decoder``).
 """
 
 from __future__ import annotations
