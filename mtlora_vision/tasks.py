@@ -1,4 +1,9 @@
-"""Task names, label conventions and per-dataset defaults shared by every part of the package.
+"""Every per-task fact of the package, in one table: :data:`TASKS`.
+
+For each task: the kind of its prediction (which decides decoding, colours and file formats), its
+head outputs per dataset, its default loss weight, its metric keys and their direction, the key that
+stands for it in Delta-m, and the colour map of its pictures. Losses, metrics, postprocessing,
+visualisation and configs read them from here.
 
 The contract between datasets, models, losses and metrics (see ``docs/design.md``):
 
@@ -11,9 +16,14 @@ The contract between datasets, models, losses and metrics (see ``docs/design.md`
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 
 IGNORE_INDEX = 255
+
+#: Positive-class weight of the edge loss and of its evaluation proxy (official ``edge_w``).
+EDGE_POS_WEIGHT = 0.95
 
 
 class Task(str, Enum):
@@ -27,14 +37,143 @@ class Task(str, Enum):
     DEPTH = "depth"
 
 
-#: Number of head output channels per task and dataset.
+class Kind(str, Enum):
+    """What a task predicts per pixel (decides decoding, pictures and prediction files)."""
+
+    CLASSES = "classes"  # arg-max class id; 8-bit PNG; VOC palette
+    PROBABILITY = "probability"  # sigmoid probability; 8-bit PNG of 255 p; grey levels
+    VECTOR = "vector"  # unit vector; RGB PNG of 255 (n + 1) / 2
+    SCALAR = "scalar"  # a real value (metres); float32 .mat; colour map
+
+
+HIGHER = "higher"
+LOWER = "lower"
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """The facts of one task.
+
+    Attributes:
+        kind: What the task predicts per pixel.
+        outputs: Dataset -> number of head output channels.
+        loss_weight: Weight of the task's loss in the official recipe (``docs/recipe.md#losses``).
+        metrics: Metric key -> ``"higher"`` or ``"lower"`` (the better direction).
+        delta_m_key: Metric key that stands for the task in Delta-m.
+        colormap: Colour map of pictures: ``"palette"``, ``"grey"``, ``"normals"`` or ``"viridis"``.
+    """
+
+    kind: Kind
+    outputs: Mapping[str, int]
+    loss_weight: float
+    metrics: Mapping[str, str]
+    delta_m_key: str
+    colormap: str
+
+
+def _info(
+    kind: Kind,
+    outputs: dict[str, int],
+    loss_weight: float,
+    metrics: dict[str, str],
+    delta_m_key: str,
+    colormap: str,
+) -> TaskInfo:
+    outputs, metrics = MappingProxyType(outputs), MappingProxyType(metrics)
+    return TaskInfo(kind, outputs, loss_weight, metrics, delta_m_key, colormap)
+
+
+#: The facts of every task (``docs/recipe.md`` for losses and metrics).
+TASKS: Mapping[str, TaskInfo] = MappingProxyType(
+    {
+        "semseg": _info(
+            Kind.CLASSES,
+            {"pascal_context": 21, "nyud": 40},
+            1.0,
+            {"semseg/mIoU": HIGHER},
+            "semseg/mIoU",
+            "palette",
+        ),
+        "human_parts": _info(
+            Kind.CLASSES,
+            {"pascal_context": 7},
+            2.0,
+            {"human_parts/mIoU": HIGHER},
+            "human_parts/mIoU",
+            "palette",
+        ),
+        "sal": _info(
+            Kind.PROBABILITY,
+            {"pascal_context": 1},
+            5.0,
+            {"sal/mIoU": HIGHER, "sal/maxF": HIGHER, "sal/maxFbeta": HIGHER},
+            "sal/mIoU",
+            "grey",
+        ),
+        "normals": _info(
+            Kind.VECTOR,
+            {"pascal_context": 3, "nyud": 3},
+            10.0,
+            {
+                "normals/mean": LOWER,
+                "normals/median": LOWER,
+                "normals/rmse": LOWER,
+                "normals/11.25": HIGHER,
+                "normals/22.5": HIGHER,
+                "normals/30": HIGHER,
+            },
+            "normals/mean",
+            "normals",
+        ),
+        "edge": _info(
+            Kind.PROBABILITY,
+            {"pascal_context": 1, "nyud": 1},
+            50.0,
+            {"edge/bce": LOWER, "edge/odsF": HIGHER},
+            "edge/odsF",
+            "grey",
+        ),
+        "depth": _info(
+            Kind.SCALAR,
+            {"nyud": 1},
+            1.0,
+            {"depth/rmse": LOWER, "depth/log_rmse": LOWER},
+            "depth/rmse",
+            "viridis",
+        ),
+    }
+)
+
+DATASETS: tuple[str, ...] = ("pascal_context", "nyud")
+
+#: Number of head output channels per dataset and task.
 NUM_OUTPUTS: Mapping[str, Mapping[str, int]] = {
-    "pascal_context": {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3, "edge": 1},
-    "nyud": {"semseg": 40, "depth": 1, "normals": 3, "edge": 1},
+    dataset: {
+        name: info.outputs[dataset] for name, info in TASKS.items() if dataset in info.outputs
+    }
+    for dataset in DATASETS
 }
 
-#: Tasks whose metric improves when it goes down (sign of the Delta-m term).
-LOWER_IS_BETTER: frozenset[str] = frozenset({"normals", "depth"})
+#: Loss weight per task of the official recipe.
+OFFICIAL_LOSS_WEIGHTS: Mapping[str, float] = {
+    name: info.loss_weight for name, info in TASKS.items()
+}
+#: Metric key that stands for each task in Delta-m, unless overridden.
+DEFAULT_DELTA_M_KEYS: Mapping[str, str] = MappingProxyType(
+    {name: info.delta_m_key for name, info in TASKS.items()}
+)
+#: Metric keys that improve when they go down (sign of their Delta-m term).
+LOWER_IS_BETTER_KEYS: frozenset[str] = frozenset(
+    key for info in TASKS.values() for key, direction in info.metrics.items() if direction == LOWER
+)
+
+
+def task_kind(task: str) -> Kind:
+    """Return the :class:`Kind` of ``task``; an unknown task is a ``ValueError``."""
+    try:
+        return TASKS[task].kind
+    except KeyError:
+        raise ValueError(f"Unknown task {task!r}; known tasks: {list(TASKS)}.") from None
 
 
 def check_tasks(
