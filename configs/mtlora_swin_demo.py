@@ -17,7 +17,6 @@ img_size = (128, 128)
 demo_data = dict(num_train=64, num_val=16, size=(96, 128), seed=0)
 
 model.tasks = tasks
-model.num_outputs = dict(semseg=21, human_parts=7, sal=1, normals=3, edge=1)
 model.backbone = dict(
     type=model.backbone.type,
     arch=dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
@@ -42,7 +41,6 @@ for loader in (train_dataloader, val_dataloader):
         cache_dir="data/.cache",
     )
 test_dataloader = val_dataloader
-val_evaluator.tasks = tasks
 val_evaluator.edge_ods = True  # cheap at 128x128: the demo shows every metric
 # The demo's images are synthetic: no Delta-m against the paper's single-task baselines.
 val_evaluator.baselines = dict()

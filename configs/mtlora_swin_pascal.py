@@ -8,10 +8,5 @@ with read_base():
     from ._base_.mtlora_pascal_recipe import *
 
 tasks = ("semseg", "human_parts", "sal", "normals", "edge")
-model.tasks = tasks
-model.num_outputs = dict(semseg=21, human_parts=7, sal=1, normals=3, edge=1)
-train_dataloader.dataset.tasks = tasks
-val_dataloader.dataset.tasks = tasks
+model.tasks = train_dataloader.dataset.tasks = val_dataloader.dataset.tasks = tasks
 test_dataloader = val_dataloader
-val_evaluator.tasks = tasks
-test_evaluator.tasks = tasks

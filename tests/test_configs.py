@@ -44,7 +44,11 @@ def test_config_loads_and_builds(path):
         for key in ("train_dataloader", "val_dataloader", "val_evaluator", "optim_wrapper"):
             assert key in cfg, f"{path} lacks {key}"
         assert tuple(cfg.train_dataloader.dataset.tasks) == tuple(cfg.model.tasks)
-        assert tuple(cfg.val_evaluator.tasks) == tuple(cfg.model.tasks)
+        assert tuple(cfg.val_dataloader.dataset.tasks) == tuple(cfg.model.tasks)
+        assert tuple(cfg.test_dataloader.dataset.tasks) == tuple(cfg.model.tasks)
+        # The metrics take their tasks from the evaluated dataset (dataset_meta).
+        assert "tasks" not in cfg.val_evaluator
+        assert "tasks" not in cfg.test_evaluator
 
 
 def test_main_config_follows_the_official_recipe():

@@ -244,3 +244,35 @@ def test_diverged_predictions_are_a_clear_error():
     diverged = dict(sample["pred"], normals=torch.full((3, H, W), float("nan")))
     with pytest.raises(FloatingPointError, match=r"normals prediction of sample 'x' holds NaN"):
         metric.process({}, [dict(sample, pred=diverged)])
+
+
+def test_tasks_dataset_and_classes_come_from_dataset_meta():
+    """tasks=None: the Runner's dataset_meta configures the metric like explicit arguments."""
+    tasks = ("semseg", "depth", "normals", "edge")
+    samples = _samples(5, tasks=tasks, classes={"semseg": 40})
+    names = tuple(f"class{i}" for i in range(40))
+    meta = {
+        "dataset": "nyud",
+        "split": "val",
+        "tasks": tasks,
+        "num_outputs": {"semseg": 40, "depth": 1, "normals": 3, "edge": 1},
+        "classes": {"semseg": names},
+    }
+    from_meta = MultiTaskMetric(per_class_iou=True, baselines={}, edge_num_thresholds=9)
+    with pytest.raises(RuntimeError, match="no tasks"):
+        from_meta.process({}, samples[:1])
+    from_meta.dataset_meta = meta
+    explicit = MultiTaskMetric(
+        tasks,
+        dataset="nyud",
+        class_names={"semseg": names},
+        per_class_iou=True,
+        baselines={},
+        edge_num_thresholds=9,
+    )
+    assert from_meta.edge_max_dist == explicit.edge_max_dist == 0.011
+    values = _run(from_meta, samples)
+    assert values == _run(explicit, samples)
+    assert "semseg/IoU/class39" in values
+    with pytest.raises(KeyError, match="tasks"):
+        MultiTaskMetric().dataset_meta = {"classes": {}}

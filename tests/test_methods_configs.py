@@ -100,7 +100,8 @@ def test_trainable_set_is_the_method(rel: str) -> None:
         assert not any(".lora_" in n for n in names)
     expected_tasks = (task_of(rel),) if method == "single-task" else TASKS
     assert tuple(model.tasks) == expected_tasks
-    assert tuple(cfg.val_evaluator.tasks) == expected_tasks
+    assert tuple(cfg.val_dataloader.dataset.tasks) == expected_tasks
+    assert tuple(cfg.test_dataloader.dataset.tasks) == expected_tasks
     assert tuple(cfg.train_dataloader.dataset.tasks) == expected_tasks
 
 

@@ -9,13 +9,9 @@ with read_base():
     from .schedules.mtlora_300e import *
 
 tasks = ("semseg", "human_parts", "sal", "normals")
-model.tasks = tasks
+model.tasks = train_dataloader.dataset.tasks = val_dataloader.dataset.tasks = tasks
+test_dataloader = val_dataloader
 # ImageNet-1K Swin-T (Microsoft's release or timm's); missing file -> a clear error at start-up.
 model.backbone.pretrained = "data/pretrained/swin_tiny_patch4_window7_224.pth"
 # Official loss weights (docs/recipe.md#losses); edge (50) and depth (1) are used when those tasks are on.
 model.losses = dict(weighting=dict(type="fixed"))
-train_dataloader.dataset.tasks = tasks
-val_dataloader.dataset.tasks = tasks
-test_dataloader = val_dataloader
-val_evaluator.tasks = tasks
-test_evaluator.tasks = tasks

@@ -16,6 +16,7 @@ from mmengine.visualization import LocalVisBackend, Visualizer
 from scipy.io import savemat
 from torch import Tensor
 
+from mtlora_vision.tasks import Kind, task_kind
 from mtlora_vision.visualization.colorize import make_panel
 
 logger = logging.getLogger(__name__)
@@ -77,11 +78,11 @@ def _resize_prediction(task: str, pred: Tensor, size: tuple[int, int]) -> Tensor
     """Resize a decoded prediction: nearest for labels, bilinear for maps (normals renormalised)."""
     if tuple(pred.shape[-2:]) == tuple(size):
         return pred
-    if task in ("semseg", "human_parts"):
+    if task_kind(task) is Kind.CLASSES:
         return F.interpolate(pred[None, None].float(), size=size, mode="nearest")[0, 0].long()
     maps = pred if pred.dim() == 3 else pred[None]
     resized = F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-    if task == "normals":
+    if task_kind(task) is Kind.VECTOR:
         return F.normalize(resized, dim=0)
     return resized if pred.dim() == 3 else resized[0]
 
@@ -102,23 +103,22 @@ def prediction_to_file_array(task: str, pred: Tensor) -> np.ndarray:
         ``uint8 (H, W)`` / ``uint8 (H, W, 3)`` RGB for PNG tasks, ``float32 (H, W)`` for depth.
     """
     pred = pred.detach().cpu()
-    if task in ("semseg", "human_parts"):
+    kind = task_kind(task)
+    if kind is Kind.CLASSES:
         return pred.numpy().astype(np.uint8)
-    if task in ("sal", "edge"):
+    if kind is Kind.PROBABILITY:
         return (pred.float().clamp(0, 1) * 255).round().numpy().astype(np.uint8)
-    if task == "normals":
+    if kind is Kind.VECTOR:
         rgb = ((pred.float().clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0)
         return rgb.numpy().astype(np.uint8)
-    if task == "depth":
-        return pred.float()[0].numpy()
-    raise ValueError(f"No file format for task {task!r}.")
+    return pred.float()[0].numpy()
 
 
 def write_prediction(path: Path, task: str, pred: Tensor) -> Path:
     """Write one prediction; returns the file written (``.png``, or ``.mat`` for depth)."""
     array = prediction_to_file_array(task, pred)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if task == "depth":
+    if task_kind(task) is Kind.SCALAR:
         path = path.with_suffix(".mat")
         savemat(path, {"depth": array})
         return path

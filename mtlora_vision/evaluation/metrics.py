@@ -36,11 +36,7 @@ from mtlora_vision.evaluation.functional.boundary import (
 )
 from mtlora_vision.evaluation.functional.delta_m import delta_m
 from mtlora_vision.evaluation.functional.depth import depth_metrics, depth_stats
-from mtlora_vision.evaluation.functional.edge_loss import (
-    EDGE_POS_WEIGHT,
-    edge_loss,
-    edge_loss_stats,
-)
+from mtlora_vision.evaluation.functional.edge_loss import edge_loss, edge_loss_stats
 from mtlora_vision.evaluation.functional.normals import (
     angular_error,
     normals_metrics,
@@ -56,7 +52,23 @@ from mtlora_vision.evaluation.functional.segmentation import (
     iou_from_confusion,
     mean_iou,
 )
-from mtlora_vision.tasks import NUM_OUTPUTS, Task, check_tasks
+from mtlora_vision.tasks import (
+    DEFAULT_DELTA_M_KEYS,
+    EDGE_POS_WEIGHT,
+    LOWER_IS_BETTER_KEYS,
+    NUM_OUTPUTS,
+    Kind,
+    Task,
+    check_tasks,
+    task_kind,
+)
+
+__all__ = [
+    "DEFAULT_DELTA_M_KEYS",
+    "LOWER_IS_BETTER_KEYS",
+    "PAPER_SWIN_T_BASELINES",
+    "MultiTaskMetric",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,24 +77,6 @@ PAPER_SWIN_T_BASELINES: Mapping[str, float] = MappingProxyType(
     {"semseg/mIoU": 67.21, "human_parts/mIoU": 61.93, "sal/mIoU": 62.35, "normals/mean": 17.97}
 )
 
-#: Metric key that stands for each task in Delta-m, unless overridden.
-DEFAULT_DELTA_M_KEYS: Mapping[str, str] = MappingProxyType(
-    {
-        "semseg": "semseg/mIoU",
-        "human_parts": "human_parts/mIoU",
-        "sal": "sal/mIoU",
-        "normals": "normals/mean",
-        "edge": "edge/odsF",
-        "depth": "depth/rmse",
-    }
-)
-
-#: Metric keys that improve when they go down (sign of their Delta-m term).
-LOWER_IS_BETTER_KEYS: frozenset[str] = frozenset(
-    {"normals/mean", "normals/median", "normals/rmse", "edge/bce", "depth/rmse", "depth/log_rmse"}
-)
-
-_SEG_TASKS = frozenset({"semseg", "human_parts"})
 _PERCENT = 100.0
 
 
@@ -90,9 +84,13 @@ class MultiTaskMetric(BaseMetric):
     """All task metrics of a multi-task model plus Delta-m, in one mmengine metric.
 
     Args:
-        tasks: Tasks to evaluate (values of :class:`~mtlora_vision.tasks.Task`).
+        tasks: Tasks to evaluate (values of :class:`~mtlora_vision.tasks.Task`). ``None`` (what
+            the configs use) takes the tasks, the dataset, the class counts and the class names
+            from ``dataset_meta``, which mmengine's loops set from the evaluated dataset's
+            ``metainfo`` before any sample is seen.
         dataset: ``"pascal_context"``, ``"nyud"`` or ``None``; sets default class counts, the
-            edge tolerance and (for PASCAL-Context) the default Delta-m baselines.
+            edge tolerance and (for PASCAL-Context) the default Delta-m baselines. Ignored when
+            ``tasks`` is ``None`` (the dataset's own name is used).
         num_classes: Classes per segmentation task; overrides the dataset defaults.
         baselines: Single-task value per metric key for Delta-m. ``None`` uses
             :data:`PAPER_SWIN_T_BASELINES` for PASCAL-Context and none otherwise (with one
@@ -120,7 +118,7 @@ class MultiTaskMetric(BaseMetric):
 
     def __init__(
         self,
-        tasks: Sequence[str],
+        tasks: Sequence[str] | None = None,
         dataset: str | None = "pascal_context",
         num_classes: Mapping[str, int] | None = None,
         baselines: Mapping[str, float] | None = None,
@@ -140,6 +138,39 @@ class MultiTaskMetric(BaseMetric):
         collect_dir: str | None = None,
     ) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix, collect_dir=collect_dir)
+        self._task_options = {
+            "num_classes": num_classes,
+            "baselines": baselines,
+            "delta_m_keys": delta_m_keys,
+            "class_names": class_names,
+        }
+        self.tasks: tuple[str, ...] = ()
+        self.dataset = dataset
+        if tasks is not None:
+            self._set_tasks(tasks, dataset, **self._task_options)
+        self._left_out_warned: list[str] = []
+        self.lower_is_better = frozenset(
+            LOWER_IS_BETTER_KEYS if lower_is_better is None else lower_is_better
+        )
+        self.per_class_iou = per_class_iou
+        self.sal_fbeta = sal_fbeta
+        self.edge_ods = edge_ods
+        self._edge_max_dist = edge_max_dist
+        self.edge_max_dist = _edge_max_dist(edge_max_dist, dataset)
+        self.edge_thresholds = boundary_thresholds(edge_num_thresholds)
+        self.edge_thin = edge_thin
+        self.edge_pos_weight = edge_pos_weight
+        self.normals_bin_width = normals_bin_width
+
+    def _set_tasks(
+        self,
+        tasks: Sequence[str],
+        dataset: str | None,
+        num_classes: Mapping[str, int] | None,
+        baselines: Mapping[str, float] | None,
+        delta_m_keys: Mapping[str, str] | None,
+        class_names: Mapping[str, Sequence[str]] | None,
+    ) -> None:
         if dataset is not None and dataset not in NUM_OUTPUTS:
             raise ValueError(
                 f"Unknown dataset {dataset!r}; use one of {list(NUM_OUTPUTS)} or None."
@@ -151,21 +182,36 @@ class MultiTaskMetric(BaseMetric):
         self.dataset = dataset
         self.baselines = _resolve_baselines(baselines, dataset)
         self._warn_no_baselines = baselines is None and not self.baselines
-        self._left_out_warned: list[str] = []
         self.delta_m_keys = _resolve_delta_m_keys(self.tasks, delta_m_keys)
-        self.lower_is_better = frozenset(
-            LOWER_IS_BETTER_KEYS if lower_is_better is None else lower_is_better
-        )
-        self.per_class_iou = per_class_iou
-        self.sal_fbeta = sal_fbeta
-        self.edge_ods = edge_ods
-        self.edge_max_dist = MAX_DIST.get(dataset or "", MAX_DIST["pascal_context"])
-        if edge_max_dist is not None:
-            self.edge_max_dist = float(edge_max_dist)
-        self.edge_thresholds = boundary_thresholds(edge_num_thresholds)
-        self.edge_thin = edge_thin
-        self.edge_pos_weight = edge_pos_weight
-        self.normals_bin_width = normals_bin_width
+
+    @property
+    def dataset_meta(self) -> dict | None:
+        """The evaluated dataset's ``metainfo`` (set by mmengine's loops)."""
+        return self._dataset_meta
+
+    @dataset_meta.setter
+    def dataset_meta(self, dataset_meta: dict | None) -> None:
+        """Store ``dataset_meta``; without ``tasks`` at construction, configure from it.
+
+        Raises:
+            KeyError: If the metric has no tasks and the metadata lacks ``tasks`` or ``dataset``.
+        """
+        self._dataset_meta = dataset_meta
+        if self.tasks or dataset_meta is None:
+            return
+        missing = [key for key in ("tasks", "dataset") if key not in dataset_meta]
+        if missing:
+            raise KeyError(
+                f"MultiTaskMetric(tasks=None) reads tasks and dataset from the dataset's metainfo, "
+                f"which lacks {missing} (keys: {list(dataset_meta)}); give tasks= explicitly."
+            )
+        options = dict(self._task_options)
+        meta_classes = {t: n for t, n in dataset_meta.get("classes", {}).items() if n}
+        options["class_names"] = options["class_names"] or meta_classes or None
+        options["num_classes"] = options["num_classes"] or dataset_meta.get("num_outputs")
+        dataset = dataset_meta["dataset"]
+        self._set_tasks(dataset_meta["tasks"], dataset, **options)
+        self.edge_max_dist = _edge_max_dist(self._edge_max_dist, dataset)
 
     def process(self, data_batch: Any, data_samples: Sequence[Mapping[str, Any]]) -> None:
         """Store the sufficient statistics of each sample in ``self.results``.
@@ -178,7 +224,14 @@ class MultiTaskMetric(BaseMetric):
         Raises:
             KeyError: If a sample lacks ``pred``/``targets`` or an evaluated task.
             FloatingPointError: If a prediction holds NaN or inf (a diverged model).
+            RuntimeError: If the metric has no tasks yet (neither given nor set by
+                ``dataset_meta``).
         """
+        if not self.tasks:
+            raise RuntimeError(
+                "MultiTaskMetric has no tasks: give tasks=... or set dataset_meta to the "
+                "evaluated dataset's metainfo (mmengine's val and test loops do)."
+            )
         for sample in data_samples:
             pred, targets = _pred_and_targets(sample, self.tasks)
             self.results.append(
@@ -208,7 +261,7 @@ class MultiTaskMetric(BaseMetric):
         return metrics
 
     def _sample_stats(self, task: str, pred: Tensor, target: Tensor) -> Any:
-        if task in _SEG_TASKS:
+        if task_kind(task) is Kind.CLASSES:
             return confusion_matrix(_label_map(pred, task), target, self.num_classes[task])
         if task == "sal":
             return saliency_stats(_prob_map(pred, task), _squeeze(target))
@@ -229,7 +282,7 @@ class MultiTaskMetric(BaseMetric):
         return stats
 
     def _reduce(self, task: str, stats: list) -> dict[str, float]:
-        if task in _SEG_TASKS:
+        if task_kind(task) is Kind.CLASSES:
             return self._reduce_segmentation(task, torch.stack(stats).sum(dim=0))
         if task == "sal":
             return self._reduce_saliency(torch.stack(stats))
@@ -351,7 +404,7 @@ def _resolve_num_classes(
     defaults = NUM_OUTPUTS.get(dataset or "", {})
     resolved: dict[str, int] = {}
     for task in tasks:
-        if task not in _SEG_TASKS:
+        if task_kind(task) is not Kind.CLASSES:
             continue
         if task not in given and task not in defaults:
             raise ValueError(f"num_classes[{task!r}] is required when dataset={dataset!r}.")
@@ -373,6 +426,12 @@ def _resolve_class_names(
                 f"class_names[{task!r}] has {len(resolved[task])} names for {count} classes."
             )
     return resolved
+
+
+def _edge_max_dist(given: float | None, dataset: str | None) -> float:
+    if given is not None:
+        return float(given)
+    return MAX_DIST.get(dataset or "", MAX_DIST["pascal_context"])
 
 
 def _resolve_baselines(

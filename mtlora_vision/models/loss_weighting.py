@@ -26,20 +26,10 @@ from mmengine.dist import all_reduce
 from torch import Tensor, nn
 
 from mtlora_vision.models.losses import NonFiniteLossError, nonfinite_names
-from mtlora_vision.tasks import Task, check_tasks
+from mtlora_vision.tasks import OFFICIAL_LOSS_WEIGHTS, Task, check_tasks
 
 logger = logging.getLogger(__name__)
 
-#: Loss weights of the official recipe (``docs/recipe.md#losses``; upstream
-#: ``multi_task_baseline.yml``).
-OFFICIAL_LOSS_WEIGHTS: Mapping[str, float] = {
-    "semseg": 1.0,
-    "human_parts": 2.0,
-    "sal": 5.0,
-    "normals": 10.0,
-    "edge": 50.0,
-    "depth": 1.0,
-}
 _ALL_TASKS = tuple(t.value for t in Task)
 
 

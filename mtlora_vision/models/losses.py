@@ -25,12 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlora_vision.tasks import IGNORE_INDEX, Task, check_tasks
+from mtlora_vision.tasks import EDGE_POS_WEIGHT, IGNORE_INDEX, Task, check_tasks
 
 logger = logging.getLogger(__name__)
 
-#: Positive-class weight of the edge loss (official ``edge_w``).
-EDGE_POS_WEIGHT = 0.95
 #: Added to the prediction's norm before dividing, as in the official ``Normalize`` layer.
 NORMALS_EPS = 1e-12
 

@@ -8,10 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: Tasks whose prediction is the arg-max class.
-CLASS_TASKS = frozenset({"semseg", "human_parts"})
-#: Tasks whose prediction is a sigmoid probability map.
-PROB_TASKS = frozenset({"sal", "edge"})
+from mtlora_vision.tasks import Kind, task_kind
 
 
 def resize_output(output: Tensor, size: tuple[int, int]) -> Tensor:
@@ -40,15 +37,14 @@ def decode_output(task: str, output: Tensor) -> Tensor:
         ``int64 (H, W)`` classes for semseg/human_parts, ``float32 (H, W)`` probabilities for
         sal/edge, ``float32 (3, H, W)`` unit normals, ``float32 (1, H, W)`` depth.
     """
-    if task in CLASS_TASKS:
+    kind = task_kind(task)
+    if kind is Kind.CLASSES:
         return output.argmax(dim=0)
-    if task in PROB_TASKS:
+    if kind is Kind.PROBABILITY:
         return torch.sigmoid(output[0].float())
-    if task == "normals":
+    if kind is Kind.VECTOR:
         return F.normalize(output.float(), dim=0)
-    if task == "depth":
-        return output.float()
-    raise ValueError(f"No decoding rule for task {task!r}.")
+    return output.float()
 
 
 def postprocess_outputs(

@@ -9,10 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtlora_vision.tasks import IGNORE_INDEX
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from mtlora_vision.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mtlora_vision.tasks import IGNORE_INDEX, TASKS
 
 
 def label_palette(num_colors: int = 256) -> np.ndarray:
@@ -65,22 +63,23 @@ def colorize(task: str, value: Tensor) -> np.ndarray:
         ``uint8 (H, W, 3)`` RGB.
     """
     value = value.detach().cpu()
-    if task in ("semseg", "human_parts"):
+    colormap = TASKS[task].colormap if task in TASKS else None
+    if colormap == "palette":
         labels = value.long().numpy()
         rgb = _PALETTE[np.clip(labels, 0, 255)]
         rgb[labels == IGNORE_INDEX] = 255
         return rgb
-    if task in ("sal", "edge"):
+    if colormap == "grey":
         grey = value.float().numpy()
         grey = np.where(grey == IGNORE_INDEX, 0.5, np.clip(grey, 0, 1))
         return np.repeat((grey * 255).round().astype(np.uint8)[..., None], 3, axis=2)
-    if task == "normals":
+    if colormap == "normals":
         normals = value.float().numpy().transpose(1, 2, 0)
         invalid = (normals == IGNORE_INDEX).all(axis=2)
         rgb = ((np.clip(normals, -1, 1) + 1) * 127.5).round().astype(np.uint8)
         rgb[invalid] = 0
         return rgb
-    if task == "depth":
+    if colormap == "viridis":
         depth = value.float().numpy()[0]
         valid = depth != IGNORE_INDEX
         scaled = np.zeros_like(depth)

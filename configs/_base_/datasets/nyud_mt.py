@@ -50,9 +50,6 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(
-    type=MultiTaskMetric, tasks=tasks, dataset="nyud", baselines={}, edge_ods=False
-)
-test_evaluator = dict(
-    type=MultiTaskMetric, tasks=tasks, dataset="nyud", baselines={}, edge_ods=True
-)
+# The metric takes tasks, dataset and classes from the evaluated dataset (its metainfo).
+val_evaluator = dict(type=MultiTaskMetric, baselines={}, edge_ods=False)
+test_evaluator = dict(type=MultiTaskMetric, baselines={}, edge_ods=True)

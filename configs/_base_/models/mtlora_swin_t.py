@@ -9,7 +9,6 @@ model = dict(
     type=MultiTaskModel,
     tasks=("semseg", "human_parts", "sal", "normals"),
     dataset="pascal_context",
-    num_outputs=dict(semseg=21, human_parts=7, sal=1, normals=3),
     backbone=dict(
         type=SwinBackbone,
         arch="tiny",

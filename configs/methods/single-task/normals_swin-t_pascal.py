@@ -10,12 +10,7 @@ with read_base():
 
 method_name = "single-task/normals"
 tasks = ("normals",)
-model.tasks = tasks
-model.num_outputs = dict(normals=3)
 model.adapter = method_adapter
 model.trainable = method_trainable
-train_dataloader.dataset.tasks = tasks
-val_dataloader.dataset.tasks = tasks
+model.tasks = train_dataloader.dataset.tasks = val_dataloader.dataset.tasks = tasks
 test_dataloader = val_dataloader
-val_evaluator.tasks = tasks
-test_evaluator.tasks = tasks

@@ -18,10 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtlora_vision.tasks import IGNORE_INDEX
-
-#: Weight of edge pixels in the official loss proxy.
-EDGE_POS_WEIGHT = 0.95
+from mtlora_vision.tasks import EDGE_POS_WEIGHT, IGNORE_INDEX
 
 
 def edge_loss_stats(
