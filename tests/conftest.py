@@ -14,10 +14,11 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _seed_everything() -> None:
-    """Make every test start from the same random state."""
+    """Make every test start from the same random state, on one torch thread."""
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # also after a test (or a tool it ran) changed the thread count
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

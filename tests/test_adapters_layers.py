@@ -10,16 +10,6 @@ from mtlora_vision.adapters.lora import LoRALinear
 from mtlora_vision.adapters.merge import is_merged, merge_adapters, unmerge_adapters
 from mtlora_vision.adapters.mtlora import MTLoRALinear
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TASKS = ("semseg", "sal", "normals")
 
 

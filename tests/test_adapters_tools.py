@@ -25,15 +25,6 @@ from mtlora_vision.adapters.state_dict import (
 from mtlora_vision.adapters.trainable import TrainablePolicy, parameter_group, parameter_groups
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()

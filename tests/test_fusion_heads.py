@@ -11,16 +11,6 @@ from mtlora_vision.models.heads.hrnet import HRNetHead, upsample_concat
 from mtlora_vision.models.heads.mlp import MLPHead
 from mtlora_vision.models.necks.fusion import MultiScaleFusion
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SWIN_T = (192, 384, 768, 768)
 PAPER = (18, 36, 72, 144)
 

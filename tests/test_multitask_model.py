@@ -13,16 +13,6 @@ from mtlora_vision.models.heads.hrnet import HRNetHead
 from mtlora_vision.models.heads.mlp import MLPHead
 from mtlora_vision.models.multitask import MultiTaskModel
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ARCH = {"embed_dim": 24, "depths": (2, 1, 2, 1), "num_heads": (1, 2, 2, 4)}
 PASCAL = ("semseg", "human_parts", "sal", "normals")
 FUSION = (4, 4, 8, 8)

@@ -8,23 +8,12 @@ patch-merging concatenation order; it shares no code with the package's forward.
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from mtlora_vision.adapters.config import MTLoRAConfig
 from mtlora_vision.models.backbones.swin import SwinBackbone
 from mtlora_vision.models.backbones.swin_blocks import block_forward_tasks
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 TASKS = ("semseg", "human_parts", "sal")
 ARCH = {"embed_dim": 24, "depths": (2, 2, 2, 2), "num_heads": (1, 2, 2, 4)}
