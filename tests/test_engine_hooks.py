@@ -141,7 +141,8 @@ def test_check_in_loss_path_raises_before_the_optimizer_step(tmp_path):
 
 def test_nonfinite_weights_are_never_saved(tmp_path):
     hook = NonFiniteLossHook()
-    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_2.pth"))
+    torch.save({"state_dict": {}, "meta": {"epoch": 0, "iter": 2}}, tmp_path / "iter_2.pth")
+    (tmp_path / "last_checkpoint").write_text("iter_2.pth")
     runner = SimpleNamespace(iter=4, work_dir=str(tmp_path))
     state = {"head.weight": torch.ones(2), "head.bias": torch.tensor([0.0, math.nan])}
     with pytest.raises(NonFiniteWeightsError, match=r"head\.bias.*iter_2\.pth\) is kept"):

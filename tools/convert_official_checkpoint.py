@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
+from mtlora_vision.engine.checkpoint import save_checkpoint_file
 from mtlora_vision.models.backbones.swin_checkpoint import (
     official_to_timm_key,
     timm_to_official_key,
 )
+from mtlora_vision.safe_load import load_checkpoint_safely
 
 logger = logging.getLogger(__name__)
 
@@ -114,23 +114,25 @@ def to_official_state_dict(ours: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_official(path: str | Path) -> dict[str, Tensor]:
-    """Read the ``"model"`` entry of an official checkpoint file.
+    """Read the ``"model"`` entry of an official checkpoint file, running no code from it.
+
+    The release also holds ``optimizer``, ``lr_scheduler``, ``scaler``, ``epoch`` and its yacs
+    ``config``; :func:`~mtlora_vision.safe_load.load_checkpoint_safely` reads the config as an
+    inert stand-in (yacs need not be installed) and refuses any other Python object.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
+        DamagedCheckpointError: If the file is truncated or altered.
+        UnsafeCheckpointError: If the file holds a type outside the allow-list.
         KeyError: If the file has no ``"model"`` entry.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Official checkpoint {str(path)!r} does not exist.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # The release also pickles its yacs config; only convert files you trust.
-        logger.warning("Loading %s with weights_only=False (it holds Python objects).", path)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "model" not in checkpoint:
-        raise KeyError(f"{str(path)!r} has no 'model' entry; keys: {sorted(checkpoint)[:10]}.")
+    checkpoint = load_checkpoint_safely(path, map_location="cpu")
+    if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
+        keys = sorted(checkpoint)[:10] if isinstance(checkpoint, Mapping) else type(checkpoint)
+        raise KeyError(f"{str(path)!r} has no 'model' entry; keys: {keys}.")
     return dict(checkpoint["model"])
 
 
@@ -146,8 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     state = convert_state_dict(load_official(args.src))
-    Path(args.dst).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "meta": {"converted_from": str(args.src)}}, args.dst)
+    save_checkpoint_file({"state_dict": state, "meta": {"converted_from": str(args.src)}}, args.dst)
     print(f"Wrote {len(state)} tensors to {args.dst}")
     if args.check:
         from mtlora_vision.apis.inference import init_model

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os.path as osp
 
 from mmengine.config import DictAction
 from mmengine.runner import Runner
@@ -30,6 +29,7 @@ from mtlora_vision.engine.runtime import (
     shutdown_distributed,
 )
 from mtlora_vision.engine.visualization_hook import PredictionWriterHook
+from mtlora_vision.safe_load import check_checkpoint_integrity
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     tune_cpu_allocator()  # large CPU tensors without page faults on every step
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f"Checkpoint {args.checkpoint!r} does not exist.")
+    check_checkpoint_integrity(args.checkpoint)  # missing or damaged: say so before any work
     register_checkpoint_io()  # safe (allow-listed) checkpoint loading and atomic writes
     cfg = load_config(args.config, args.cfg_options)
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)

@@ -15,9 +15,10 @@ from mmengine.runner import Runner
 
 from mtlora_vision.allocator import tune_cpu_allocator
 from mtlora_vision.engine.checkpoint import register_checkpoint_io
+from mtlora_vision.engine.resume import latest_checkpoint_path
 from mtlora_vision.engine.runtime import (
+    finished_run_message,
     init_cpu_distributed,
-    latest_checkpoint,
     load_config,
     resolve_cpu_threads,
     resolve_launcher,
@@ -65,12 +66,16 @@ def main(argv: list[str] | None = None) -> None:
     resolve_cpu_threads(cfg)
     resolve_launcher(cfg, args.launcher)
     init_cpu_distributed(args.launcher)
-    resolve_resume(cfg, args.resume)
+    finished = finished_run_message(cfg, resolve_resume(cfg, args.resume))
+    if finished:  # resuming a finished run: say so, write nothing (no new log folder either)
+        logging.getLogger(__name__).info(finished)
+        shutdown_distributed()
+        return
     runner = Runner.from_cfg(cfg)
     try:
         runner.train()
     except FloatingPointError:  # non-finite loss, weights or predictions: say where to resume
-        last = latest_checkpoint(cfg.work_dir)
+        last = latest_checkpoint_path(cfg.work_dir)
         runner.logger.error(
             "Training stopped on non-finite values (see the error below). Latest checkpoint, "
             f"written before them: {last or 'none'}; fix the cause (e.g. a lower learning rate) "

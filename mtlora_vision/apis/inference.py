@@ -17,12 +17,9 @@ from mmengine.config import Config
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from mtlora_vision.engine.checkpoint import (
-    CONTENT_KEY,
-    load_checkpoint_safely,
-    trainable_state_dict_keys,
-)
+from mtlora_vision.engine.checkpoint import CONTENT_KEY, trainable_state_dict_keys
 from mtlora_vision.models.state_dict_check import check_state_dict_fits
+from mtlora_vision.safe_load import load_checkpoint_safely
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +27,10 @@ logger = logging.getLogger(__name__)
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], bool]:
     """Read a model state dict from an mmengine checkpoint or a plain state-dict file.
 
-    Loading goes through the allow-listed ``weights_only`` loader: nothing but tensors and the
-    types mmengine stores is ever unpickled. mmengine checkpoints keep the weights under
-    ``"state_dict"``; the official MTLoRA format keeps them under ``"model"`` (convert those with
-    ``tools/convert_official_checkpoint.py`` first).
+    Loading goes through :func:`mtlora_vision.safe_load.load_checkpoint_safely`: the file's
+    integrity is checked first, and nothing but tensors and plain data is ever unpickled.
+    mmengine checkpoints keep the weights under ``"state_dict"``; the official MTLoRA format
+    keeps them under ``"model"`` (convert those with ``tools/convert_official_checkpoint.py``).
 
     Returns:
         The state dict, and whether it holds only the trainable entries (our trainable-only
@@ -41,6 +38,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], bool]:
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
+        DamagedCheckpointError: If the file is truncated, altered or not a checkpoint.
+        UnsafeCheckpointError: If it holds a type outside the allow-list.
     """
     path = Path(path)
     if not path.is_file():

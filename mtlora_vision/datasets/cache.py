@@ -2,9 +2,9 @@
 
 Entries are keyed by the size and modification time of the files they derive from, so an edited or
 replaced dataset file invalidates them. Label maps are stored as zlib-compressed raw bytes behind a
-small header (decoding one costs about a tenth of a PNG's). Writes are atomic (temporary file,
-then ``os.replace``), so data-loader workers and DDP ranks can share one cache. A cache that cannot
-be written is skipped with a warning: it only costs speed.
+small header (decoding one costs about a tenth of a PNG's). Writes are atomic
+(:func:`mtlora_vision.fileio.atomic_write_bytes`), so data-loader workers and DDP ranks can share
+one cache. A cache that cannot be written is skipped with a warning: it only costs speed.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+
+from mtlora_vision.fileio import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -69,18 +70,6 @@ def dataset_cache_dir(cache_root: str | Path | None, dataset: str, data_root: Pa
             "never writes into a dataset, choose another cache_dir."
         )
     return directory
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def encode_label_map(value: np.ndarray) -> bytes:
@@ -157,7 +146,7 @@ class DerivedLabelCache:
 
     def _store(self, path: Path, payload: bytes) -> None:
         try:
-            _atomic_write_bytes(path, payload)
+            atomic_write_bytes(payload, path, durable=False)
         except OSError as err:
             if not self._warned:
                 logger.warning(
@@ -193,7 +182,7 @@ def cached_flags(
     flags = {image_id: bool(compute(image_id, source)) for image_id, source in sources.items()}
     payload = json.dumps({"fingerprint": fingerprint, "flags": flags}, sort_keys=True).encode()
     try:
-        _atomic_write_bytes(path, payload)
+        atomic_write_bytes(payload, path, durable=False)
     except OSError as err:
         logger.warning("Cannot write index %s (%s); it will be rebuilt next time.", path, err)
     return flags

@@ -1,18 +1,14 @@
-"""Checkpoint I/O for mmengine runs: safe loading, atomic writes, trainable-only state dicts.
+"""Checkpoint I/O for mmengine runs: safe loading, atomic recorded writes, trainable-only states.
 
-* **Safe loading.** mmengine 0.10.7 calls ``torch.load`` without ``weights_only``, which torch>=2.6
-  treats as ``weights_only=True``; resuming then fails on mmengine's own objects
-  (open-mmlab/mmengine#1655). :func:`load_checkpoint_safely` keeps ``weights_only=True`` and allows
-  exactly the extra types a Runner checkpoint holds (found by saving one and reading the errors):
-  the message hub's ``HistoryBuffer`` (whose state also holds its ``min``/``max``/``mean``/
-  ``current`` methods, pickled as ``getattr(HistoryBuffer, name)``), and numpy arrays, dtypes and
-  scalars (its history arrays, metric values). Anything else is refused with
-  :class:`UnsafeCheckpointError` naming the types and the file; nothing falls back to unpickling
-  arbitrary code. :func:`register_checkpoint_io` installs it as mmengine's local-file loader.
-* **Atomic writes.** :class:`AtomicLocalBackend` writes to a temporary file in the target folder,
-  fsyncs it and moves it over the target, so a crash mid-write leaves the previous file
-  intact. :class:`AtomicCheckpointHook` uses it, writes ``last_checkpoint`` the same way, and
-  deletes an outdated checkpoint only after its successor is safely on disk.
+* **Safe loading.** :func:`register_checkpoint_io` installs
+  :func:`mtlora_vision.safe_load.load_checkpoint_safely` as mmengine's local-file loader, so
+  ``load_from`` and resume check the file's integrity and never unpickle code.
+* **Atomic, recorded writes.** :class:`AtomicLocalBackend` writes each checkpoint through
+  :func:`mtlora_vision.fileio.atomic_write_bytes` (a crash mid-write leaves the previous file
+  intact) and then records its size and SHA-256 beside it (``<file>.sha256.json``), which tells a
+  complete checkpoint from a damaged one later. :class:`AtomicCheckpointHook` uses it, writes
+  ``last_checkpoint`` relative to the work dir after the checkpoint is complete, and deletes an
+  outdated checkpoint only after its successor is safely on disk.
 * **Trainable-only checkpoints.** :class:`TrainableCheckpointHook` keeps only the trainable
   parameters and the buffers of modules that train (see :func:`trainable_state_dict_keys`); the
   frozen backbone is rebuilt from its source when the model is built.
@@ -24,24 +20,52 @@ import io
 import logging
 import os
 import os.path as osp
-import pickle
-import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook, Hook
-from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
 from mmengine.runner import CheckpointLoader
 from torch import Tensor, nn
 
+from mtlora_vision.engine.resume import POINTER, latest_checkpoint, write_pointer
+from mtlora_vision.fileio import (
+    RECORD_SUFFIX,
+    atomic_write_bytes,
+    remove_integrity_record,
+    temp_target,
+    write_integrity_record,
+)
 from mtlora_vision.models.state_dict_check import check_state_dict_fits
+from mtlora_vision.safe_load import (
+    DamagedCheckpointError,
+    UnsafeCheckpointError,
+    checkpoint_safe_globals,
+    load_checkpoint_safely,
+)
+
+__all__ = [
+    "ATOMIC_BACKEND_ARGS",
+    "CONTENT_KEY",
+    "AtomicCheckpointHook",
+    "AtomicLocalBackend",
+    "DamagedCheckpointError",
+    "TrainableCheckpointHook",
+    "UnsafeCheckpointError",
+    "checkpoint_safe_globals",
+    "export_full_weights",
+    "load_checkpoint_safely",
+    "register_checkpoint_io",
+    "remove_stale_temp_files",
+    "save_checkpoint_file",
+    "trainable_state_dict",
+    "trainable_state_dict_keys",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,148 +74,44 @@ ATOMIC_BACKEND = "atomic_local"
 ATOMIC_BACKEND_ARGS: Mapping[str, str] = {"backend": ATOMIC_BACKEND}
 #: ``checkpoint["meta"]`` key recording whether ``state_dict`` is ``"trainable"`` or ``"full"``.
 CONTENT_KEY = "state_dict_content"
-_TMP_SUFFIX = ".tmp"
-_HISTORY_BUFFER_METHODS = frozenset({"min", "max", "mean", "current"})
-_NUMPY_DTYPES = (
-    np.bool_,
-    np.int8,
-    np.int16,
-    np.int32,
-    np.int64,
-    np.uint8,
-    np.uint16,
-    np.uint32,
-    np.uint64,
-    np.float16,
-    np.float32,
-    np.float64,
-)
 
 
-class UnsafeCheckpointError(ValueError, pickle.UnpicklingError):
-    """A checkpoint holds a type outside the allow-list; it was not unpickled."""
-
-
-def _history_buffer_getattr(obj: Any, name: str) -> Any:
-    """Stand-in for ``builtins.getattr`` that only resolves ``HistoryBuffer``'s statistics."""
-    if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS:
-        return getattr(obj, name)
-    raise pickle.UnpicklingError(f"getattr({obj!r}, {name!r}) is not on the checkpoint allow-list")
-
-
-def checkpoint_safe_globals() -> list[Callable | tuple[Callable, str]]:
-    """Return the types allowed in checkpoints beyond ``torch.load(weights_only=True)``'s own."""
-    try:
-        from numpy._core import multiarray  # numpy>=2; files written with numpy 1 say numpy.core
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray
-
-    allowed: list[Callable | tuple[Callable, str]] = [
-        HistoryBuffer,
-        (_history_buffer_getattr, "builtins.getattr"),
-        np.ndarray,
-        np.dtype,
-        *(type(np.dtype(t)) for t in _NUMPY_DTYPES),
-    ]
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        allowed += [(multiarray._reconstruct, f"{module}._reconstruct")]
-        allowed += [(multiarray.scalar, f"{module}.scalar")]
-    return allowed
-
-
-def _refusal_message(path: str, err: Exception) -> str:
-    try:
-        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except (ValueError, RuntimeError, OSError):  # legacy (non-zip) files cannot be listed
-        names = []
-    reason = str(err).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
-    found = f"forbidden type(s) {names}" if names else f"content refused ({reason})"
-    return (
-        f"Refusing to load checkpoint {path!r}: {found}. Only tensors, containers, numpy data and "
-        "mmengine's HistoryBuffer are allowed (torch.load weights_only=True plus "
-        "mtlora_vision.engine.checkpoint.checkpoint_safe_globals()). If you trust the file and the "
-        "type is plain data, pass it in extra_safe_globals."
-    )
-
-
-def load_checkpoint_safely(
-    filename: str | Path,
-    map_location: str | torch.device | Callable | None = None,
-    extra_safe_globals: Iterable[Callable | tuple[Callable, str]] = (),
-) -> Any:
-    """Load a checkpoint with ``weights_only=True`` and the explicit allow-list.
-
-    Args:
-        filename: Local checkpoint path (``~`` is expanded).
-        map_location: As for ``torch.load``.
-        extra_safe_globals: More types to allow, for checkpoints you trust.
-
-    Returns:
-        The unpickled checkpoint (usually a dict).
-
-    Raises:
-        FileNotFoundError: If the file does not exist.
-        UnsafeCheckpointError: If the file holds a type outside the allow-list.
-    """
-    path = osp.expanduser(str(filename))
-    if not osp.isfile(path):
-        raise FileNotFoundError(f"Checkpoint {path!r} does not exist; check the path.")
-    allowed = checkpoint_safe_globals() + list(extra_safe_globals)
-    with torch.serialization.safe_globals(allowed):
-        try:
-            return torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise UnsafeCheckpointError(_refusal_message(path, err)) from None
-
-
-def load_from_local_safe(filename: str, map_location: str | Callable | None = None) -> Any:
+def load_from_local_safe(filename: str, map_location: Any = None) -> Any:
     """Load a local file for mmengine's ``CheckpointLoader`` (logged as backend "local_safe")."""
     return load_checkpoint_safely(filename, map_location=map_location)
 
 
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_checkpoint_bytes(data: bytes, path: str | Path) -> None:
+    """Write checkpoint bytes atomically, then record their size and SHA-256 beside them.
 
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the new file, never a part.
-
-    The bytes go to a hidden temporary file in the same folder, are fsynced, and replace ``path``
-    with ``os.replace``; the folder is fsynced so the rename survives a power loss.
+    The old record goes first: a crash before the new one is written leaves a complete file
+    without a record (checked by its zip CRC-32s), never a record that calls it damaged.
     """
-    path = osp.abspath(str(path))
-    folder = osp.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{osp.basename(path)}.", suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
+    remove_integrity_record(path)
+    atomic_write_bytes(data, path)
+    write_integrity_record(path, data)
 
 
-def _is_temp_name(name: str) -> bool:
-    """Whether ``name`` is a temporary file of :func:`atomic_write_bytes` for a checkpoint."""
-    ours = ".pth." in name or name.startswith(".last_checkpoint.")
-    return name.startswith(".") and name.endswith(_TMP_SUFFIX) and ours
+def save_checkpoint_file(checkpoint: Mapping[str, Any], path: str | Path) -> None:
+    """``torch.save`` a checkpoint through :func:`write_checkpoint_bytes` (atomic, recorded)."""
+    with io.BytesIO() as f:
+        torch.save(dict(checkpoint), f)
+        write_checkpoint_bytes(f.getvalue(), path)
+
+
+def _is_checkpoint_temp(name: str) -> bool:
+    target = temp_target(name)
+    if target is None:
+        return False
+    return target == POINTER or target.endswith((".pth", ".pth" + RECORD_SUFFIX))
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[str]:
-    """Delete temporary files that an interrupted :func:`atomic_write_bytes` left in ``folder``."""
+    """Delete temporary files that an interrupted checkpoint write left in ``folder``."""
     folder = str(folder)
     if not osp.isdir(folder):
         return []
-    stale = [osp.join(folder, name) for name in os.listdir(folder) if _is_temp_name(name)]
+    stale = [osp.join(folder, name) for name in os.listdir(folder) if _is_checkpoint_temp(name)]
     for path in stale:
         os.remove(path)
         logger.info("Removed %s left by an interrupted checkpoint write.", path)
@@ -199,15 +119,20 @@ def remove_stale_temp_files(folder: str | Path) -> list[str]:
 
 
 class AtomicLocalBackend(LocalBackend):
-    """mmengine local file backend whose ``put``/``put_text`` are atomic (no partial files)."""
+    """mmengine local file backend: atomic writes, with an integrity record for each file."""
 
     def put(self, obj: bytes, filepath: str | Path) -> None:
-        """Write bytes atomically (see :func:`atomic_write_bytes`)."""
-        atomic_write_bytes(obj, filepath)
+        """Write bytes atomically and record them (see :func:`write_checkpoint_bytes`)."""
+        write_checkpoint_bytes(obj, filepath)
 
     def put_text(self, obj: str, filepath: str | Path, encoding: str = "utf-8") -> None:
-        """Write text atomically (see :func:`atomic_write_bytes`)."""
+        """Write text atomically (see :func:`mtlora_vision.fileio.atomic_write_bytes`)."""
         atomic_write_bytes(obj.encode(encoding), filepath)
+
+    def remove(self, filepath: str | Path) -> None:
+        """Remove a file and its integrity record."""
+        remove_integrity_record(filepath)
+        super().remove(filepath)
 
 
 def register_checkpoint_io() -> None:
@@ -221,12 +146,21 @@ def register_checkpoint_io() -> None:
 
 
 class AtomicCheckpointHook(CheckpointHook):
-    """mmengine ``CheckpointHook`` whose writes cannot corrupt the latest checkpoint.
+    """mmengine ``CheckpointHook`` whose writes cannot corrupt or misplace the latest checkpoint.
 
     Checkpoints go through :class:`AtomicLocalBackend` (unless ``backend_args`` says otherwise),
-    ``last_checkpoint`` is replaced atomically after the checkpoint is complete, and with
-    ``max_keep_ckpts`` the oldest checkpoint is deleted only after the new one is written (mmengine
-    deletes first, which with ``max_keep_ckpts=1`` leaves nothing if the write then fails).
+    ``last_checkpoint`` is replaced atomically after the checkpoint is complete and holds a path
+    relative to the work dir, and with ``max_keep_ckpts`` the oldest checkpoint is deleted only
+    after the new one is written (mmengine deletes first, which with ``max_keep_ckpts=1`` leaves
+    nothing if the write then fails). Three more fixes of mmengine 0.10.7's hook:
+
+    * ``resume=True`` without ``load_from`` resumes from
+      :func:`mtlora_vision.engine.resume.latest_checkpoint` (most advanced complete checkpoint),
+      not from whatever ``last_checkpoint`` names.
+    * ``save_best`` ignores a validation that runs before training (e.g.
+      ``ValidateBeforeTrainHook``): mmengine sets the hook up only in ``before_train``.
+    * Best-checkpoint paths restored from a resumed checkpoint are taken in this run's folder, so
+      a copied work dir never deletes the original's files.
 
     Args:
         **kwargs: Every argument of mmengine's ``CheckpointHook`` (interval, by_epoch,
@@ -237,12 +171,41 @@ class AtomicCheckpointHook(CheckpointHook):
         kwargs.setdefault("backend_args", dict(ATOMIC_BACKEND_ARGS))
         register_checkpoint_io()
         super().__init__(**kwargs)
+        self._set_up = False
+
+    def before_run(self, runner) -> None:
+        """Pick the checkpoint to resume when the config says ``resume=True`` without a path."""
+        if runner._resume and runner._load_from is None:
+            # mmengine's find_latest_checkpoint trusts last_checkpoint blindly: choose here.
+            point = latest_checkpoint(runner.work_dir)
+            if point is None:
+                runner.logger.warning(f"resume: no checkpoint in {runner.work_dir}; starting.")
+                runner._resume = False
+            else:
+                runner._load_from = point.path
 
     def before_train(self, runner) -> None:
-        """Set up as mmengine does, then clear temporary files of interrupted writes."""
+        """Set up as mmengine does, localise best paths, clear temporary files of a crash."""
         super().before_train(runner)
+        self._set_up = True
+        if getattr(self, "best_ckpt_path", None):
+            self.best_ckpt_path = self._own_path(self.best_ckpt_path)
+        for key, path in getattr(self, "best_ckpt_path_dict", {}).items():
+            self.best_ckpt_path_dict[key] = self._own_path(path) if path else path
         if is_main_process() and isinstance(self.file_backend, LocalBackend):
             remove_stale_temp_files(self.out_dir)
+
+    def _own_path(self, path: str) -> str:
+        """``path`` moved into this run's ``out_dir`` (it may come from a copied work dir)."""
+        return self.file_backend.join_path(self.out_dir, osp.basename(str(path)))
+
+    def after_val_epoch(self, runner, metrics: dict) -> None:
+        """Track the best checkpoint, but not for a validation that runs before training."""
+        if not self._set_up:
+            if self.save_best is not None:
+                runner.logger.info("save_best: the validation before training is not a candidate.")
+            return
+        super().after_val_epoch(runner, metrics)
 
     def _save_checkpoint_with_step(self, runner, step: int, meta: dict) -> None:
         outdated = None
@@ -268,9 +231,7 @@ class AtomicCheckpointHook(CheckpointHook):
         )
         if not is_main_process():
             return
-        atomic_write_bytes(
-            str(self.last_ckpt).encode(), osp.join(runner.work_dir, "last_checkpoint")
-        )
+        write_pointer(runner.work_dir, str(self.last_ckpt))
         if outdated is not None:
             path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(outdated))
             if self.file_backend.isfile(path):
@@ -379,7 +340,4 @@ class TrainableCheckpointHook(Hook):
 def export_full_weights(model: nn.Module, filename: str | Path) -> None:
     """Write ``{"state_dict": full state dict, "meta": ...}`` atomically, e.g. for deployment."""
     state = OrderedDict((k, v.detach().cpu()) for k, v in _unwrap(model).state_dict().items())
-    checkpoint = {"state_dict": state, "meta": {CONTENT_KEY: "full"}}
-    with io.BytesIO() as f:
-        torch.save(checkpoint, f)
-        atomic_write_bytes(f.getvalue(), filename)
+    save_checkpoint_file({"state_dict": state, "meta": {CONTENT_KEY: "full"}}, filename)

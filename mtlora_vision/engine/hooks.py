@@ -13,14 +13,14 @@ How a NaN loss is kept out of the checkpoints (three layers, cheapest first):
    values (e.g. a finite loss whose gradients overflowed), raising before the file is written.
 
 In every case the last good checkpoint and ``last_checkpoint`` stay as they were, so
-``tools/train.py CONFIG --resume`` restarts from it. Under DDP, the rank that raises ends its
-process and torchrun then stops the others.
+``tools/train.py CONFIG --resume`` restarts from it (the messages name the checkpoint that
+``--resume`` would take, :func:`mtlora_vision.engine.resume.latest_checkpoint_path`). Under DDP,
+the rank that raises ends its process and torchrun then stops the others.
 """
 
 from __future__ import annotations
 
 import logging
-import os.path as osp
 from collections.abc import Mapping
 
 import torch
@@ -28,6 +28,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import Tensor
 
+from mtlora_vision.engine.resume import latest_checkpoint_path
 from mtlora_vision.models.loss_weighting import DynamicWeightAverage
 from mtlora_vision.models.losses import NonFiniteLossError, nonfinite_names
 
@@ -46,15 +47,6 @@ def task_of_log_key(key: str) -> str:
         if key.startswith(prefix):
             return key[len(prefix) :]
     return "total" if key == "loss" else key
-
-
-def last_saved_checkpoint(work_dir: str) -> str | None:
-    """Path in ``work_dir/last_checkpoint`` (what ``--resume`` would use), or None."""
-    path = osp.join(work_dir, "last_checkpoint")
-    if not osp.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return f.read().strip() or None
 
 
 def _as_float(value: Tensor | float) -> float:
@@ -102,7 +94,7 @@ class NonFiniteLossHook(Hook):
         problem = describe_nonfinite(outputs or {})
         if problem is None:
             return
-        last = last_saved_checkpoint(runner.work_dir)
+        last = latest_checkpoint_path(runner.work_dir)
         raise NonFiniteLossError(
             f"Non-finite loss at iteration {runner.iter + 1} (epoch {runner.epoch + 1}) for "
             f"{problem}. Training stopped without saving; the last good checkpoint is "
@@ -116,7 +108,7 @@ class NonFiniteLossHook(Hook):
             return
         bad = nonfinite_names(checkpoint.get("state_dict", {}))
         if bad:
-            last = last_saved_checkpoint(runner.work_dir)
+            last = latest_checkpoint_path(runner.work_dir)
             raise NonFiniteWeightsError(
                 f"Refusing to save a checkpoint at iteration {runner.iter + 1}: {len(bad)} "
                 f"state-dict entries are not finite, e.g. {bad[:5]}. The previous checkpoint "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import os.path as osp
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +13,12 @@ from mmengine.config import Config, ConfigDict
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
 from mtlora_vision.engine.amp import CPUAutocastOptimWrapper
+from mtlora_vision.engine.resume import (
+    CheckpointProgress,
+    checkpoint_progress,
+    latest_checkpoint,
+    training_finished,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,62 +76,60 @@ def resolve_precision(cfg: Config, amp: bool, cuda: bool | None = None) -> None:
         logger.warning("No CUDA device: training in %s.", how)
 
 
-_CHECKPOINT_NAME = re.compile(r"(epoch|iter)_(\d+)\.pth")
-
-
-def latest_checkpoint(work_dir: str) -> str | None:
-    """The newest complete checkpoint of a run, for ``--resume`` without a path.
-
-    mmengine's own lookup reads only ``work_dir/last_checkpoint``. That pointer is written after
-    the checkpoint itself, so a kill between the two would otherwise restart from scratch (no
-    pointer yet) or lose the newest checkpoint. Checkpoint writes are atomic, so every
-    ``epoch_N.pth`` / ``iter_N.pth`` present is complete; the most recently written one wins,
-    together with the file ``last_checkpoint`` names.
-
-    Args:
-        work_dir: The run's work dir.
-
-    Returns:
-        The checkpoint path, or None when the run has none.
-    """
-    candidates = []
-    pointer = osp.join(work_dir, "last_checkpoint")
-    if osp.isfile(pointer):
-        with open(pointer, encoding="utf-8") as f:
-            candidates.append(f.read().strip())
-    if osp.isdir(work_dir):
-        names = [n for n in os.listdir(work_dir) if _CHECKPOINT_NAME.fullmatch(n)]
-        candidates += [osp.join(work_dir, n) for n in names]
-    existing = [c for c in candidates if c and osp.isfile(c)]
-    return max(existing, key=osp.getmtime) if existing else None
-
-
-def resolve_resume(cfg: Config, resume: str | None) -> None:
+def resolve_resume(cfg: Config, resume: str | None) -> CheckpointProgress | None:
     """Set ``cfg.resume`` and ``cfg.load_from`` from ``--resume [CKPT]`` (in place).
+
+    A config with ``resume=True`` and no ``load_from`` counts as ``--resume``: mmengine's own
+    lookup would trust ``last_checkpoint`` blindly.
 
     Args:
         cfg: Config with its final ``work_dir``.
-        resume: None (no resume), ``"auto"`` (the work dir's :func:`latest_checkpoint`) or a path.
+        resume: None (no resume), ``"auto"`` (the work dir's most advanced complete checkpoint,
+            see :func:`mtlora_vision.engine.resume.latest_checkpoint`) or a path.
+
+    Returns:
+        The checkpoint to continue from and its progress, or None for a fresh start.
 
     Raises:
         FileNotFoundError: If the given checkpoint does not exist.
+        DamagedCheckpointError: If the given checkpoint (or every one found) is damaged.
     """
     if resume is None:
-        return
+        if not (cfg.get("resume") and not cfg.get("load_from")):
+            return None
+        resume = "auto"
     if resume == "auto":
-        path = latest_checkpoint(cfg.work_dir)
-        if path is None:
+        point = latest_checkpoint(cfg.work_dir)
+        if point is None:
             logger.warning(
                 "--resume: no checkpoint in %s yet; training from the start.", cfg.work_dir
             )
             cfg.resume, cfg.load_from = False, None
-            return
-        logger.info("--resume: continuing from %s.", path)
+            return None
     else:
         path = osp.expanduser(resume)
         if not osp.isfile(path):
             raise FileNotFoundError(f"--resume {resume!r}: no such checkpoint file.")
-    cfg.resume, cfg.load_from = True, path
+        point = checkpoint_progress(path)
+    logger.info(
+        "--resume: continuing from %s (epoch %d, iteration %d).",
+        point.path,
+        point.epoch,
+        point.iter,
+    )
+    cfg.resume, cfg.load_from = True, point.path
+    return point
+
+
+def finished_run_message(cfg: Config, point: CheckpointProgress | None) -> str | None:
+    """A message if resuming ``point`` would train nothing (end of ``train_cfg``), else None."""
+    if point is None or not training_finished(cfg.get("train_cfg") or {}, point):
+        return None
+    return (
+        f"Nothing to train: {point.path} is at epoch {point.epoch}, iteration {point.iter}, the "
+        "end of train_cfg; the run is finished and no file was changed. To train longer, raise "
+        "train_cfg.max_epochs (or max_iters); to evaluate, use tools/test.py."
+    )
 
 
 def resolve_cpu_threads(cfg: Config, cuda: bool | None = None) -> int | None:

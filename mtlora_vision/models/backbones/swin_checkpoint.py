@@ -15,8 +15,9 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor
+
+from mtlora_vision.safe_load import load_checkpoint_safely
 
 #: Keys dropped on purpose when loading an ImageNet Swin checkpoint, by pattern.
 DROPPED_PATTERNS: tuple[str, ...] = (
@@ -32,19 +33,20 @@ _OFFICIAL_DOWNSAMPLE = re.compile(r"^(.*?layers\.)(\d+)(\.downsample\..*)$")
 def load_checkpoint_file(path: str | Path) -> dict:
     """Read a checkpoint from a local file (``.pth``/``.pt``/``.bin`` or ``.safetensors``).
 
+    Goes through :func:`mtlora_vision.safe_load.load_checkpoint_safely`: integrity checked, no
+    code from the file is run.
+
     Raises:
         FileNotFoundError: If ``path`` does not exist (nothing is ever downloaded).
+        DamagedCheckpointError: If the file is damaged.
+        UnsafeCheckpointError: If it holds a type outside the allow-list.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"Checkpoint {str(path)!r} does not exist; download it yourself and pass a local path."
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_checkpoint_safely(path, map_location="cpu")
 
 
 def unwrap_state_dict(checkpoint: Mapping) -> dict[str, Tensor]:
