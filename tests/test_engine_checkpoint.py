@@ -6,6 +6,7 @@ import logging
 import os
 import os.path as osp
 import pickle
+import shutil
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -322,8 +323,11 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         interrupted.train()  # killed at iteration 10, i.e. during epoch 3
     # Trainable-only checkpoint, and mmengine's rotation kept only the newest one.
-    assert sorted(f for f in os.listdir(tmp_path / "run") if f.endswith(".pth")) == ["epoch_2.pth"]
-    assert (tmp_path / "run" / "last_checkpoint").read_text().endswith("epoch_2.pth")
+    assert sorted(f for f in os.listdir(tmp_path / "run") if ".pth" in f) == [
+        "epoch_2.pth",
+        "epoch_2.pth.sha256.json",  # epoch_1's record went with it
+    ]
+    assert (tmp_path / "run" / "last_checkpoint").read_text() == "epoch_2.pth"  # relative
     saved = load_checkpoint_safely(tmp_path / "run" / "epoch_2.pth")
     assert set(saved["state_dict"]) == trainable_state_dict_keys(_TinyModel())
     assert not any(k.startswith("backbone.") for k in saved["state_dict"])
@@ -544,3 +548,51 @@ def test_official_style_file_converts_and_loads_strictly_without_yacs(tmp_path):
     for key, value in source.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
     assert "size and SHA-256" in check_checkpoint_integrity(tmp_path / "ours.pth")
+
+
+def _digests(folder) -> dict:
+    import hashlib
+
+    return {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_copied_work_dir_resumes_its_own_newest_complete_checkpoint(tmp_path, caplog):
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # killed during epoch 3
+        _runner(run, "ckpt_copy_src", [_KillAt(9)], max_keep_ckpts=2).train()
+    before = _digests(run)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "epoch_1.pth").touch()  # newest by file time, oldest by training progress
+    lrs = []
+    runner = _runner(copy, "ckpt_copy_resumed", [_LrRecorder(lrs)], resume=True, max_keep_ckpts=2)
+    runner.train()
+    assert runner._load_from == str(copy / "epoch_2.pth")  # its own file, not the original's
+    assert lrs[0][0] == 8  # continued after epoch 2, not epoch 1
+    assert _digests(run) == before  # the original is untouched
+    # A damaged newest checkpoint is skipped, naming it and why; the previous one is used.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    data = (damaged / "epoch_2.pth").read_bytes()
+    (damaged / "epoch_2.pth").write_bytes(data[: len(data) // 2])
+    lrs = []
+    with caplog.at_level(logging.WARNING):
+        runner = _runner(damaged, "ckpt_damaged", [_LrRecorder(lrs)], resume=True)
+        runner.train()
+    assert lrs[0][0] == 4  # continued after epoch 1
+    assert "epoch_2.pth' is damaged: it is truncated" in caplog.text
+    final = load_checkpoint_safely(damaged / "epoch_3.pth")  # complete, with its record
+    assert final["meta"]["epoch"] == 3
+    assert (damaged / "epoch_3.pth.sha256.json").is_file()
+
+
+def test_save_best_ignores_the_validation_before_training():
+    hook = AtomicCheckpointHook(interval=1, save_best="acc")
+    messages = []
+    runner = SimpleNamespace(logger=SimpleNamespace(info=messages.append))
+    hook.after_val_epoch(runner, {"acc": 0.5})  # before before_train: mmengine raised here
+    assert messages == ["save_best: the validation before training is not a candidate."]

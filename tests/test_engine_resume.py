@@ -1,0 +1,129 @@
+"""--resume picks the most advanced complete checkpoint, by progress recorded inside it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mtlora_vision.engine.checkpoint import save_checkpoint_file
+from mtlora_vision.engine.resume import (
+    CheckpointProgress,
+    latest_checkpoint,
+    read_pointer,
+    training_finished,
+    write_pointer,
+)
+from mtlora_vision.engine.runtime import finished_run_message, resolve_resume
+from mtlora_vision.safe_load import DamagedCheckpointError
+
+
+def _save(path, epoch: int, iters_per_epoch: int = 4, mtime: int | None = None) -> str:
+    meta = {"epoch": epoch, "iter": epoch * iters_per_epoch}
+    save_checkpoint_file({"state_dict": {"w": torch.full((8,), float(epoch))}, "meta": meta}, path)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return str(path)
+
+
+def test_progress_inside_the_files_wins_over_file_times(tmp_path):
+    assert latest_checkpoint(str(tmp_path / "missing")) is None
+    assert latest_checkpoint(str(tmp_path)) is None
+    _save(tmp_path / "epoch_6.pth", 6, mtime=100)
+    twelve = _save(tmp_path / "epoch_12.pth", 12, mtime=50)  # older by file time
+    _save(tmp_path / "epoch_3.pth", 3, mtime=300)  # touched last
+    (tmp_path / "exported_full.pth").write_bytes(b"not a training checkpoint")
+    assert latest_checkpoint(str(tmp_path)) == CheckpointProgress(twelve, 12, 48)
+    write_pointer(str(tmp_path), str(tmp_path / "epoch_6.pth"))  # killed before it moved on
+    assert latest_checkpoint(str(tmp_path)).path == twelve
+
+
+def test_pointer_is_relative_and_a_copied_work_dir_resumes_its_own_files(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    _save(run / "epoch_1.pth", 1)
+    write_pointer(str(run), str(run / "epoch_1.pth"))
+    assert (run / "last_checkpoint").read_text() == "epoch_1.pth"
+    outside = tmp_path / "elsewhere" / "iter_9.pth"  # an out_dir outside the work dir
+    outside.parent.mkdir()
+    _save(outside, 9)
+    write_pointer(str(run), str(outside))
+    assert (run / "last_checkpoint").read_text() == str(outside)
+    write_pointer(str(run), str(run / "epoch_1.pth"))
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    assert read_pointer(str(copy)) == str(copy / "epoch_1.pth")
+    # A pointer written by an older version: absolute, into the original folder.
+    (copy / "last_checkpoint").write_text(str(run / "epoch_1.pth"))
+    assert read_pointer(str(copy)) == str(copy / "epoch_1.pth")
+    assert latest_checkpoint(str(copy)).path == str(copy / "epoch_1.pth")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random", "flipped"])
+def test_damaged_newest_checkpoint_is_skipped_naming_it_and_why(tmp_path, caplog, damage):
+    six = _save(tmp_path / "epoch_6.pth", 6)
+    _save(tmp_path / "epoch_12.pth", 12)
+    write_pointer(str(tmp_path), str(tmp_path / "epoch_12.pth"))
+    data = (tmp_path / "epoch_12.pth").read_bytes()
+    damaged = {
+        "truncated": data[: len(data) // 3],
+        "empty": b"",
+        "random": os.urandom(len(data)),
+        "flipped": data[:-100] + bytes([data[-100] ^ 4]) + data[-99:],
+    }[damage]
+    (tmp_path / "epoch_12.pth").write_bytes(damaged)
+    with caplog.at_level(logging.WARNING):
+        assert latest_checkpoint(str(tmp_path)) == CheckpointProgress(six, 6, 24)
+    assert "Skipping" in caplog.text
+    assert "epoch_12.pth' is damaged" in caplog.text
+    (tmp_path / "epoch_6.pth").write_bytes(b"")
+    with pytest.raises(DamagedCheckpointError, match=r"No complete checkpoint.*epoch_12.*epoch_6"):
+        latest_checkpoint(str(tmp_path))
+
+
+def test_checkpoint_without_record_is_still_used(tmp_path):
+    # From an older run or another machine: checked by its zip CRC-32s, then loaded.
+    path = tmp_path / "epoch_2.pth"
+    torch.save({"state_dict": {}, "meta": {"epoch": 2, "iter": 8}}, path)
+    assert latest_checkpoint(str(tmp_path)) == CheckpointProgress(str(path), 2, 8)
+
+
+def test_resolve_resume_and_finished_runs(tmp_path):
+    cfg = Config(
+        dict(work_dir=str(tmp_path), resume=False, load_from=None, train_cfg=dict(max_epochs=12))
+    )
+    assert resolve_resume(cfg, None) is None
+    assert (cfg.resume, cfg.load_from) == (False, None)
+    assert resolve_resume(cfg, "auto") is None  # nothing saved yet: a fresh start
+    assert (cfg.resume, cfg.load_from) == (False, None)
+    six = _save(tmp_path / "epoch_6.pth", 6)
+    point = resolve_resume(cfg, "auto")
+    assert (cfg.resume, cfg.load_from, point.epoch) == (True, six, 6)
+    assert finished_run_message(cfg, point) is None
+    twelve = _save(tmp_path / "epoch_12.pth", 12)
+    point = resolve_resume(cfg, twelve)
+    assert (cfg.resume, cfg.load_from) == (True, twelve)
+    assert "Nothing to train" in finished_run_message(cfg, point)
+    assert "epoch 12" in finished_run_message(cfg, point)
+    # resume=True in the config without a path counts as --resume (mmengine's own lookup would
+    # take whatever last_checkpoint names, relative to the current directory).
+    cfg.resume, cfg.load_from = True, None
+    assert resolve_resume(cfg, None).path == twelve
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth"):
+        resolve_resume(cfg, str(tmp_path / "nope.pth"))
+    (tmp_path / "epoch_6.pth").write_bytes(b"\0" * 10)
+    with pytest.raises(DamagedCheckpointError, match=r"epoch_6\.pth' is damaged"):
+        resolve_resume(cfg, str(tmp_path / "epoch_6.pth"))
+
+
+def test_training_finished_by_epochs_or_iterations():
+    point = CheckpointProgress("x.pth", epoch=2, iter=80)
+    assert training_finished({"max_epochs": 2}, point)
+    assert not training_finished({"max_epochs": 3}, point)
+    assert training_finished({"max_iters": 80}, point)
+    assert not training_finished({"max_iters": 81}, point)
+    assert not training_finished({}, point)
