@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import logging
 import os
+import pickle
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -14,6 +19,12 @@ import cv2
 import pytest
 import torch
 from engine_utils import DEMO, REPO, tiny_options, write_tiny_pretrained
+
+from mtlora_vision.safe_load import (
+    DamagedCheckpointError,
+    UnsafeCheckpointError,
+    check_checkpoint_integrity,
+)
 
 
 def load_tool(name: str):
@@ -54,7 +65,8 @@ def trained(tmp_path_factory):
     work_dir = root / "work"
     pretrained = write_tiny_pretrained(root / "swin_tiny_test.pth")
     options = tiny_options(root / "data", pretrained=pretrained)
-    train_tool.main([DEMO, "--work-dir", str(work_dir), "--cfg-options", *options])
+    best = "default_hooks.checkpoint.save_best=semseg/mIoU"  # with the validation before training
+    train_tool.main([DEMO, "--work-dir", str(work_dir), "--cfg-options", *options, best])
     return root, work_dir, options
 
 
@@ -68,7 +80,25 @@ def test_train_writes_a_trainable_only_checkpoint(trained):
     assert any(k.startswith("heads.") for k in keys)
     # Frozen pretrained weights stay out of the checkpoint.
     assert not any(k.endswith("base_layer.weight") for k in keys)
-    assert (work_dir / "last_checkpoint").read_text().strip().endswith("epoch_1.pth")
+    assert (work_dir / "last_checkpoint").read_text() == "epoch_1.pth"  # relative to the work dir
+    mask = os.umask(0o022)
+    os.umask(mask)
+    log = next(work_dir.glob("*/*.log"))
+    for path in (work_dir / "epoch_1.pth", work_dir / "last_checkpoint", log):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path  # checkpoints were 0600
+
+
+def test_save_best_works_with_the_validation_before_training(trained):
+    root, work_dir, options = trained
+    (best,) = work_dir.glob("best_semseg_mIoU_*.pth")
+    assert best.name == "best_semseg_mIoU_epoch_1.pth"  # the untrained model is no candidate
+    assert "size and SHA-256" in check_checkpoint_integrity(best)
+    metrics = test_tool.main(
+        [DEMO, str(best), "--work-dir", str(root / "tb"), "--cfg-options", *options]
+    )
+    hub = load_checkpoint_meta(work_dir / "epoch_1.pth", key="message_hub")["runtime_info"]
+    assert hub["best_ckpt"] == str(best)
+    assert metrics["semseg/mIoU"] == pytest.approx(hub["best_score"])  # val and test data agree
 
 
 def _events(work_dir):
@@ -147,7 +177,7 @@ def test_loading_a_checkpoint_for_other_tasks_is_a_clear_error(trained):
         test_tool.main([*args, "--cfg-options", *options])
 
 
-def test_train_kill_resume_and_finish(tmp_path):
+def test_train_kill_resume_and_finish(tmp_path, caplog):
     work_dir = tmp_path / "work"
     options = tiny_options(tmp_path / "data", epochs=3)
     cmd = ["tools/train.py", DEMO, "--work-dir", str(work_dir), "--cfg-options", *options]
@@ -175,6 +205,89 @@ def test_train_kill_resume_and_finish(tmp_path):
     final = torch.load(work_dir / "epoch_3.pth", map_location="cpu", weights_only=False)
     assert final["meta"]["epoch"] == 3
     assert final["meta"]["iter"] == 6
+    _resume_copies_of_a_finished_run(tmp_path, work_dir, options, caplog)
+
+
+def _digests(folder) -> dict:
+    return {
+        str(p.relative_to(folder)): (
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+            p.stat().st_mtime_ns,
+        )
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def _resume_copies_of_a_finished_run(tmp_path, work_dir, options, caplog):
+    """Copies of a finished 3-epoch run: finished, extended, and with a damaged newest file."""
+    original = _digests(work_dir)
+    copy = tmp_path / "copy"
+    shutil.copytree(work_dir, copy)
+    (copy / "epoch_1.pth").touch()  # newest by file time, oldest by training progress
+    before = _digests(copy)
+    args = [DEMO, "--work-dir", str(copy), "--resume", "--cfg-options", *options]
+    with caplog.at_level(logging.INFO):
+        train_tool.main(args)
+    assert f"Nothing to train: {copy / 'epoch_3.pth'} is at epoch 3" in caplog.text
+    assert _digests(copy) == before  # no file written, rewritten or added
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train_tool.main([*args, "train_cfg.max_epochs=4"])
+    assert f"continuing from {copy / 'epoch_3.pth'} (epoch 3" in caplog.text
+    assert load_checkpoint_meta(copy / "epoch_4.pth")["iter"] == 8
+    assert _digests(work_dir) == original  # the original run is untouched
+    damaged = tmp_path / "damaged"
+    shutil.copytree(work_dir, damaged)
+    (damaged / "epoch_3.pth").write_bytes(os.urandom(5000))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train_tool.main([DEMO, "--work-dir", str(damaged), "--resume", "--cfg-options", *options])
+    assert "epoch_3.pth' is damaged: it is truncated" in caplog.text
+    assert f"continuing from {damaged / 'epoch_2.pth'} (epoch 2" in caplog.text
+    assert load_checkpoint_meta(damaged / "epoch_3.pth")["iter"] == 6  # trained again, complete
+
+
+def load_checkpoint_meta(path, key: str = "meta") -> dict:
+    from mtlora_vision.safe_load import load_checkpoint_safely
+
+    return load_checkpoint_safely(path)[key]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random"])
+def test_test_tool_and_resume_name_a_damaged_checkpoint(trained, tmp_path, damage):
+    _root, work_dir, options = trained
+    data = (work_dir / "epoch_1.pth").read_bytes()
+    path = tmp_path / "epoch_1.pth"
+    path.write_bytes({"truncated": data[:-10], "empty": b"", "random": os.urandom(999)}[damage])
+    with pytest.raises(DamagedCheckpointError, match=r"epoch_1\.pth' is damaged") as info:
+        test_tool.main(
+            [DEMO, str(path), "--work-dir", str(tmp_path / "t"), "--cfg-options", *options]
+        )
+    assert not isinstance(info.value, pickle.UnpicklingError)
+    with pytest.raises(DamagedCheckpointError, match=r"epoch_1\.pth' is damaged"):
+        train_tool.main([DEMO, "--work-dir", str(tmp_path / "w"), "--resume", str(path)])
+
+
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_test_and_train_tools_never_run_code_from_a_checkpoint(trained, tmp_path):
+    _root, work_dir, options = trained
+    checkpoint = torch.load(work_dir / "epoch_1.pth", map_location="cpu", weights_only=False)
+    checkpoint["meta"]["note"] = _Evil(str(tmp_path / "pwned"))
+    torch.save(checkpoint, tmp_path / "epoch_1.pth")
+    args = [DEMO, str(tmp_path / "epoch_1.pth"), "--work-dir", str(tmp_path / "t")]
+    with pytest.raises(UnsafeCheckpointError, match=r"epoch_1\.pth.*system"):
+        test_tool.main([*args, "--cfg-options", *options])
+    with pytest.raises(UnsafeCheckpointError, match=r"epoch_1\.pth.*system"):
+        train_tool.main([DEMO, "--work-dir", str(tmp_path), "--resume", "--cfg-options", *options])
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_ddp_with_two_gloo_processes(tmp_path):
