@@ -234,7 +234,7 @@ def _resume_copies_of_a_finished_run(tmp_path, work_dir, options, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO):
         train_tool.main([*args, "train_cfg.max_epochs=4"])
-    assert f"continuing from {copy / 'epoch_3.pth'} (epoch 3" in caplog.text
+    assert f"complete checkpoint {copy / 'epoch_3.pth'} (epoch 3" in caplog.text
     assert load_checkpoint_meta(copy / "epoch_4.pth")["iter"] == 8
     assert _digests(work_dir) == original  # the original run is untouched
     damaged = tmp_path / "damaged"
@@ -244,7 +244,7 @@ def _resume_copies_of_a_finished_run(tmp_path, work_dir, options, caplog):
     with caplog.at_level(logging.INFO):
         train_tool.main([DEMO, "--work-dir", str(damaged), "--resume", "--cfg-options", *options])
     assert "epoch_3.pth' is damaged: it is truncated" in caplog.text
-    assert f"continuing from {damaged / 'epoch_2.pth'} (epoch 2" in caplog.text
+    assert f"complete checkpoint {damaged / 'epoch_2.pth'} (epoch 2" in caplog.text
     assert load_checkpoint_meta(damaged / "epoch_3.pth")["iter"] == 6  # trained again, complete
 
 

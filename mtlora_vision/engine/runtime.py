@@ -112,7 +112,7 @@ def resolve_resume(cfg: Config, resume: str | None) -> CheckpointProgress | None
             raise FileNotFoundError(f"--resume {resume!r}: no such checkpoint file.")
         point = checkpoint_progress(path)
     logger.info(
-        "--resume: continuing from %s (epoch %d, iteration %d).",
+        "--resume: latest complete checkpoint %s (epoch %d, iteration %d).",
         point.path,
         point.epoch,
         point.iter,
