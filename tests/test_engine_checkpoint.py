@@ -596,3 +596,15 @@ def test_save_best_ignores_the_validation_before_training():
     runner = SimpleNamespace(logger=SimpleNamespace(info=messages.append))
     hook.after_val_epoch(runner, {"acc": 0.5})  # before before_train: mmengine raised here
     assert messages == ["save_best: the validation before training is not a candidate."]
+
+
+def test_best_checkpoint_paths_of_a_copied_run_stay_in_the_copy(tmp_path):
+    from mmengine.logging import MessageHub
+
+    hub = MessageHub.get_instance("ckpt_best_paths")
+    hub.update_info("best_ckpt", "/original/run/best_acc_epoch_3.pth")  # from the resumed file
+    hook = AtomicCheckpointHook(interval=1, save_best="acc")
+    runner = SimpleNamespace(work_dir=str(tmp_path), logger=logging.getLogger("t"), message_hub=hub)
+    hook.before_train(runner)
+    # mmengine would delete /original/run/best_acc_epoch_3.pth when a better score comes.
+    assert hook.best_ckpt_path == str(tmp_path / "best_acc_epoch_3.pth")
