@@ -63,7 +63,17 @@ class UnsafeCheckpointError(ValueError, pickle.UnpicklingError):
 
 
 class DamagedCheckpointError(DamagedFileError):
-    """A checkpoint is truncated, altered or not a checkpoint; it was not loaded."""
+    """A checkpoint is truncated, altered or not a checkpoint; it was not loaded.
+
+    Attributes:
+        path: The file.
+        reason: What is wrong with it, e.g. ``"it is truncated: 10 bytes, 99 recorded"``.
+    """
+
+    def __init__(self, message: str, path: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason or message
 
 
 class ForeignObject(dict):
@@ -173,7 +183,9 @@ def _refusal_message(path: str, err: Exception) -> str:
 def _damaged(path: str, reason: str) -> DamagedCheckpointError:
     return DamagedCheckpointError(
         f"Checkpoint {path!r} is damaged: {reason}. Use another checkpoint (e.g. an earlier "
-        "epoch_N.pth) or copy the file again."
+        "epoch_N.pth) or copy the file again.",
+        path,
+        reason,
     )
 
 

@@ -243,7 +243,7 @@ def _resume_copies_of_a_finished_run(tmp_path, work_dir, options, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO):
         train_tool.main([DEMO, "--work-dir", str(damaged), "--resume", "--cfg-options", *options])
-    assert "epoch_3.pth' is damaged: it is truncated" in caplog.text
+    assert "epoch_3.pth, it is damaged: it is truncated" in caplog.text
     assert f"complete checkpoint {damaged / 'epoch_2.pth'} (epoch 2" in caplog.text
     assert load_checkpoint_meta(damaged / "epoch_3.pth")["iter"] == 6  # trained again, complete
 

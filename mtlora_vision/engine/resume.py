@@ -50,8 +50,9 @@ class CheckpointProgress:
 def write_pointer(work_dir: str, checkpoint: str) -> None:
     """Write ``work_dir/last_checkpoint`` atomically, relative to the work dir when inside it."""
     work_dir = osp.abspath(work_dir)
-    checkpoint = osp.abspath(checkpoint)
-    inside = osp.commonpath([work_dir, checkpoint]) == work_dir
+    if "://" not in checkpoint:  # a remote out_dir (mmengine backend URI) is kept as it is
+        checkpoint = osp.abspath(checkpoint)
+    inside = "://" not in checkpoint and osp.commonpath([work_dir, checkpoint]) == work_dir
     text = osp.relpath(checkpoint, work_dir) if inside else checkpoint
     atomic_write_bytes(text.encode(), osp.join(work_dir, POINTER))
 
@@ -119,14 +120,18 @@ def latest_checkpoint(work_dir: str) -> CheckpointProgress | None:
             complete.append(checkpoint_progress(path))
         except UnsafeCheckpointError:
             raise  # never skipped quietly: a refused file in a work dir needs a look
-        except (DamagedCheckpointError, ValueError) as err:
+        except DamagedCheckpointError as err:
+            skipped.append(f"{path} is damaged: {err.reason}.")
+            logger.warning("--resume skips %s, it is damaged: %s.", path, err.reason)
+        except ValueError as err:
             skipped.append(str(err))
-            logger.warning("Skipping %s: %s", path, err)
+            logger.warning("--resume skips %s: %s", path, err)
     if complete:
         return max(complete, key=lambda c: (c.iter, c.epoch))
     if skipped:
         raise DamagedCheckpointError(
-            f"No complete checkpoint to resume in {work_dir!r}: {' '.join(skipped)}"
+            f"No complete checkpoint to resume in {work_dir!r}: {' '.join(skipped)} Start "
+            "without --resume, or restore a checkpoint."
         )
     return None
 
