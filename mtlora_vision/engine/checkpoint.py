@@ -188,6 +188,7 @@ class AtomicCheckpointHook(CheckpointHook):
         """Set up as mmengine does, localise best paths, clear temporary files of a crash."""
         super().before_train(runner)
         self._set_up = True
+        # mmengine restores absolute best paths from the message hub, maybe another run's folder.
         if getattr(self, "best_ckpt_path", None):
             self.best_ckpt_path = self._own_path(self.best_ckpt_path)
         for key, path in getattr(self, "best_ckpt_path_dict", {}).items():
@@ -201,7 +202,7 @@ class AtomicCheckpointHook(CheckpointHook):
 
     def after_val_epoch(self, runner, metrics: dict) -> None:
         """Track the best checkpoint, but not for a validation that runs before training."""
-        if not self._set_up:
+        if not self._set_up:  # mmengine builds file_backend in before_train, after this validation
             if self.save_best is not None:
                 runner.logger.info("save_best: the validation before training is not a candidate.")
             return
