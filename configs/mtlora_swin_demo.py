@@ -15,6 +15,7 @@ with read_base():
 tasks = ("semseg", "human_parts", "sal", "normals", "edge")
 img_size = (128, 128)
 demo_data = dict(num_train=64, num_val=16, size=(96, 128), seed=0)
+data_root = "data/demo_pascal"  # every loader reads it; --data-root DIR moves them all
 
 model.tasks = tasks
 model.backbone = dict(
@@ -34,7 +35,7 @@ for loader in (train_dataloader, val_dataloader):
     loader.num_workers = 2
     loader.pin_memory = False
     loader.dataset.update(
-        data_root="data/demo_pascal",
+        data_root=data_root,
         tasks=tasks,
         img_size=img_size,
         synthesize_if_missing=demo_data,

@@ -47,8 +47,21 @@ def test_clean_synthetic_copy_only_reports_the_counts(pascal_root):
         ("count", "val.txt"),
     ]
     text = report.format()
-    assert "train: 4 images (the release has 4998: MISMATCH)" in text
+    assert "train: 4 images (the release has 4998)" in text
     assert "5105" in text
+    assert report.ok  # readable and complete: the sizes are a warning
+    assert "WARNING: split sizes differ from the release" in text
+    assert text.endswith("  OK")
+
+
+def test_check_exits_0_on_differing_split_sizes_and_1_with_strict(pascal_root, capsys):
+    command = ["pascal_context", "--root", str(pascal_root), "--check", "--no-progress"]
+    assert prepare_dataset.main(command) == 0
+    assert "WARNING: split sizes differ" in capsys.readouterr().out
+    assert prepare_dataset.main([*command, "--strict"]) == 1
+    assert "--strict: split sizes that differ from the release are an error" in (
+        capsys.readouterr().out
+    )
 
 
 def test_missing_unreadable_and_missized_files_are_listed(pascal_root, tmp_path):
@@ -106,7 +119,7 @@ def test_archive_is_extracted_into_root(pascal_root, tmp_path, capsys):
     code = prepare_dataset.main(
         ["pascal_context", "--root", str(root), "--archive", str(archive), "--no-progress"]
     )
-    assert code == 1  # the synthetic counts differ from the release, and nothing else
+    assert code == 0  # the synthetic counts differ from the release (a warning), nothing else
     assert (root / "JPEGImages/2008_000000.jpg").is_file()
     assert "missing" not in capsys.readouterr().out
     assert [p.name for p in root.parent.iterdir()] == ["pascal"]  # no temporary folder left

@@ -5,9 +5,11 @@ python tools/prepare_dataset.py pascal_context --root data/PASCAL_MT --download
 python tools/prepare_dataset.py nyud --root data/NYUDv2 --check          # only verify
 python tools/prepare_dataset.py nyud --root data/NYUDv2 --check --quick  # existence only
 
-Verification lists every missing, unreadable or mis-sized file with its path and split counts that
-differ from the release (4,998/5,105 for PASCAL_MT, 795/654 for NYUD_MT); the exit code is non-zero
-when anything is wrong. A download resumes an interrupted one (HTTP Range).
+Verification lists every missing, unreadable or mis-sized file with its path, and split counts that
+differ from the release (4,998/5,105 for PASCAL_MT, 795/654 for NYUD_MT). The exit code is non-zero
+when a file is missing, unreadable or mis-sized; split sizes that differ (a subset, or synthetic
+data) are a warning, and an error with ``--strict``. A download resumes an interrupted one (HTTP
+Range).
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ import logging
 import sys
 from pathlib import Path
 
-from mtlora_vision.datasets.download import ARCHIVES, download, extract_archive
-from mtlora_vision.datasets.prepare import verify_dataset
+from mtlora_vision.tasks import NUM_OUTPUTS
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Unpack and verify a multi-task dataset.")
-    parser.add_argument("dataset", choices=sorted(ARCHIVES))
+    parser.add_argument("dataset", choices=sorted(NUM_OUTPUTS), help="which dataset")
     parser.add_argument(
         "--root", type=Path, required=True, help="dataset folder to create or check"
     )
@@ -39,15 +40,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="check that files exist, do not decode"
     )
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="split sizes that differ from the release are an error (default: a warning)",
+    )
+    parser.add_argument(
         "--all", action="store_true", help="list every problem (default: 20 per kind)"
     )
     parser.add_argument("--url", help="override the download URL")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
+    from mtlora_vision.datasets.download import ARCHIVES, download, extract_archive
+    from mtlora_vision.datasets.prepare import verify_dataset
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     progress = not args.no_progress
     archive = args.archive
@@ -61,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             extract_archive(archive, args.root, progress=progress)
     report = verify_dataset(args.dataset, args.root, quick=args.quick, progress=progress)
     print(report.format(limit=None if args.all else 20))
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    if report.size_warnings and args.strict:
+        print("  --strict: split sizes that differ from the release are an error.")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,46 +6,43 @@ Shows a progress bar, prints a per-task metrics table, and with ``--out`` writes
 JSON object. ``--out-dir`` saves each task's prediction per image at the original image size in
 the files the ASTMT / MTI-Net offline evaluation reads: ``<task>/<id>.png`` (class ids; 255 * p
 for sal and edge; RGB 255 * (n + 1) / 2 for normals) and ``depth/<id>.mat`` (key ``depth``).
+The test's log and config dump go to their own ``WORK_DIR/<timestamp>/`` folder; the training
+run's files in the work dir are left as they are.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 
-from mmengine.config import DictAction
-from mmengine.runner import Runner
-
-from mtlora_vision.allocator import tune_cpu_allocator
-from mtlora_vision.engine.checkpoint import register_checkpoint_io
-from mtlora_vision.engine.progress_hook import ProgressBarHook
-from mtlora_vision.engine.runtime import (
-    init_cpu_distributed,
-    load_config,
-    resolve_cpu_threads,
-    resolve_launcher,
-    resolve_work_dir,
-    shutdown_distributed,
-)
-from mtlora_vision.engine.visualization_hook import PredictionWriterHook
-from mtlora_vision.safe_load import check_checkpoint_integrity
+from mtlora_vision.cli import add_cfg_options, add_launcher, parse_cfg_options
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate a multi-task dense prediction model.")
     parser.add_argument("config", help="config file")
     parser.add_argument("checkpoint", help="checkpoint file")
-    parser.add_argument("--work-dir", help="where the test logs go")
+    parser.add_argument(
+        "--work-dir",
+        help="work dir; the test's log goes to WORK_DIR/<timestamp>/ (default: the config's)",
+    )
+    parser.add_argument(
+        "--data-root", help="dataset folder for every loader (sets the config's data_root)"
+    )
     parser.add_argument("--out", help="write the metrics as one JSON object to this file")
     parser.add_argument("--out-dir", help="save per-task predictions as PNG files here")
-    parser.add_argument("--show-dir", help="save colourised input/target/prediction pictures here")
     parser.add_argument(
-        "--cfg-options", nargs="+", action=DictAction, help="override config entries"
+        "--show-dir", help="save labelled input / ground truth / prediction figures here"
     )
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
-    parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    add_cfg_options(parser)
+    add_launcher(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.cfg_options = parse_cfg_options(args.cfg_options)
+    return args
 
 
 def format_table(metrics: dict[str, float]) -> str:
@@ -66,19 +63,43 @@ def format_table(metrics: dict[str, float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    args = parse_args(argv)  # before the heavy imports: --help and typos answer at once
+    from mtlora_vision.engine.run_logging import package_logs_to_run
+
+    with package_logs_to_run():  # the package's messages go to the run's log, once per run
+        return run_test(args)
+
+
+def run_test(args: argparse.Namespace) -> dict[str, float]:
+    from mtlora_vision.allocator import tune_cpu_allocator
+    from mtlora_vision.engine.checkpoint import register_checkpoint_io
+    from mtlora_vision.engine.data_root import apply_data_root
+    from mtlora_vision.engine.progress_hook import ProgressBarHook
+    from mtlora_vision.engine.runner import TestRunner, prepare_test_config
+    from mtlora_vision.engine.runtime import (
+        init_cpu_distributed,
+        load_config,
+        resolve_cpu_threads,
+        resolve_launcher,
+        resolve_work_dir,
+        shutdown_distributed,
+    )
+    from mtlora_vision.engine.visualization_hook import PredictionWriterHook
+    from mtlora_vision.safe_load import check_checkpoint_integrity
+
     tune_cpu_allocator()  # large CPU tensors without page faults on every step
     check_checkpoint_integrity(args.checkpoint)  # missing or damaged: say so before any work
     register_checkpoint_io()  # safe (allow-listed) checkpoint loading and atomic writes
     cfg = load_config(args.config, args.cfg_options)
+    apply_data_root(cfg, args.data_root, args.cfg_options)
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
     resolve_cpu_threads(cfg)
     resolve_launcher(cfg, args.launcher)
     init_cpu_distributed(args.launcher)
     cfg.load_from = args.checkpoint
     cfg.resume = False
-    runner = Runner.from_cfg(cfg)
+    prepare_test_config(cfg)  # no TensorBoard run, no training hooks' side effects
+    runner = TestRunner.from_cfg(cfg)
     runner.register_hook(ProgressBarHook())
     if args.out_dir or args.show_dir:
         runner.register_hook(PredictionWriterHook(out_dir=args.out_dir, show_dir=args.show_dir))

@@ -1,6 +1,7 @@
 """Train a multi-task model with mmengine's Runner.
 
 python tools/train.py configs/mtlora_swin_demo.py
+python tools/train.py CONFIG --data-root /data/PASCAL_MT   # every loader reads this folder
 python tools/train.py CONFIG --resume                 # continue from the latest checkpoint
 torchrun --nproc_per_node 2 tools/train.py CONFIG --launcher pytorch
 """
@@ -10,29 +11,18 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mmengine.config import DictAction
-from mmengine.runner import Runner
-
-from mtlora_vision.allocator import tune_cpu_allocator
-from mtlora_vision.engine.checkpoint import register_checkpoint_io
-from mtlora_vision.engine.resume import latest_checkpoint_path
-from mtlora_vision.engine.runtime import (
-    finished_run_message,
-    init_cpu_distributed,
-    load_config,
-    resolve_cpu_threads,
-    resolve_launcher,
-    resolve_precision,
-    resolve_resume,
-    resolve_work_dir,
-    shutdown_distributed,
-)
+from mtlora_vision.cli import add_cfg_options, add_launcher, parse_cfg_options
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train a multi-task dense prediction model.")
     parser.add_argument("config", help="config file")
-    parser.add_argument("--work-dir", help="where logs and checkpoints go")
+    parser.add_argument(
+        "--work-dir", help="where logs and checkpoints go (default: work_dirs/CONFIG_NAME)"
+    )
+    parser.add_argument(
+        "--data-root", help="dataset folder for every loader (sets the config's data_root)"
+    )
     parser.add_argument(
         "--resume",
         nargs="?",
@@ -43,23 +33,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--amp", action="store_true", help="mixed precision (fp16 on GPU, bf16 on CPU)"
     )
-    parser.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=DictAction,
-        help="override config entries, e.g. train_dataloader.dataset.data_root=data/PASCAL_MT",
-    )
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
-    parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    add_cfg_options(parser)
+    add_launcher(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.cfg_options = parse_cfg_options(args.cfg_options)
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    args = parse_args(argv)  # before the heavy imports: --help and typos answer at once
+    from mtlora_vision.engine.run_logging import package_logs_to_run
+
+    with package_logs_to_run():  # the package's messages go to the run's log, once per run
+        train(args)
+
+
+def train(args: argparse.Namespace) -> None:
+    from mtlora_vision.allocator import tune_cpu_allocator
+    from mtlora_vision.engine.checkpoint import register_checkpoint_io
+    from mtlora_vision.engine.data_root import apply_data_root
+    from mtlora_vision.engine.resume import latest_checkpoint_path
+    from mtlora_vision.engine.runner import MultiTaskRunner
+    from mtlora_vision.engine.runtime import (
+        finished_run_message,
+        init_cpu_distributed,
+        load_config,
+        resolve_cpu_threads,
+        resolve_launcher,
+        resolve_precision,
+        resolve_resume,
+        resolve_work_dir,
+        shutdown_distributed,
+    )
+
     tune_cpu_allocator()  # large CPU tensors without page faults on every step
     register_checkpoint_io()  # safe (allow-listed) checkpoint loading and atomic writes
     cfg = load_config(args.config, args.cfg_options)
+    apply_data_root(cfg, args.data_root, args.cfg_options)
     # work_dir is determined in this priority: CLI > segment in file > filename
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
     resolve_precision(cfg, amp=args.amp)
@@ -68,10 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     init_cpu_distributed(args.launcher)
     finished = finished_run_message(cfg, resolve_resume(cfg, args.resume))
     if finished:  # resuming a finished run: say so, write nothing (no new log folder either)
-        logging.getLogger(__name__).info(finished)
+        logging.getLogger("mtlora_vision.tools.train").info(finished)
         shutdown_distributed()
         return
-    runner = Runner.from_cfg(cfg)
+    runner = MultiTaskRunner.from_cfg(cfg)
     try:
         runner.train()
     except FloatingPointError:  # non-finite loss, weights or predictions: say where to resume

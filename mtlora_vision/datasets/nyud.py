@@ -122,9 +122,11 @@ class NYUDMT(MultiTaskDataset):
             resize_targets=not keep_original_size,
         )
         if split in NYUD_SPLIT_SIZES and len(self.ids) != NYUD_SPLIT_SIZES[split]:
-            logger.info(
-                "NYUDMT split %r has %d images (the release has %d).",
+            logger.warning(
+                "NYUDMT split %r at %s has %d images, the NYUD_MT release %d: a subset or "
+                "synthetic data; metrics are not comparable with published ones.",
                 split,
+                self.data_root,
                 len(self.ids),
                 NYUD_SPLIT_SIZES[split],
             )

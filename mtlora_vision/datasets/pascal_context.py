@@ -126,10 +126,12 @@ class PascalContextMT(MultiTaskDataset):
             resize_targets=not keep_original_size,
         )
         if split in PASCAL_SPLIT_SIZES and len(ids) != PASCAL_SPLIT_SIZES[split]:
-            logger.info(
-                "%s split %r has %d images (the PASCAL_MT release has %d).",
+            logger.warning(
+                "%s split %r at %s has %d images, the PASCAL_MT release %d: a subset or "
+                "synthetic data; metrics are not comparable with published ones.",
                 type(self).__name__,
                 split,
+                self.data_root,
                 len(ids),
                 PASCAL_SPLIT_SIZES[split],
             )

@@ -65,8 +65,18 @@ class DatasetReport:
 
     @property
     def ok(self) -> bool:
-        """True when nothing is missing, unreadable, mis-sized or miscounted."""
-        return not self.problems
+        """True when nothing is missing, unreadable or mis-sized (split sizes may differ)."""
+        return not self.errors
+
+    @property
+    def errors(self) -> list[Problem]:
+        """Missing, unreadable and mis-sized files: the dataset cannot be used as it is."""
+        return [p for p in self.problems if p.kind != "count"]
+
+    @property
+    def size_warnings(self) -> list[Problem]:
+        """Split lists whose size differs from the release (a subset, or synthetic data)."""
+        return [p for p in self.problems if p.kind == "count"]
 
     def format(self, limit: int | None = None) -> str:
         """Human-readable report: counts, then the problems with their paths, grouped by kind.
@@ -77,7 +87,7 @@ class DatasetReport:
         lines = [f"{self.dataset} at {self.root}"]
         for split, count in self.counts.items():
             expected = EXPECTED_COUNTS[self.dataset].get(split)
-            note = "" if expected in (None, count) else f" (the release has {expected}: MISMATCH)"
+            note = "" if expected in (None, count) else f" (the release has {expected})"
             lines.append(f"  {split}: {count} images{note}")
         for kind in ("count", "missing", "unreadable", "mis-sized"):
             found = [p for p in self.problems if p.kind == kind]
@@ -87,7 +97,12 @@ class DatasetReport:
                 lines += [f"    {p.path}{': ' + p.detail if p.detail else ''}" for p in shown]
                 if len(shown) < len(found):
                     lines.append(f"    ... and {len(found) - len(shown)} more {kind} files")
-        lines.append("  OK" if self.ok else f"  {len(self.problems)} problem(s)")
+        if self.size_warnings:
+            lines.append(
+                "  WARNING: split sizes differ from the release (a subset or synthetic data?); "
+                "the files themselves are fine. --strict makes this an error."
+            )
+        lines.append("  OK" if self.ok else f"  {len(self.errors)} problem(s)")
         return "\n".join(lines)
 
 
@@ -168,8 +183,8 @@ def verify_dataset(
         progress: Show a progress bar.
 
     Returns:
-        The report; ``report.ok`` is False on any missing, unreadable or mis-sized file, a missing
-        split list or a split count other than the release's.
+        The report; ``report.ok`` is False on any missing, unreadable or mis-sized file or a
+        missing split list; split counts other than the release's are ``report.size_warnings``.
 
     Raises:
         ValueError: On an unknown dataset.

@@ -1,0 +1,128 @@
+"""mmengine's Runner with a readable console: short start-up summary, full record in the log file.
+
+:class:`MultiTaskRunner` changes what is *shown*, never what is run:
+
+* until training or testing starts, INFO lines (system environment, the whole config, hook order,
+  data and optimizer set-up) go to the ``.log`` file only; the console then gets
+  :func:`~mtlora_vision.engine.summary.startup_summary`, progress, and at the end the best and
+  last value of each metric;
+* the runtime environment in the log names the device and the number of processes (mmengine's
+  says ``GPU number: 1`` and ``backend: nccl`` on a CPU machine);
+* the package's own log records go through this run's logger
+  (:mod:`mtlora_vision.engine.run_logging`);
+* mmengine's warnings about its own internal use of deprecated APIs are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os.path as osp
+from collections import OrderedDict
+
+import torch
+from mmengine.dist import master_only
+from mmengine.logging import MMLogger
+from mmengine.runner import Runner
+from mmengine.utils.dl_utils import collect_env
+
+from mtlora_vision.engine.run_logging import (
+    MMENGINE_SELF_DEPRECATIONS,
+    DropMessages,
+    QuietStart,
+    attach_run_logger,
+    console_handlers,
+)
+from mtlora_vision.engine.runtime import _type_name
+from mtlora_vision.engine.summary import RunSummaryHook
+
+
+def quiet_run_logger(logger: logging.Logger) -> QuietStart:
+    """Install the start-up quiet filter on the console and the deprecation filter everywhere."""
+    quiet = QuietStart()
+    for handler in logger.handlers:
+        if not any(isinstance(f, DropMessages) for f in handler.filters):
+            handler.addFilter(DropMessages(MMENGINE_SELF_DEPRECATIONS))
+    for handler in console_handlers(logger):
+        for old in [f for f in handler.filters if isinstance(f, QuietStart)]:
+            handler.removeFilter(old)
+        handler.addFilter(quiet)
+    return quiet
+
+
+def runtime_environment(runner: Runner, env_cfg: dict) -> OrderedDict:
+    """The runtime facts the log records: settings in force, device and processes."""
+    env = OrderedDict()
+    env["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if env["device"] == "cpu":
+        env["torch threads"] = torch.get_num_threads()
+    env["processes"] = runner.world_size
+    env["launcher"] = runner.launcher
+    if runner.distributed:
+        env["distributed backend"] = torch.distributed.get_backend()
+    for key, value in env_cfg.items():
+        if key != "dist_cfg":  # the backend in force is listed above when distributed
+            env[key] = value
+    env.update(runner._randomness_cfg)
+    env["seed"] = runner.seed
+    return env
+
+
+class MultiTaskRunner(Runner):
+    """``mmengine.runner.Runner`` with the console and log behaviour described in the module."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._quiet: QuietStart | None = None
+        super().__init__(*args, **kwargs)
+        self.register_hook(RunSummaryHook(quiet=self._quiet))
+
+    def build_logger(self, log_level="INFO", log_file=None, **kwargs) -> MMLogger:
+        """Build mmengine's logger, quiet on the console until the Runner is built."""
+        logger = super().build_logger(log_level=log_level, log_file=log_file, **kwargs)
+        self._quiet = quiet_run_logger(logger)
+        attach_run_logger(logger)
+        return logger
+
+    def _log_env(self, env_cfg: dict) -> None:
+        """Log the system and runtime environment and the config (to the log file)."""
+        system = "\n    ".join(f"{k}: {v}" for k, v in collect_env().items())
+        runtime = "\n    ".join(f"{k}: {v}" for k, v in runtime_environment(self, env_cfg).items())
+        line = "-" * 60
+        self.logger.info(
+            f"\n{line}\nSystem environment:\n    {system}\n\nRuntime environment:\n    {runtime}\n"
+            f"{line}\n"
+        )
+        if self.cfg._cfg_dict:
+            self.logger.info(f"Config:\n{self.cfg.pretty_text}")
+
+
+def prepare_test_config(cfg) -> None:
+    """Adjust a config for ``tools/test.py`` (in place): no TensorBoard backend.
+
+    A test writes no scalars or images to TensorBoard (metrics go to the log, ``--out`` and the
+    run's JSON), but the backend would still open an empty event file, an empty run in
+    ``tensorboard --logdir work_dirs/``.
+    """
+    visualizer = cfg.get("visualizer")
+    if not visualizer:
+        return
+    backends = visualizer.get("vis_backends") or []
+    visualizer["vis_backends"] = [
+        b for b in backends if "Tensorboard" not in _type_name(b.get("type", ""))
+    ]
+
+
+class TestRunner(MultiTaskRunner):
+    """Runner for ``tools/test.py``: its config dump goes to its own ``WORK_DIR/<timestamp>/``.
+
+    mmengine dumps the config to ``WORK_DIR/<config name>.py``, the file a training run left
+    there; a test's dump (with ``load_from`` set to the checkpoint) would replace it, and
+    training again from that file would silently start from the trained weights.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    @master_only
+    def dump_config(self) -> None:
+        """Write the config into this test's log folder, beside its ``.log`` file."""
+        name = osp.basename(self.cfg.filename) if self.cfg.filename else f"{self.timestamp}.py"
+        self.cfg.dump(osp.join(self.log_dir, name))
