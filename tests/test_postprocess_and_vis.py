@@ -19,10 +19,11 @@ from mtlora_vision.engine.runtime import (
 from mtlora_vision.engine.visualization_hook import _resize_prediction, write_prediction
 from mtlora_vision.models.postprocess import decode_output, postprocess_outputs
 from mtlora_vision.visualization.colorize import (
+    IGNORE_DARK,
+    IGNORE_LIGHT,
     colorize,
     denormalize_image,
     label_palette,
-    make_panel,
 )
 
 
@@ -56,10 +57,16 @@ def test_palette_is_the_voc_colour_map():
     assert palette[15].tolist() == [192, 128, 128]  # person
 
 
-def test_colorize_marks_ignore_and_maps_normals():
-    labels = torch.tensor([[0, 1], [255, 2]])
+def test_colorize_hatches_ignored_pixels_and_maps_normals():
+    labels = torch.full((6, 6), 255)
+    labels[0, :] = 0
     rgb = colorize("semseg", labels)
-    assert rgb[1, 0].tolist() == [255, 255, 255]
+    assert rgb[0].tolist() == [[0, 0, 0]] * 6  # background keeps its palette colour
+    ignored = {tuple(c) for c in rgb[1:].reshape(-1, 3).tolist()}
+    assert ignored == {IGNORE_LIGHT, IGNORE_DARK}  # grey hatching, both shades
+    sal = colorize("sal", torch.tensor([[255, 0]]))
+    assert tuple(sal[0, 0]) in {IGNORE_LIGHT, IGNORE_DARK}
+    assert sal[0, 1].tolist() == [0, 0, 0]
     normals = torch.tensor([[[1.0]], [[-1.0]], [[0.0]]])
     assert colorize("normals", normals)[0, 0].tolist() == [255, 0, 128]
 
@@ -70,16 +77,6 @@ def test_denormalize_inverts_imagenet_normalisation():
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     out = denormalize_image((rgb - mean) / std)
     assert out[0, 0].tolist() == [51, 128, 230]
-
-
-def test_panel_has_one_row_per_task_and_three_columns():
-    image = torch.zeros(3, 8, 8)
-    preds = {"semseg": torch.zeros(8, 8, dtype=torch.long), "sal": torch.rand(8, 8)}
-    targets = {
-        "semseg": torch.zeros(8, 8, dtype=torch.long),
-        "sal": torch.ones(8, 8, dtype=torch.long),
-    }
-    assert make_panel(image, preds, targets).shape == (16, 24, 3)
 
 
 def test_written_files_round_trip(tmp_path):

@@ -117,13 +117,14 @@ def test_tensorboard_has_task_losses_lr_metrics_and_images(trained):
     tasks = ("semseg", "human_parts", "sal", "normals", "edge")
     assert {"loss", "lr", *(f"loss_{t}" for t in tasks), *(f"raw_{t}" for t in tasks)} <= scalars
     assert scalars >= EXPECTED_KEYS
-    # validated before training (ValidateBeforeTrainHook) and after epoch 1: metrics by epoch
-    assert [e.step for e in events.Scalars("semseg/mIoU")] == [0, 1]
+    # Validated before training (ValidateBeforeTrainHook) and after epoch 1 (2 iterations):
+    # validation scalars and pictures share the training scalars' step axis, iterations.
     assert [e.step for e in events.Scalars("loss_sal")] == [1, 2]
+    assert [e.step for e in events.Scalars("semseg/mIoU")] == [0, 2]
     images = events.Tags()["images"]
     assert len(images) == 2
     assert all(tag.startswith("val/") for tag in images)
-    assert {e.step for e in events.Images(images[0])} == {0, 1}  # the metrics' steps
+    assert {e.step for e in events.Images(images[0])} == {0, 2}
     # the local backend keeps the same pictures as files
     assert len(list(work_dir.glob("*/vis_data/vis_image/val/*.png"))) == 4
 
@@ -167,6 +168,22 @@ def test_test_tool_writes_metrics_json_predictions_and_pictures(trained, capsys)
     unit = normals.astype("float64") * 2 / 255 - 1
     assert abs((unit**2).sum(axis=-1) - 1).max() < 0.05  # RGB = 255 * (n + 1) / 2
     assert len(list((root / "show").glob("*.png"))) == 2
+
+
+def test_test_tool_leaves_the_training_record_alone(trained):
+    _, work_dir, options = trained
+    dump = work_dir / "mtlora_swin_demo.py"
+    before = dump.read_text()
+    folders_before = {p for p in work_dir.iterdir() if p.is_dir()}
+    ckpt = str(work_dir / "epoch_1.pth")
+    test_tool.main([DEMO, ckpt, "--work-dir", str(work_dir), "--cfg-options", *options])
+    assert dump.read_text() == before  # retraining from the dump still starts from scratch
+    assert "epoch_1.pth" not in before
+    (folder,) = {p for p in work_dir.iterdir() if p.is_dir()} - folders_before
+    assert folder.name[:8].isdigit()  # <timestamp>/
+    assert ckpt in (folder / "mtlora_swin_demo.py").read_text()  # its own dump, load_from set
+    assert list(folder.glob("*.log"))
+    assert not list(folder.rglob("events.out.tfevents.*"))  # no empty TensorBoard run
 
 
 def test_loading_a_checkpoint_for_other_tasks_is_a_clear_error(trained):
@@ -316,6 +333,61 @@ def test_ddp_with_two_gloo_processes(tmp_path):
     ckpt = torch.load(tmp_path / "work" / "epoch_1.pth", map_location="cpu", weights_only=False)
     # 4 images, 2 processes, batch 2 per process: one iteration per epoch.
     assert ckpt["meta"]["iter"] == 1
+    # The package's messages go through the run's logger: once per run, in the log file too.
+    console = result.stdout + result.stderr
+    assert console.count("split 'train' at") == 1  # a package warning, rank 0 only
+    assert console.count("Start-up (train):") == 1
+    assert "device:     cpu, 2 processes (pytorch)" in console
+    log = _newest_log(tmp_path / "work")
+    assert log.count("Param group decay") == 1
+    assert "distributed backend: gloo" in log
+    assert "nccl" not in log.split("Config:")[0]  # the runtime environment names gloo only
+
+
+def _newest_log(work_dir) -> str:
+    return sorted(work_dir.glob("*/*.log"))[-1].read_text()
+
+
+def test_console_summary_full_log_and_one_data_root(tmp_path):
+    data_root = tmp_path / "data"
+    options = [o for o in tiny_options(data_root) if ".dataset.data_root=" not in o]
+    work_dir = tmp_path / "work"
+    result = run_tool(
+        [
+            "tools/train.py",
+            DEMO,
+            "--data-root",
+            str(data_root),
+            "--work-dir",
+            str(work_dir),
+            "--cfg-options",
+            *options,
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout
+    # Every loader read --data-root (the synthetic data was written there).
+    assert f"train data: 4 images from {data_root}" in console
+    assert f"val data:   2 images from {data_root}" in console
+    assert "device:     cpu, 1 process, 1 torch thread(s)" in console
+    assert "trainable of" in console
+    assert "weights:    new run" in console
+    # The dump of environment and config is in the log file only, without a false GPU count.
+    for dumped in ("System environment", "Config:", "Hooks will be executed"):
+        assert dumped not in console
+    log = _newest_log(work_dir)
+    for dumped in ("System environment", "Config:", "Hooks will be executed", "Param group decay"):
+        assert dumped in log
+    assert "GPU number" not in log
+    assert "processes: 1" in log
+    assert "FileClient" not in console + log  # mmengine's own deprecation notice is dropped
+    assert console.count("Param group decay") == 0  # set-up detail: log file only
+    assert "WARNING - PascalContextMT split 'train' at" in console  # 4 images, not 4998
+    # At the end, each metric's best and last value with their epoch.
+    table = console[console.index("Validation metrics, best and last:") :]
+    assert "semseg/mIoU" in table
+    assert "(lower is better)" in table.split("normals/mean")[1].splitlines()[0]
+    assert "INFO:mtlora_vision" not in console + result.stderr
 
 
 def test_predict_tool_on_own_images_of_any_size(trained, tmp_path):
@@ -331,10 +403,24 @@ def test_predict_tool_on_own_images_of_any_size(trained, tmp_path):
     assert semseg.shape == (50, 70)
     assert semseg.max() < 21
     assert cv2.imread(str(out / "normals" / "street.png")).shape == (50, 70, 3)
-    assert (out / "show" / "street.png").exists()
+    figure = cv2.imread(str(out / "show" / "street.png"))
+    assert figure.shape[1] > 2 * figure.shape[0]  # input once beside one panel per task
     missing = str(tmp_path / "missing.jpg")
     with pytest.raises(FileNotFoundError, match="missing"):
         predict.main([DEMO, ckpt, missing, "--out-dir", str(out), "--cfg-options", *options])
+    # Folders and glob patterns are accepted; a size the backbone cannot take names the flag.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        cv2.imwrite(str(folder / name), image)
+    (folder / "notes.txt").write_text("not an image")
+    out2 = tmp_path / "out2"
+    predict.main([DEMO, ckpt, str(folder), str(tmp_path / "*.png"), "--out-dir", str(out2),
+                  "--no-show", "--cfg-options", *options])  # fmt: skip
+    assert sorted(p.name for p in (out2 / "sal").iterdir()) == ["a.png", "b.png", "street.png"]
+    with pytest.raises(ValueError, match=r"--img-size 100 100: .* use e\.g\. --img-size 96 96"):
+        predict.main([DEMO, ckpt, str(path), "--out-dir", str(out), "--img-size", "100", "100",
+                      "--cfg-options", *options])  # fmt: skip
 
 
 def test_without_pretrained_weights_checkpoints_hold_everything(tmp_path):

@@ -13,7 +13,8 @@ from mtlora_vision.engine.visualization_hook import MultiTaskVisualizationHook
 
 default_hooks = dict(
     timer=dict(type=IterTimerHook),
-    logger=dict(type=LoggerHook, interval=50),
+    # Validation scalars on the training scalars' step axis (iterations) in TensorBoard.
+    logger=dict(type=LoggerHook, interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type=ParamSchedulerHook),
     # Atomic writes: a crash mid-save never corrupts the latest checkpoint.
     checkpoint=dict(type=AtomicCheckpointHook, interval=20, max_keep_ckpts=3, save_last=True),
@@ -34,7 +35,7 @@ custom_hooks = [
 env_cfg = dict(
     cudnn_benchmark=True,
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-    dist_cfg=dict(backend="nccl"),
+    dist_cfg=dict(backend="nccl"),  # on machines without CUDA the tools use gloo
 )
 visualizer = dict(
     type=Visualizer,

@@ -83,7 +83,8 @@ def init_model(
         cfg_options: Overrides merged into the config, e.g. ``{"model.backbone.img_size": 512}``.
 
     Returns:
-        The model in eval mode, with the config's trainable policy applied.
+        The model in eval mode, with the config's trainable policy applied and the config as
+        ``model.cfg``.
 
     Raises:
         FileNotFoundError: If the config or checkpoint file does not exist.
@@ -118,4 +119,5 @@ def init_model(
         load_model_state(model, state, f"Checkpoint {str(checkpoint)!r}")
     if hasattr(model, "apply_trainable_policy"):
         model.apply_trainable_policy()
+    model.cfg = config  # as mmseg's init_model: the test size and data settings travel along
     return model.to(device).eval()

@@ -10,34 +10,35 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch.nn.functional as F
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 from mmengine.visualization import LocalVisBackend, Visualizer
 from scipy.io import savemat
 from torch import Tensor
 
 from mtlora_vision.tasks import Kind, task_kind
-from mtlora_vision.visualization.colorize import make_panel
+from mtlora_vision.visualization.colorize import resize_value
 
 logger = logging.getLogger(__name__)
 
 
 class MultiTaskVisualizationHook(Hook):
-    """Send side-by-side pictures (input, target, prediction per task) to the visualiser.
+    """Send labelled figures (input, ground truth, prediction per task) to the visualiser.
 
-    At every validation, the first ``num_images`` samples of the first batch are drawn and added to
-    every visualiser backend (TensorBoard shows them under ``val/<id>``).
+    At every validation, the first ``num_images`` samples of the first batch are drawn
+    (:func:`~mtlora_vision.visualization.figure.comparison_figure`) and added to every
+    visualiser backend (TensorBoard shows them under ``val/<id>``).
 
     Args:
         num_images: How many samples of the first validation batch to draw.
-        by_epoch: Index the pictures by epoch, as mmengine's ``LoggerHook`` indexes validation
-            metrics by default (``log_metric_by_epoch=True``), so pictures and metrics share
-            their step; False indexes them by iteration.
+        by_epoch: Index the pictures by epoch; the default (False) indexes them by iteration, the
+            step axis of the training and validation scalars (``LoggerHook`` with
+            ``log_metric_by_epoch=False`` in ``configs/_base_/default_runtime.py``).
     """
 
     priority = "LOW"
 
-    def __init__(self, num_images: int = 2, by_epoch: bool = True) -> None:
+    def __init__(self, num_images: int = 2, by_epoch: bool = False) -> None:
         if num_images < 0:
             raise ValueError(f"num_images must be >= 0, got {num_images}.")
         self.num_images = num_images
@@ -47,19 +48,33 @@ class MultiTaskVisualizationHook(Hook):
         """Draw the first samples of the first validation batch."""
         if batch_idx != 0 or not outputs or self.num_images == 0:
             return
+        from mtlora_vision.visualization.figure import comparison_figure, figure_to_rgb
+
         _make_local_image_dirs(runner.visualizer, "val")
         step = self._step(runner)
         for index, sample in enumerate(outputs[: self.num_images]):
-            image = data_batch["inputs"][index]
-            panel = make_panel(image.float(), sample["pred"], sample.get("targets"))
-            runner.visualizer.add_image(f"val/{sample['id']}", panel, step=step)
+            fig = comparison_figure(
+                data_batch["inputs"][index],
+                sample["pred"],
+                sample.get("targets"),
+                ori_shape=sample.get("ori_shape"),
+                num_classes=model_num_outputs(runner),
+                title=str(sample["id"]),
+            )
+            runner.visualizer.add_image(f"val/{sample['id']}", figure_to_rgb(fig), step=step)
 
     def _step(self, runner) -> int:
-        if not self.by_epoch:
-            return runner.iter
         # As LoggerHook: runner.epoch would build a train loop that a val-only run has not built.
         train_loop = getattr(runner, "_train_loop", None)
-        return 0 if train_loop is None or isinstance(train_loop, dict) else runner.epoch
+        if train_loop is None or isinstance(train_loop, dict):
+            return 0
+        return runner.epoch if self.by_epoch else runner.iter
+
+
+def model_num_outputs(runner) -> dict[str, int]:
+    """Output channels per task of the runner's model (classes of the segmentation tasks)."""
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    return dict(getattr(model, "num_outputs", {}) or {})
 
 
 def _make_local_image_dirs(visualizer: Visualizer, group: str) -> None:
@@ -76,15 +91,7 @@ def _make_local_image_dirs(visualizer: Visualizer, group: str) -> None:
 
 def _resize_prediction(task: str, pred: Tensor, size: tuple[int, int]) -> Tensor:
     """Resize a decoded prediction: nearest for labels, bilinear for maps (normals renormalised)."""
-    if tuple(pred.shape[-2:]) == tuple(size):
-        return pred
-    if task_kind(task) is Kind.CLASSES:
-        return F.interpolate(pred[None, None].float(), size=size, mode="nearest")[0, 0].long()
-    maps = pred if pred.dim() == 3 else pred[None]
-    resized = F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-    if task_kind(task) is Kind.VECTOR:
-        return F.normalize(resized, dim=0)
-    return resized if pred.dim() == 3 else resized[0]
+    return resize_value(task, pred, size, labels=False)
 
 
 def prediction_to_file_array(task: str, pred: Tensor) -> np.ndarray:
@@ -135,7 +142,8 @@ class PredictionWriterHook(Hook):
 
     Args:
         out_dir: If set, predictions go to ``out_dir/<task>/<id>.png`` at the image's original size.
-        show_dir: If set, pictures go to ``show_dir/<id>.png`` (input, target, prediction per task).
+        show_dir: If set, labelled figures go to ``show_dir/<id>.png`` (input, ground truth and
+            prediction per task, at the image's aspect ratio, with legends).
         tasks: Tasks to write; default all predicted tasks.
     """
 
@@ -162,12 +170,22 @@ class PredictionWriterHook(Hook):
                     pred = _resize_prediction(task, preds[task], ori_shape)
                     write_prediction(self.out_dir / task / str(sample["id"]), task, pred)
             if self.show_dir is not None:
-                image = data_batch["inputs"][index]
-                panel = make_panel(image.float(), preds, sample.get("targets"), tasks)
-                self.show_dir.mkdir(parents=True, exist_ok=True)
-                path = self.show_dir / f"{sample['id']}.png"
-                if not cv2.imwrite(str(path), np.ascontiguousarray(panel[..., ::-1])):
-                    raise OSError(f"Could not write {path}.")
+                self._write_figure(runner, data_batch["inputs"][index], sample, tasks)
+
+    def _write_figure(self, runner, image: Tensor, sample: dict, tasks: Sequence[str]) -> None:
+        from mtlora_vision.visualization.figure import comparison_figure, save_figure
+
+        fig = comparison_figure(
+            image,
+            sample["pred"],
+            sample.get("targets"),
+            tasks,
+            ori_shape=sample.get("ori_shape"),
+            num_classes=model_num_outputs(runner),
+            title=str(sample["id"]),
+        )
+        self.show_dir.mkdir(parents=True, exist_ok=True)
+        save_figure(fig, self.show_dir / f"{sample['id']}.png")
 
     def after_test_epoch(self, runner, metrics=None) -> None:
         """Say where the files went."""

@@ -1,16 +1,18 @@
-"""Pure functions that turn targets and predictions into RGB pictures (``uint8 (H, W, 3)``)."""
+"""Pure functions that turn targets and predictions into RGB pictures (``uint8 (H, W, 3)``).
+
+The labelled figures built from them are in :mod:`mtlora_vision.visualization.figure`.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mtlora_vision.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-from mtlora_vision.tasks import IGNORE_INDEX, TASKS
+from mtlora_vision.tasks import IGNORE_INDEX, TASKS, Kind, task_kind
 
 
 def label_palette(num_colors: int = 256) -> np.ndarray:
@@ -49,11 +51,33 @@ def denormalize_image(image: Tensor) -> np.ndarray:
     return rgb.permute(1, 2, 0).cpu().numpy()
 
 
+#: Ignored pixels (value 255 in every target) are drawn as grey hatching: light grey with dark
+#: diagonal stripes, unlike any palette colour, grey level or normal.
+IGNORE_LIGHT = (200, 200, 200)
+IGNORE_DARK = (110, 110, 110)
+HATCH_PERIOD = 6
+
+
+def hatch_ignored(rgb: np.ndarray, ignored: np.ndarray) -> np.ndarray:
+    """Draw ``ignored`` pixels of ``rgb`` as grey diagonal hatching (in place; also returned).
+
+    Args:
+        rgb: ``uint8 (H, W, 3)``.
+        ignored: ``bool (H, W)``.
+    """
+    rows, cols = np.indices(ignored.shape)
+    stripe = (rows + cols) % HATCH_PERIOD < 2
+    rgb[ignored & stripe] = IGNORE_DARK
+    rgb[ignored & ~stripe] = IGNORE_LIGHT
+    return rgb
+
+
 def colorize(task: str, value: Tensor) -> np.ndarray:
     """Colourise a target or a prediction of ``task``.
 
-    Label maps use the VOC palette (ignore in white), probabilities and binary maps are grey
-    levels, normals map ``[-1, 1]`` to ``[0, 255]`` (ignore black), depth uses a colour map.
+    Label maps use the VOC palette, probabilities and binary maps are grey levels, normals map
+    ``[-1, 1]`` to ``[0, 255]``, depth uses the viridis colour map; ignored pixels (255) are
+    hatched grey (:func:`hatch_ignored`) in every task.
 
     Args:
         task: Task name.
@@ -66,19 +90,17 @@ def colorize(task: str, value: Tensor) -> np.ndarray:
     colormap = TASKS[task].colormap if task in TASKS else None
     if colormap == "palette":
         labels = value.long().numpy()
-        rgb = _PALETTE[np.clip(labels, 0, 255)]
-        rgb[labels == IGNORE_INDEX] = 255
-        return rgb
+        return hatch_ignored(_PALETTE[np.clip(labels, 0, 255)], labels == IGNORE_INDEX)
     if colormap == "grey":
         grey = value.float().numpy()
-        grey = np.where(grey == IGNORE_INDEX, 0.5, np.clip(grey, 0, 1))
-        return np.repeat((grey * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+        ignored = grey == IGNORE_INDEX
+        levels = (np.clip(grey, 0, 1) * 255).round().astype(np.uint8)
+        return hatch_ignored(np.repeat(levels[..., None], 3, axis=2), ignored)
     if colormap == "normals":
         normals = value.float().numpy().transpose(1, 2, 0)
         invalid = (normals == IGNORE_INDEX).all(axis=2)
         rgb = ((np.clip(normals, -1, 1) + 1) * 127.5).round().astype(np.uint8)
-        rgb[invalid] = 0
-        return rgb
+        return hatch_ignored(rgb, invalid)
     if colormap == "viridis":
         depth = value.float().numpy()[0]
         valid = depth != IGNORE_INDEX
@@ -87,45 +109,31 @@ def colorize(task: str, value: Tensor) -> np.ndarray:
             low, high = depth[valid].min(), depth[valid].max()
             scaled[valid] = (depth[valid] - low) / max(high - low, 1e-6)
         bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
-        rgb = bgr[..., ::-1].copy()
-        rgb[~valid] = 0
-        return rgb
+        return hatch_ignored(bgr[..., ::-1].copy(), ~valid)
     raise ValueError(f"No colour rule for task {task!r}.")
 
 
-def _fit(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if picture.shape[:2] == size:
-        return picture
-    return cv2.resize(picture, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+def resize_value(task: str, value: Tensor, size: tuple[int, int], labels: bool) -> Tensor:
+    """Resize a target or prediction for display or writing.
 
-
-def make_panel(
-    image: Tensor,
-    preds: Mapping[str, Tensor],
-    targets: Mapping[str, Tensor] | None = None,
-    tasks: Sequence[str] | None = None,
-) -> np.ndarray:
-    """Side-by-side picture: per task a row with the input, the target (if any) and the prediction.
+    Targets and label maps are resized by nearest neighbour (keeps class ids and the ignore
+    value); continuous predictions bilinearly, normals renormalised to unit length.
 
     Args:
-        image: ``(3, H, W)`` normalised input.
-        preds: Task -> prediction (formats of ``mtlora_vision.models.postprocess.decode_output``).
-        targets: Task -> target, optional.
-        tasks: Tasks (rows) to draw, in order; default all of ``preds``.
-
-    Returns:
-        ``uint8 (rows * H, columns * W, 3)`` RGB, every cell resized to the prediction's size.
+        task: Task name.
+        value: ``(H, W)`` or ``(C, H, W)``.
+        size: Output ``(H, W)``.
+        labels: Whether ``value`` holds labels or the ignore value (every target does).
     """
-    tasks = list(tasks or preds)
-    rows = []
-    for task in tasks:
-        pred = colorize(task, preds[task])
-        size = pred.shape[:2]
-        cells = [_fit(denormalize_image(image), size)]
-        if targets is not None and task in targets:
-            cells.append(_fit(colorize(task, targets[task]), size))
-        cells.append(pred)
-        rows.append(np.concatenate(cells, axis=1))
-    width = max(row.shape[1] for row in rows)
-    rows = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))) for row in rows]
-    return np.concatenate(rows, axis=0)
+    if tuple(value.shape[-2:]) == tuple(size):
+        return value
+    maps = value if value.dim() == 3 else value[None]
+    if labels or task_kind(task) is Kind.CLASSES:
+        resized = F.interpolate(maps[None].float(), size=size, mode="nearest")[0]
+        resized = resized.to(value.dtype)
+    else:
+        resized = F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)
+        resized = resized[0]
+        if task_kind(task) is Kind.VECTOR:
+            resized = F.normalize(resized, dim=0)
+    return resized if value.dim() == 3 else resized[0]
