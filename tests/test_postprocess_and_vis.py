@@ -1,3 +1,4 @@
+import logging
 from pathlib import Path
 
 import cv2
@@ -103,16 +104,21 @@ def test_resize_prediction_keeps_labels_and_unit_normals():
     assert torch.allclose(resized.norm(dim=0), torch.ones(5, 3), atol=1e-5)
 
 
-def test_precision_resolution_on_cpu_and_gpu():
+def test_precision_resolution_on_cpu_and_gpu(caplog):
     cfg = Config(
         dict(optim_wrapper=dict(type="AmpOptimWrapper", dtype="float16", optimizer=dict()))
     )
-    resolve_precision(cfg, amp=False, cuda=False)
+    with caplog.at_level(logging.INFO, logger="mtlora_vision"):
+        resolve_precision(cfg, amp=False, cuda=False)
     assert cfg.optim_wrapper.type == "mmengine.optim.optimizer.optimizer_wrapper.OptimWrapper"
     assert "dtype" not in cfg.optim_wrapper
+    assert [r.levelname for r in caplog.records] == ["WARNING"]  # fp16 asked, fp32 given
+    caplog.clear()
     cfg = Config(dict(optim_wrapper=dict(type="OptimWrapper", optimizer=dict())))
-    resolve_precision(cfg, amp=True, cuda=False)
+    with caplog.at_level(logging.INFO, logger="mtlora_vision"):
+        resolve_precision(cfg, amp=True, cuda=False)
     assert cfg.optim_wrapper.type == "mtlora_vision.engine.amp.CPUAutocastOptimWrapper"
+    assert [r.levelname for r in caplog.records] == ["INFO"]  # --amp on a CPU: what was asked
     cfg = Config(dict(optim_wrapper=dict(type="OptimWrapper", optimizer=dict())))
     resolve_precision(cfg, amp=True, cuda=True)
     assert cfg.optim_wrapper.type.endswith(".AmpOptimWrapper")

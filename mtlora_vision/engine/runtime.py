@@ -51,8 +51,9 @@ def resolve_precision(cfg: Config, amp: bool, cuda: bool | None = None) -> None:
     """Choose the optimizer wrapper for the hardware at hand (in place).
 
     On a GPU, ``--amp`` (or a config that asks for ``AmpOptimWrapper``) trains with fp16 autocast
-    and loss scaling. Without a GPU, ``--amp`` means bf16 autocast on the CPU, and a config's fp16
-    ``AmpOptimWrapper`` falls back to plain fp32 with a warning, since fp16 autocast needs CUDA.
+    and loss scaling. Without a GPU, ``--amp`` means bf16 autocast on the CPU (logged as INFO: it
+    is what was asked for), and a config's fp16 ``AmpOptimWrapper`` falls back to plain fp32 with
+    a warning, since fp16 autocast needs CUDA.
 
     Args:
         cfg: Config with an ``optim_wrapper`` entry.
@@ -72,8 +73,13 @@ def resolve_precision(cfg: Config, amp: bool, cuda: bool | None = None) -> None:
         for key in ("dtype", "loss_scale", "use_fsdp"):
             wrapper.pop(key, None)
         wrapper.type = _dotted(CPUAutocastOptimWrapper if amp else OptimWrapper)
-        how = "bf16 autocast on the CPU" if amp else "fp32 (fp16 AMP needs CUDA; --amp gives bf16)"
-        logger.warning("No CUDA device: training in %s.", how)
+        if amp:  # what was asked for, in the CPU's form: information, not a warning
+            logger.info("No CUDA device: --amp trains in bf16 autocast on the CPU.")
+        else:
+            logger.warning(
+                "No CUDA device: training in fp32 (the config's fp16 AMP needs CUDA; --amp gives "
+                "bf16 on the CPU)."
+            )
 
 
 def resolve_resume(cfg: Config, resume: str | None) -> CheckpointProgress | None:

@@ -98,8 +98,9 @@ def legend_entries(
         )
         names = class_names(task, num_classes)
         for label in present:
-            name = names[label] if names is not None and label < len(names) else f"class {label}"
-            entries.append((f"{label} {name}", tuple(int(c) for c in _PALETTE[label])))
+            known = names is not None and label < len(names)
+            text = f"{label} {names[label]}" if known else f"class {label}"
+            entries.append((text, tuple(int(c) for c in _PALETTE[label])))
     elif kind is Kind.PROBABILITY:
         what = "salient" if task == "sal" else "edge"
         entries += [(f"not {what} (0)", (0, 0, 0)), (f"{what} (1)", (255, 255, 255))]
