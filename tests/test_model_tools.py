@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mtlora_vision import benchmarking
 from mtlora_vision.apis.inference import init_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,9 +211,33 @@ def test_benchmark_reports_every_variant(tmp_path) -> None:
     assert isinstance(report["malloc_tuned"], bool)
     # A frozen Swin needs no backbone backward: training it costs fewer FLOPs than with adapters.
     assert report["train"]["frozen"]["gflops"] < report["train"]["no_adapter"]["gflops"]
-    args = tool.parse_args([config, "--img-size", "64", "--threads", "1"])
-    memory = tool.measure_memory(args, tool.VariantSpec("model", config, "model"), "train")
+    cfg = benchmarking.load_cfg(config)
+    spec = benchmarking.VariantSpec("model", config, "model")
+    memory = benchmarking.measure_memory(cfg, spec, "train", img_size=64, batch_size=2)
     assert memory["peak_rss_mb"] >= memory["rss_before_mb"] > 0
+    assert memory["peak_reset"]  # the forked child's peak starts at its own RSS
+
+
+def test_benchmark_prints_a_table_progress_on_stderr_and_json_on_request(tmp_path, capsys):
+    tool = load_tool("benchmark")
+    config = tiny_config(tmp_path)
+    argv = [config, "--img-size", "64", "--iters", "1", "--warmup", "0", "--variants", "model",
+            "frozen", "--threads", "1"]  # fmt: skip
+    tool.main(argv)
+    out, err = capsys.readouterr()
+    assert "training step" in out
+    assert "inference" in out
+    assert out.splitlines()[3].split() == ["variant", "trainable", "median", "s", "x", "frozen",
+                                           "round", "x", "cpu", "s", "GFLOPs", "FLOP", "x",
+                                           "peak", "MB"]  # fmt: skip
+    assert "memory 1/4: model, train" in err  # progress on stderr, not in the table
+    assert "train: timing 0 + 1 rounds of 2 variants" in err
+    report = tool.main([*argv, "--json", "--no-memory"])
+    out, _ = capsys.readouterr()
+    assert json.loads(out) == json.loads(json.dumps(report))
+    assert set(tool.VARIANT_HELP) == set(benchmarking.VARIANTS)  # --help lists every variant
+    with pytest.raises(SystemExit, match=r"--img-size 100: .* use e\.g\. --img-size 96"):
+        tool.main([config, "--img-size", "100"])
 
 
 def method_config(tmp_path: Path, name: str, adapter: str) -> str:
@@ -239,9 +264,8 @@ def test_benchmark_times_other_methods_side_by_side(tmp_path) -> None:
         assert set(report[phase]) == {"model", "frozen", "mtl", "prompt"}
     # Trainable parameters are those of the model each config builds.
     for name, path in (("model", config), ("mtl", mtl), ("prompt", prompt)):
-        cfg = tool.load_cfg(tool.parse_args([path]), path)
-        built = tool.build_variant(cfg, "model", 64)
-        assert report["train"][name]["trainable_params"] == tool.count_trainable(built)
+        built = benchmarking.build_variant(benchmarking.load_cfg(path), "model", 64)
+        assert report["train"][name]["trainable_params"] == benchmarking.count_trainable(built)
     # MTL-LoRA runs the branched stages once per task: more FLOPs than MTLoRA's shared stream.
     # Merged inference takes another path for MTLoRA (fewer FLOPs: shared updates folded in) and
     # MTL-LoRA (per-task weights formed on the fly: fewer FLOPs only with many tokens per image,
@@ -252,6 +276,6 @@ def test_benchmark_times_other_methods_side_by_side(tmp_path) -> None:
     assert merged["mtl"]["gflops"] != infer["mtl"]["gflops"]
     assert merged["prompt"]["gflops"] == infer["prompt"]["gflops"]
     with pytest.raises(ValueError, match="appear twice"):
-        tool.variant_specs(tool.parse_args([config, "--methods", mtl, mtl]))
+        benchmarking.variant_specs(tool.parse_args([config, "--methods", mtl, mtl]))
     with pytest.raises(KeyError, match="Unknown variants"):
-        tool.variant_specs(tool.parse_args([config, "--variants", "nope"]))
+        benchmarking.variant_specs(tool.parse_args([config, "--variants", "nope"]))

@@ -1,0 +1,375 @@
+"""Timing, FLOPs and peak memory of model variants, side by side (``tools/benchmark.py``).
+
+Variants of a config (:data:`VARIANTS`; add more with :func:`register_variant`):
+
+* ``model``: the config as is (its trainable policy).
+* ``frozen``: adapters removed (``adapter=None``) and the whole Swin frozen, same fusion and heads:
+  the backward pass never enters the backbone.
+* ``no_adapter``: adapters removed, the other backbone groups trainable as in the config's policy,
+  so the backward pass runs through the backbone as it does for the model.
+
+Timing runs all variants in one process, interleaved step by step (A, B, C, A, B, C, ...), so load
+from other processes hits every variant alike; medians and the median of per-round ratios are
+reported, of wall-clock seconds and (``cpu_*``) of the process's CPU seconds. A training step is
+``zero_grad`` + forward + backward of a surrogate loss (the mean square of every output).
+
+Peak memory is the peak RSS (``VmHWM``, reset at the child's start) of a child process forked per
+variant and phase before any model is built in the parent (tracemalloc does not see torch's
+allocations), with the RSS before the first step. Each measurement costs one model build and two
+steps in the child; forking saves the interpreter start and the imports (torch, mmengine, timm)
+that a fresh subprocess paid per measurement.
+FLOPs (matmuls and convolutions, via ``torch.utils.flop_counter``; window attention on the CPU
+flash kernel is not counted, and it is identical across variants) give the floor of each ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config, ConfigDict
+from mmengine.registry import MODELS
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mtlora_vision.adapters.merge import merge_for_inference
+
+#: Variant name -> function turning the config's model dict into the variant's.
+VARIANTS: dict[str, Callable[[ConfigDict], ConfigDict]] = {}
+
+BACKBONE_GROUPS = ("adapters", "patch_embed", "norms", "rel_pos", "downsample", "backbone")
+
+
+#: Variant name -> function turning the config's model dict into the variant's.
+VARIANTS: dict[str, Callable[[ConfigDict], ConfigDict]] = {}
+
+BACKBONE_GROUPS = ("adapters", "patch_embed", "norms", "rel_pos", "downsample", "backbone")
+
+
+def register_variant(name: str) -> Callable:
+    """Decorator adding a model-dict transform to :data:`VARIANTS`."""
+
+    def wrap(fn: Callable[[ConfigDict], ConfigDict]) -> Callable[[ConfigDict], ConfigDict]:
+        VARIANTS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_variant("model")
+def _as_is(model: ConfigDict) -> ConfigDict:
+    return model
+
+
+@register_variant("frozen")
+def _frozen(model: ConfigDict) -> ConfigDict:
+    model.adapter = None
+    trainable = dict(model.get("trainable") or {})
+    trainable.update(dict.fromkeys(BACKBONE_GROUPS, False))
+    model.trainable = trainable
+    return model
+
+
+@register_variant("no_adapter")
+def _no_adapter(model: ConfigDict) -> ConfigDict:
+    model.adapter = None
+    return model
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One timed model: ``transform`` (a :data:`VARIANTS` key) applied to ``config``'s model."""
+
+    name: str
+    config: str
+    transform: str
+
+
+def variant_specs(args: argparse.Namespace) -> list[VariantSpec]:
+    """CONFIG's ``--variants`` then one as-is variant per ``--methods`` config.
+
+    Raises:
+        KeyError: If a variant name is not registered.
+        ValueError: If two variants would get the same name.
+    """
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        raise KeyError(f"Unknown variants {unknown}; registered: {sorted(VARIANTS)}.")
+    specs = [VariantSpec(v, args.config, v) for v in dict.fromkeys(args.variants)]
+    for path in args.methods or []:
+        specs.append(VariantSpec(Path(path).stem, path, "model"))
+    names = [spec.name for spec in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(
+            f"Variant names {duplicates} appear twice; give each --methods config its own file "
+            "name and do not list CONFIG again."
+        )
+    return specs
+
+
+def phase_specs(specs: list[VariantSpec], phase: str) -> list[VariantSpec]:
+    """Variants timed in ``phase``: merged inference skips ``no_adapter`` (nothing to merge)."""
+    if phase != "infer_merged":
+        return specs
+    return [s for s in specs if s.transform in ("model", "frozen")]
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of parameters with ``requires_grad``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_variant(cfg: Config, variant: str, img_size: int) -> nn.Module:
+    """Build one variant's model (random weights; nothing is downloaded)."""
+    model_cfg = copy.deepcopy(cfg.model)
+    if "backbone" in model_cfg:
+        model_cfg.backbone.pretrained = None
+        model_cfg.backbone.img_size = img_size
+    if variant not in VARIANTS:
+        raise KeyError(f"Unknown variant {variant!r}; registered: {sorted(VARIANTS)}.")
+    return MODELS.build(VARIANTS[variant](model_cfg))
+
+
+def surrogate_loss(outputs: dict[str, Tensor]) -> Tensor:
+    """Mean square of every task output, summed: a loss of realistic cost."""
+    return sum(o.float().square().mean() for o in outputs.values())
+
+
+def train_step(model: nn.Module, images: Tensor) -> None:
+    """zero_grad + forward + backward."""
+    model.zero_grad(set_to_none=True)
+    surrogate_loss(model(images, mode="tensor")).backward()
+
+
+def infer_step(model: nn.Module, images: Tensor) -> None:
+    """Forward without autograd."""
+    with torch.inference_mode():
+        model(images, mode="tensor")
+
+
+def prepare(model: nn.Module, phase: str) -> Callable[[Tensor], None]:
+    """Put ``model`` in the phase's mode and return the step function."""
+    if phase == "train":
+        model.train()
+        return lambda images: train_step(model, images)
+    model.eval()
+    if phase == "infer_merged":
+        merge_for_inference(model)
+    return lambda images: infer_step(model, images)
+
+
+def inplace_addmm_flops(
+    self_shape: torch.Size, a_shape: torch.Size, b_shape: torch.Size, *args: Any, **kwargs: Any
+) -> int:
+    """FLOPs of ``addmm_`` (same as ``addmm``: a ``(m, k) @ (k, n)`` product)."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
+def count_flops(model: nn.Module, images: Tensor, phase: str) -> int:
+    """FLOPs of one step (matmuls and convolutions)."""
+    step = prepare(model, phase)
+    # In-place addmm_ (used by the adapter layers) is not in torch's formula table.
+    extra = {torch.ops.aten.addmm_: inplace_addmm_flops}
+    with FlopCounterMode(display=False, custom_mapping=extra) as counter:
+        step(images)
+    return int(counter.get_total_flops())
+
+
+def time_interleaved(
+    steps: dict[str, Callable[[Tensor], None]], images: Tensor, iters: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and process CPU seconds per step for every variant, measured round-robin.
+
+    With one thread the CPU time is the steadier figure on a shared machine: time spent waiting
+    for a core that another process holds is not counted.
+    """
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    for it in range(warmup + iters):
+        for name, step in steps.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step(images)
+            if it >= warmup:
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
+
+
+def summarize(
+    times: dict[str, list[float]], reference: str, prefix: str = ""
+) -> dict[str, dict[str, Any]]:
+    """Medians and ratios against ``reference`` (of medians and median of per-round ratios).
+
+    Keys are ``{prefix}median_s``, ``{prefix}all_s``, ``{prefix}ratio_vs_<reference>`` and
+    ``{prefix}round_ratio_vs_<reference>``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    ref = times.get(reference)
+    for name, values in times.items():
+        median = statistics.median(values)
+        entry = {f"{prefix}median_s": median, f"{prefix}all_s": [round(v, 4) for v in values]}
+        if ref is not None and name != reference:
+            entry[f"{prefix}ratio_vs_{reference}"] = median / statistics.median(ref)
+            entry[f"{prefix}round_ratio_vs_{reference}"] = statistics.median(
+                v / r for v, r in zip(values, ref, strict=True)
+            )
+        out[name] = entry
+    return out
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident set size now (``VmRSS``) or its peak since exec (``VmHWM``), in MiB (Linux).
+
+    ``ru_maxrss`` is not used: after fork + exec it keeps the parent's peak.
+    """
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}; memory is measured on Linux only.")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's ``VmHWM`` to its RSS now (Linux ``clear_refs``); False if refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _memory_child(connection, cfg: Config, spec: VariantSpec, phase: str, size: tuple) -> None:
+    """Body of a forked child: build one variant, run two steps, send the RSS figures."""
+    try:
+        img_size, batch_size = size
+        reset = reset_peak_rss()  # a fork starts with the parent's peak
+        model = build_variant(cfg, spec.transform, img_size)
+        images = torch.randn(batch_size, 3, img_size, img_size)
+        step = prepare(model, phase)
+        before = rss_mb()
+        for _ in range(2):
+            step(images)
+        peak = rss_mb("VmHWM")
+        connection.send(
+            {
+                "rss_before_mb": before,
+                "peak_rss_mb": peak,
+                "peak_minus_before_mb": peak - before,
+                "peak_reset": reset,
+            }
+        )
+    except BaseException as err:  # the parent raises it with the variant's name
+        connection.send({"error": f"{type(err).__name__}: {err}"})
+    finally:
+        connection.close()
+
+
+def measure_memory(
+    cfg: Config, spec: VariantSpec, phase: str, img_size: int, batch_size: int
+) -> dict[str, float]:
+    """Peak RSS of one variant and phase, in a child forked from this process.
+
+    Call it before this process has built models or run parallel torch operations (a forked
+    child inherits the parent's memory and OpenMP state).
+
+    Raises:
+        RuntimeError: If the child fails, naming the variant and phase.
+    """
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_memory_child, args=(send, cfg, spec, phase, (img_size, batch_size))
+    )
+    child.start()
+    send.close()
+    try:
+        report = receive.recv()
+    except EOFError:
+        child.join()
+        report = {"error": f"the child process ended with code {child.exitcode}"}
+    child.join()
+    if "error" in report:
+        raise RuntimeError(f"Memory of {spec.name!r} ({phase}) failed: {report['error']}")
+    return report
+
+
+def load_cfg(path: str, cfg_options: dict | None = None) -> Config:
+    """The config at ``path`` with ``cfg_options`` merged (they apply to every config)."""
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(dict(cfg_options))
+    return cfg
+
+
+def phases(merged: bool) -> list[str]:
+    """Phases to measure: train, infer, and infer_merged with ``merged``."""
+    return ["train", "infer"] + (["infer_merged"] if merged else [])
+
+
+def run(args: argparse.Namespace, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Benchmark every variant and phase; return the report.
+
+    Args:
+        args: ``config``, ``variants``, ``methods``, ``img_size``, ``batch_size``, ``iters``,
+            ``warmup``, ``merged``, ``no_memory``, ``cfg_options`` (as ``tools/benchmark.py``).
+        progress: Called with a short line before each stage (the tool prints it on stderr).
+    """
+    torch.manual_seed(0)
+    specs = variant_specs(args)
+    configs = {
+        path: load_cfg(path, args.cfg_options) for path in dict.fromkeys(s.config for s in specs)
+    }
+    report: dict[str, Any] = {
+        "config": args.config,
+        "methods": {s.name: s.config for s in specs if s.config != args.config},
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "iters": args.iters,
+        "threads": torch.get_num_threads(),
+    }
+    memory: dict[tuple[str, str], dict[str, float]] = {}
+    if not args.no_memory:  # first: the children must fork from a parent without models
+        jobs = [(phase, s) for phase in phases(args.merged) for s in phase_specs(specs, phase)]
+        for index, (phase, spec) in enumerate(jobs, start=1):
+            progress(f"memory {index}/{len(jobs)}: {spec.name}, {phase}")
+            cfg = configs[spec.config]
+            memory[phase, spec.name] = measure_memory(
+                cfg, spec, phase, args.img_size, args.batch_size
+            )
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
+    for phase in phases(args.merged):
+        chosen = phase_specs(specs, phase)
+        progress(f"{phase}: building {', '.join(s.name for s in chosen)}")
+        models = {
+            s.name: build_variant(configs[s.config], s.transform, args.img_size) for s in chosen
+        }
+        trainable = {name: count_trainable(m) for name, m in models.items()}
+        progress(f"{phase}: counting FLOPs")
+        flops = {name: count_flops(m, images, phase) for name, m in models.items()}
+        steps = {name: prepare(m, phase) for name, m in models.items()}
+        progress(f"{phase}: timing {args.warmup} + {args.iters} rounds of {len(steps)} variants")
+        wall, cpu = time_interleaved(steps, images, args.iters, args.warmup)
+        summary = summarize(wall, "frozen")
+        for name, entry in summarize(cpu, "frozen", prefix="cpu_").items():
+            summary[name].update(entry)
+        for spec in chosen:
+            entry = summary[spec.name]
+            entry["trainable_params"] = trainable[spec.name]
+            entry["gflops"] = flops[spec.name] / 1e9
+            if "frozen" in flops and spec.name != "frozen":
+                entry["flop_ratio_vs_frozen"] = flops[spec.name] / flops["frozen"]
+            if (phase, spec.name) in memory:
+                entry["memory"] = memory[phase, spec.name]
+        report[phase] = summary
+        del models, steps
+    return report
