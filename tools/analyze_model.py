@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from mmengine.config import Config, DictAction
-from mmengine.registry import MODELS
-from torch import nn
+from mtlora_vision.cli import add_cfg_options, parse_cfg_options
+
+if TYPE_CHECKING:
+    from torch import nn
 
 BREAKDOWN = ("shared_adapters", "task_adapters", "other_backbone", "decoder")
 #: Name parts of per-task adapter parameters: MTLoRA task branches, MTL-LoRA task transforms and
@@ -71,6 +73,9 @@ def count_parameters(model: nn.Module) -> dict:
 
 def build_model(config: str, cfg_options: Mapping | None = None) -> nn.Module:
     """Build the config's model without loading pretrained weights."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS
+
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(dict(cfg_options))
@@ -89,12 +94,18 @@ def format_report(config: str, counts: Mapping) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Count a model's parameters.")
     parser.add_argument("config", help="config file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="config overrides")
-    return parser.parse_args(argv)
+    add_cfg_options(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.cfg_options = parse_cfg_options(args.cfg_options)
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -18,37 +18,57 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch.utils.data import DataLoader
+from mtlora_vision.tasks import NUM_OUTPUTS
 
-from mtlora_vision.datasets.collate import multitask_collate
-from mtlora_vision.datasets.nyud import NYUDMT
-from mtlora_vision.datasets.pascal_context import PascalContextMT
-from mtlora_vision.datasets.synthetic import make_synthetic_dataset
-from mtlora_vision.datasets.worker import configure_data_worker
+if TYPE_CHECKING:
+    import torch
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Benchmark multi-task data loading.")
-    parser.add_argument("--dataset", choices=["pascal_context", "nyud"], default="pascal_context")
+    parser.add_argument(
+        "--dataset", choices=sorted(NUM_OUTPUTS), default="pascal_context", help="which dataset"
+    )
     parser.add_argument(
         "--root", type=Path, help="dataset root (default: a temporary synthetic one)"
     )
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--split", default="train", help="split to read (train or val)")
     parser.add_argument("--num-images", type=int, default=24, help="synthetic images to write")
-    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
-    parser.add_argument("--img-size", type=int, nargs=2, default=None, metavar=("H", "W"))
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="size of the synthetic images (default: the release's typical size)",
+    )
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="model input size (default: 448 448 for PASCAL, 480 640 for NYUD)",
+    )
+    parser.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported")
     parser.add_argument("--samples", type=int, default=48, help="samples per run")
     parser.add_argument("--loader-workers", type=int, default=0, help="0: in-process")
     parser.add_argument("--cache-dir", type=Path, help="derived-label cache (default: temporary)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def build_dataset(
     args: argparse.Namespace, root: Path, cache_dir: Path
 ) -> torch.utils.data.Dataset:
+    from mtlora_vision.datasets.nyud import NYUDMT
+    from mtlora_vision.datasets.pascal_context import PascalContextMT
+
     if args.dataset == "pascal_context":
         img_size = tuple(args.img_size or (448, 448))
         return PascalContextMT(
@@ -59,6 +79,10 @@ def build_dataset(
 
 
 def time_in_process(dataset: torch.utils.data.Dataset, runs: int, samples: int) -> dict[str, float]:
+    import torch
+
+    from mtlora_vision.datasets.worker import configure_data_worker
+
     configure_data_worker(force=True)  # what every data-loader worker process gets
     torch.set_num_threads(1)
     for i in range(len(dataset)):  # warm-up: fills the label cache
@@ -76,6 +100,10 @@ def time_in_process(dataset: torch.utils.data.Dataset, runs: int, samples: int) 
 def time_loader(
     dataset: torch.utils.data.Dataset, runs: int, samples: int, workers: int
 ) -> dict[str, float]:
+    from torch.utils.data import DataLoader
+
+    from mtlora_vision.datasets.collate import multitask_collate
+
     loader = DataLoader(
         dataset,
         batch_size=1,
@@ -100,6 +128,8 @@ def time_loader(
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
+    from mtlora_vision.datasets.synthetic import make_synthetic_dataset
+
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root
         if root is None:
