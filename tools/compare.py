@@ -31,14 +31,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mmengine.config import Config
-from mmengine.registry import MODELS
-from mmengine.utils import get_object_from_string
+from mtlora_vision.tasks import DEFAULT_DELTA_M_KEYS, LOWER_IS_BETTER_KEYS
 
-from mtlora_vision.evaluation.functional.delta_m import delta_m
-from mtlora_vision.evaluation.metrics import DEFAULT_DELTA_M_KEYS, LOWER_IS_BETTER_KEYS
+if TYPE_CHECKING:  # mmengine and torch are imported where used: --help answers without them
+    from mmengine.config import Config
 
 logger = logging.getLogger("compare")
 
@@ -129,6 +127,8 @@ def resolve_types(value: Any) -> Any:
         out = {k: resolve_types(v) for k, v in value.items()}
         kind = out.get("type")
         if isinstance(kind, str) and "." in kind:
+            from mmengine.utils import get_object_from_string
+
             obj = get_object_from_string(kind)
             if obj is None:
                 raise ValueError(f"Cannot import type {kind!r} named in the dumped config.")
@@ -141,6 +141,8 @@ def resolve_types(value: Any) -> Any:
 
 def count_trainable(cfg: Config) -> tuple[int, int]:
     """Trainable and total parameter counts of the config's model (no pretrained weights)."""
+    from mmengine.registry import MODELS
+
     model_cfg = resolve_types(cfg.model.to_dict())
     if "pretrained" in model_cfg.get("backbone", {}):
         model_cfg["backbone"]["pretrained"] = None
@@ -153,6 +155,8 @@ def load_run(work_dir: str | Path) -> RunResult:
     """Collect one work dir: method name, tasks, parameter counts and final metrics."""
     work_dir = Path(work_dir)
     config_file, metrics, source = find_run(work_dir)
+    from mmengine.config import Config
+
     cfg = Config.fromfile(str(config_file))
     top_level = sorted(work_dir.glob("*.py"))
     name = cfg.get("method_name") or (top_level[0].stem if top_level else work_dir.name)
@@ -202,6 +206,8 @@ def apply_delta_m(run: RunResult, baselines: Mapping[str, float], source: str) -
     keys = [DEFAULT_DELTA_M_KEYS[t] for t in run.tasks if t in DEFAULT_DELTA_M_KEYS]
     used = {k: baselines[k] for k in keys if k in baselines and k in run.metrics}
     if used:
+        from mtlora_vision.evaluation.functional.delta_m import delta_m
+
         run.delta_m = delta_m(run.metrics, used, LOWER_IS_BETTER_KEYS)
         run.delta_m_source, run.delta_m_keys = source, sorted(used)
     elif "multitask/delta_m" in run.metrics:

@@ -20,15 +20,10 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import Tensor
-
-from mtlora_vision.engine.checkpoint import save_checkpoint_file
-from mtlora_vision.models.backbones.swin_checkpoint import (
-    official_to_timm_key,
-    timm_to_official_key,
-)
-from mtlora_vision.safe_load import load_checkpoint_safely
+if TYPE_CHECKING:  # torch is imported where it is used: --help answers without it
+    from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +70,8 @@ def official_to_ours_key(key: str) -> str | None:
     if DROPPED.match(key):
         return None
     if key.startswith("backbone."):
+        from mtlora_vision.models.backbones.swin_checkpoint import official_to_timm_key
+
         key = "backbone." + official_to_timm_key(key.removeprefix("backbone."))
     return _apply(key, RULES)
 
@@ -83,6 +80,8 @@ def ours_to_official_key(key: str) -> str:
     """The official key for one of ours (pure inverse of :func:`official_to_ours_key`)."""
     key = _apply(key, INVERSE_RULES)
     if key.startswith("backbone."):
+        from mtlora_vision.models.backbones.swin_checkpoint import timm_to_official_key
+
         key = "backbone." + timm_to_official_key(key.removeprefix("backbone."))
     return key
 
@@ -126,6 +125,8 @@ def load_official(path: str | Path) -> dict[str, Tensor]:
         UnsafeCheckpointError: If the file holds a type outside the allow-list.
         KeyError: If the file has no ``"model"`` entry.
     """
+    from mtlora_vision.safe_load import load_checkpoint_safely
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Official checkpoint {str(path)!r} does not exist.")
@@ -147,6 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    from mtlora_vision.engine.checkpoint import save_checkpoint_file
+
     state = convert_state_dict(load_official(args.src))
     save_checkpoint_file({"state_dict": state, "meta": {"converted_from": str(args.src)}}, args.dst)
     print(f"Wrote {len(state)} tensors to {args.dst}")

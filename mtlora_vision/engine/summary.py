@@ -16,7 +16,7 @@ from mmengine.model import is_model_wrapper
 
 from mtlora_vision.engine.run_logging import QuietStart
 from mtlora_vision.engine.runtime import _type_name
-from mtlora_vision.evaluation.metrics import LOWER_IS_BETTER_KEYS
+from mtlora_vision.tasks import LOWER_IS_BETTER_KEYS
 
 
 def precision_of(optim_wrapper_cfg: Mapping | None, device: str) -> str:
