@@ -17,7 +17,10 @@ Peak memory is the peak RSS (``VmHWM``, reset at the child's start) of a child p
 variant and phase before any model is built in the parent (tracemalloc does not see torch's
 allocations), with the RSS before the first step. Each measurement costs one model build and two
 steps in the child; forking saves the interpreter start and the imports (torch, mmengine, timm)
-that a fresh subprocess paid per measurement.
+that a fresh subprocess paid per measurement. Compare variants by ``peak_minus_before_mb``: a
+forked child's RSS leaves out the shared-library pages it has not touched, so its absolute peak is
+lower than a fresh process's by a constant (about 270 MB for the demo config; the increments
+agreed within 6 MB, measured side by side).
 FLOPs (matmuls and convolutions, via ``torch.utils.flop_counter``; window attention on the CPU
 flash kernel is not counted, and it is identical across variants) give the floor of each ratio.
 """

@@ -229,7 +229,7 @@ def test_benchmark_prints_a_table_progress_on_stderr_and_json_on_request(tmp_pat
     assert "inference" in out
     assert out.splitlines()[3].split() == ["variant", "trainable", "median", "s", "x", "frozen",
                                            "round", "x", "cpu", "s", "GFLOPs", "FLOP", "x",
-                                           "peak", "MB"]  # fmt: skip
+                                           "+MB"]  # fmt: skip
     assert "memory 1/4: model, train" in err  # progress on stderr, not in the table
     assert "train: timing 0 + 1 rounds of 2 variants" in err
     report = tool.main([*argv, "--json", "--no-memory"])

@@ -84,25 +84,25 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     header = (
         f"{'variant':<14} {'trainable':>10} {'median s':>9} {'x frozen':>8} {'round x':>8} "
-        f"{'cpu s':>7} {'GFLOPs':>8} {'FLOP x':>7} {'peak MB':>8}"
+        f"{'cpu s':>7} {'GFLOPs':>8} {'FLOP x':>7} {'+MB':>7}"
     )
     for phase, title in PHASE_NAMES.items():
         if phase not in report:
             continue
         lines += ["", title, header, "-" * len(header)]
         for name, entry in report[phase].items():
-            memory = entry.get("memory", {}).get("peak_rss_mb")
+            memory = entry.get("memory", {}).get("peak_minus_before_mb")
             lines.append(
                 f"{name:<14} {entry['trainable_params'] / 1e6:>9.2f}M "
                 f"{entry['median_s']:>9.3f} {_ratio(entry.get('ratio_vs_frozen'))} "
                 f"{_ratio(entry.get('round_ratio_vs_frozen'))} {entry['cpu_median_s']:>7.3f} "
                 f"{entry['gflops']:>8.1f} {_ratio(entry.get('flop_ratio_vs_frozen'), 7)} "
-                f"{'-' if memory is None else f'{memory:.0f}':>8}"
+                f"{'-' if memory is None else f'{memory:.0f}':>7}"
             )
     lines += [
         "",
         "x frozen: ratio of medians; round x: median of per-round ratios (steadier under load);",
-        "peak MB: peak RSS of a child running two steps (--json has the RSS before the steps).",
+        "+MB: peak RSS of two steps above the RSS before them, in a forked child (--json: both).",
     ]
     return "\n".join(lines)
 
