@@ -50,6 +50,7 @@ IGNORED_LABEL = "ignored (no label)"
 
 _PANEL_INCHES = 2.2  # width of a panel of a landscape or square image
 _MAX_PANEL_HEIGHT = 3.0  # portrait images get narrower panels instead
+_MIN_PANEL_WIDTH = 2.0
 _LEGEND_ROWS = 12  # entries per legend column
 _MAX_DISPLAY_SIDE = 512  # pixels: larger images are shown downscaled
 _PALETTE = label_palette()
@@ -164,7 +165,8 @@ def _panel_inches(size: tuple[int, int]) -> tuple[float, float]:
     panel_w, panel_h = _PANEL_INCHES, _PANEL_INCHES * height / width
     if panel_h > _MAX_PANEL_HEIGHT:
         panel_w, panel_h = _MAX_PANEL_HEIGHT * width / height, _MAX_PANEL_HEIGHT
-    return panel_w, panel_h
+    # Room for the titles beside narrow (portrait) images; the image keeps its aspect ratio.
+    return max(panel_w, _MIN_PANEL_WIDTH), panel_h
 
 
 def _legend_width(entries_per_row: Sequence[Sequence]) -> float:
