@@ -177,8 +177,6 @@ def test_no_baseline_means_no_delta_m(caplog):
         "edge/odsF",
         "edge/oisF",
         "edge/AP",
-    "edge/oisF",
-    "edge/AP",
     }
     assert 0.05 < values["depth/rmse"] < 0.2  # noise std 0.1 m
     warned = [r.getMessage() for r in caplog.records if "delta_m omitted" in r.getMessage()]
