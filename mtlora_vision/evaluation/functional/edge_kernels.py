@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 from numba import njit
 
@@ -76,8 +77,15 @@ def pr_counts_all_thresholds(
     gt_ids[gt_points] = np.arange(gt_points.size)
     gt_index = np.full((height + 2 * pad, stride), -1, dtype=np.int64)
     gt_index[pad : pad + height, pad : pad + width] = gt_ids.reshape(height, width)
-    valid_padded = np.zeros((height + 2 * pad, stride), dtype=np.uint8)
-    valid_padded[pad : pad + height, pad : pad + width] = valid
+    # Pixels with a ground-truth pixel in reach: the only ones that can ever be matched.
+    reach = offsets.max(initial=0)
+    disk = np.zeros((2 * reach + 1, 2 * reach + 1), dtype=np.uint8)
+    disk[offsets[:, 0] + reach, offsets[:, 1] + reach] = 1
+    near = cv2.dilate(gt.astype(np.uint8), disk, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    flags = np.zeros((height + 2 * pad, stride), dtype=np.uint8)
+    flags[pad : pad + height, pad : pad + width] = np.asarray(valid, dtype=np.uint8) * (
+        1 + 2 * (near > 0)
+    )
     rows, cols = np.divmod(np.asarray(order, dtype=np.int64), width)
     padded_order = (rows + pad) * stride + cols + pad
     counts = _counts(
@@ -85,7 +93,7 @@ def pr_counts_all_thresholds(
         np.asarray(sizes, dtype=np.int64),
         gt_index.reshape(-1),
         int(gt_points.size),
-        valid_padded.reshape(-1),
+        flags.reshape(-1),
         flat_offsets,
         neighbours8,
         FIRST_SUBITERATION,
@@ -203,7 +211,7 @@ def _augment(root, gt_index, offsets, match_pix, match_gt, seen, stamp, stack_p,
 
 
 @njit(cache=True, nogil=True)
-def _counts(order, sizes, gt_index, n_gt, valid, offsets, neighbours, first, second, thin):  # noqa: C901
+def _counts(order, sizes, gt_index, n_gt, flags, offsets, neighbours, first, second, thin):  # noqa: C901
     n_thresholds = sizes.size
     counts = np.zeros((n_thresholds, 4), dtype=np.int64)
     image = np.zeros(gt_index.size, dtype=np.uint8)
@@ -239,7 +247,7 @@ def _counts(order, sizes, gt_index, n_gt, valid, offsets, neighbours, first, sec
             image[order[i]] = 0
         kept = 0
         for i in range(n):
-            if valid[points[i]]:
+            if flags[points[i]] & 1:
                 points[kept] = points[i]
                 in_map[points[i]] = k
                 kept += 1
@@ -254,7 +262,7 @@ def _counts(order, sizes, gt_index, n_gt, valid, offsets, neighbours, first, sec
         if n_gt > 0:
             for i in range(n):  # greedy: a free ground-truth pixel in reach, nearest first
                 p = points[i]
-                if match_pix[p] >= 0:
+                if match_pix[p] >= 0 or flags[p] & 2 == 0:
                     continue
                 for o in range(offsets.size):
                     g = gt_index[p + offsets[o]]
@@ -269,17 +277,21 @@ def _counts(order, sizes, gt_index, n_gt, valid, offsets, neighbours, first, sec
                 stamp += 1
                 for i in range(n):
                     p = points[i]
-                    if match_pix[p] < 0 and _augment(
-                        p,
-                        gt_index,
-                        offsets,
-                        match_pix,
-                        match_gt,
-                        seen,
-                        stamp,
-                        stack_p,
-                        stack_o,
-                        via,
+                    if (
+                        match_pix[p] < 0
+                        and flags[p] & 2
+                        and _augment(
+                            p,
+                            gt_index,
+                            offsets,
+                            match_pix,
+                            match_gt,
+                            seen,
+                            stamp,
+                            stack_p,
+                            stack_o,
+                            via,
+                        )
                     ):
                         matched += 1
                         grown = True

@@ -46,7 +46,8 @@ def png_levels(prob: Tensor) -> np.ndarray:
     Returns:
         ``uint8 (H, W)``: ``round(255 * clamp(p, 0, 1))`` computed in float32.
     """
-    return (prob.detach().float().cpu().clamp(0, 1) * 255).round().numpy().astype(np.uint8)
+    values = np.clip(prob.detach().to("cpu", torch.float32).numpy(), 0, 1) * np.float32(255)
+    return np.rint(values).astype(np.uint8)  # float32 maths, half to even: as torch's round
 
 
 def level_thresholds(thresholds: np.ndarray = SEISM_THRESHOLDS) -> np.ndarray:

@@ -1,0 +1,135 @@
+"""Time the edge evaluation (ODS/OIS/AP counts) per image, in one process and over a pool.
+
+    python tools/benchmark_edges.py --images 16 --size 512 512 --workers 0 2 --repeats 3
+
+Edge maps are made as a trained model's look: ground-truth boundaries (``seg2bmap`` of a random
+partition into about 40 regions with wavy borders, thinned) blurred with a Gaussian (``--sigma``)
+and scaled to peak 1; ``--dense`` adds smooth background noise of up to 0.4, the harder case of a
+model that fires everywhere (large blobs to thin at low thresholds). Every protocol and worker
+count scores the same maps; the counts must be identical across worker counts (checked).
+
+Prints one JSON object: per protocol and worker count the median over ``--repeats`` rounds of the
+wall-clock seconds for all images, and ``s_per_image_per_core``: for 0 workers the main process's
+CPU seconds per image (steady on a shared machine), for N workers ``wall * N / images`` (the
+pool's cores counted as busy for the whole wall time). Rounds interleave the settings so load from
+other processes hits them alike. The first call of each setting (pool start, loading compiled
+kernels) is excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import cv2
+import numpy as np
+from scipy.spatial import cKDTree
+
+from mtlora_vision.evaluation.edge_pool import EDGE_PROTOCOLS, EdgeCounter
+from mtlora_vision.evaluation.functional.boundary import MAX_DIST, boundary_thresholds
+from mtlora_vision.evaluation.functional.seism import SEISM_THRESHOLDS, seism_gt_boundaries
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Time the edge evaluation per image.")
+    parser.add_argument("--images", type=int, default=16, help="edge maps per round")
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    parser.add_argument("--regions", type=int, default=40, help="regions per ground truth")
+    parser.add_argument("--sigma", type=float, default=1.5, help="blur of the boundaries, pixels")
+    parser.add_argument("--dense", action="store_true", help="add smooth background noise")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 2], help="pool sizes (0: in process)"
+    )
+    parser.add_argument("--protocols", nargs="+", default=list(EDGE_PROTOCOLS))
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def make_edge_map(
+    size: tuple[int, int], regions: int, sigma: float, dense: bool, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A blurred-boundary prediction and its ground truth.
+
+    Returns:
+        ``float32 (H, W)`` probabilities and ``int64 (H, W)`` boundary labels in {0, 1}.
+    """
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    warp = [
+        cv2.GaussianBlur(rng.standard_normal(size).astype(np.float32), (0, 0), 12) * 120
+        for _ in range(2)
+    ]
+    seeds = rng.random((regions, 2)) * (height, width)
+    points = np.stack([(yy + warp[0]).ravel(), (xx + warp[1]).ravel()], axis=1)
+    labels = cKDTree(seeds).query(points)[1].reshape(size)
+    gt = seism_gt_boundaries(labels)
+    prob = cv2.GaussianBlur(gt.astype(np.float32), (0, 0), sigma)
+    prob /= max(float(prob.max()), 1e-6)
+    if dense:
+        noise = cv2.GaussianBlur(rng.random(size).astype(np.float32), (0, 0), 6)
+        noise = (noise - noise.min()) / max(float(noise.max() - noise.min()), 1e-6)
+        prob = np.maximum(prob, 0.4 * noise)
+    return np.clip(prob, 0, 1).astype(np.float32), gt.astype(np.int64)
+
+
+def _thresholds(protocol: str) -> tuple[float, ...]:
+    if protocol == "seism":
+        return tuple(SEISM_THRESHOLDS.tolist())
+    return tuple(boundary_thresholds(99).tolist())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    pairs = [
+        make_edge_map(tuple(args.size), args.regions, args.sigma, args.dense, rng)
+        for _ in range(args.images)
+    ]
+    max_dist = MAX_DIST["pascal_context"]
+    settings = [(p, w) for p in args.protocols for w in args.workers]
+    counters = {(p, w): EdgeCounter(p, max_dist, _thresholds(p), True, w) for p, w in settings}
+    reference: dict[str, list[np.ndarray]] = {}
+    for (protocol, workers), counter in counters.items():  # warm-up; results must agree
+        counts = counter.count(pairs)
+        first = reference.setdefault(protocol, counts)
+        if not all(np.array_equal(a, b) for a, b in zip(first, counts, strict=True)):
+            raise AssertionError(f"{protocol}: counts with {workers} workers differ.")
+    wall: dict[tuple[str, int], list[float]] = {s: [] for s in settings}
+    cpu: dict[tuple[str, int], list[float]] = {s: [] for s in settings}
+    for _ in range(args.repeats):
+        for setting, counter in counters.items():
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            counter.count(pairs)
+            wall[setting].append(time.perf_counter() - start_wall)
+            cpu[setting].append(time.process_time() - start_cpu)
+    results = {}
+    for protocol, workers in settings:
+        wall_s = statistics.median(wall[protocol, workers])
+        cpu_s = statistics.median(cpu[protocol, workers])
+        per_core = cpu_s / args.images if workers == 0 else wall_s * workers / args.images
+        results[f"{protocol}/workers={workers}"] = {
+            "wall_s": round(wall_s, 3),
+            "cpu_s_main_process": round(cpu_s, 3),
+            "s_per_image_per_core": round(per_core, 4),
+            "images_per_s": round(args.images / wall_s, 2),
+        }
+    gt_pixels = [int(gt.sum()) for _, gt in pairs]
+    report = {
+        "images": args.images,
+        "size": list(args.size),
+        "dense": args.dense,
+        "sigma": args.sigma,
+        "median_gt_pixels": int(np.median(gt_pixels)),
+        "repeats": args.repeats,
+        "identical_counts_across_workers": True,
+        "results": results,
+    }
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
