@@ -1,4 +1,4 @@
-"""Boundary precision/recall and the ODS F-measure in pure Python (numpy and scipy).
+"""The BSDS edge protocol: boundary precision/recall counts, ODS, OIS and AP (numpy, scipy, numba).
 
 Used for the edge task of multi-task PASCAL-Context and NYUD-v2 (ASTMT / MTI-Net line, whose
 numbers come from the SEISM MATLAB package built on the BSDS benchmark of Martin, Fowlkes and
@@ -41,7 +41,12 @@ How this matches or differs from SEISM / BSDS:
   ignore label); those ground-truth pixels are not boundaries.
 * One ground truth per image (BSDS accumulates matches over several annotators; PASCAL-Context and
   NYUD-v2 edges have one).
-* Only ODS is computed (no OIS or AP).
+* OIS (:func:`ois_f`) and AP (:func:`average_precision`) as ``collect_eval_bdry`` computes them.
+
+The counts of all thresholds of one image come from one compiled pass
+(:mod:`~mtlora_vision.evaluation.functional.edge_kernels`); :func:`count_matches` (a maximum flow)
+is the independent path the tests compare it with. The SEISM protocol of the published numbers is
+in :mod:`~mtlora_vision.evaluation.functional.seism`; ``docs/edge_evaluation.md`` compares both.
 """
 
 from __future__ import annotations
