@@ -129,7 +129,7 @@ TASKS: Mapping[str, TaskInfo] = MappingProxyType(
             Kind.PROBABILITY,
             {"pascal_context": 1, "nyud": 1},
             50.0,
-            {"edge/bce": LOWER, "edge/odsF": HIGHER},
+            {"edge/bce": LOWER, "edge/odsF": HIGHER, "edge/oisF": HIGHER, "edge/AP": HIGHER},
             "edge/odsF",
             "grey",
         ),
