@@ -62,7 +62,7 @@ class EdgeCounter:
         """
         if self.workers == 0 or len(pairs) < 2:
             return [self(prob, target) for prob, target in pairs]
-        pool = _pool(self.workers)
+        pool = worker_pool(self.workers)
         return list(pool.map(self, *zip(*pairs, strict=True)))
 
     def __call__(self, prob: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -83,7 +83,8 @@ class EdgeCounter:
         return counts.numpy()
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """The process's pool of ``workers`` spawned processes, started on first use and reused."""
     pool = _POOLS.get(workers)
     if pool is None:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
