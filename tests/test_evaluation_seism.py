@@ -16,6 +16,7 @@ from mtlora_vision.evaluation.functional.boundary import (
     ods_f,
     ois_f,
 )
+from mtlora_vision.evaluation.functional.edge_kernels import disk_offsets
 from mtlora_vision.evaluation.functional.seism import (
     SEISM_THRESHOLDS,
     level_thresholds,
@@ -185,3 +186,17 @@ def test_seism_counts_by_hand():
     assert counts[t_high].tolist() == [0, 30, 0, 0]
     tight = seism_pr_counts(torch.from_numpy(prob), torch.from_numpy(gt), 0.0075).numpy()
     assert tight[t_mid].tolist() == [0, 30, 0, 20]  # 0.42 px: only exact positions match
+
+
+def test_disk_offsets_by_hand():
+    assert disk_offsets(0.5).tolist() == [[0, 0]]
+    assert sorted(map(tuple, disk_offsets(1.0).tolist())) == [
+        (-1, 0),
+        (0, -1),
+        (0, 0),
+        (0, 1),
+        (1, 0),
+    ]
+    assert len(disk_offsets(1.5)) == 9  # the 3x3 square: corners at sqrt(2) <= 1.5
+    assert len(disk_offsets(2.0)) == 13  # plus the four at distance 2
+    assert disk_offsets(2.0)[0].tolist() == [0, 0]  # nearest first

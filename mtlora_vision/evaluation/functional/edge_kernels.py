@@ -10,8 +10,10 @@ paths until none is left (Berge), so it is a maximum matching, the same count as
 flow of :func:`~mtlora_vision.evaluation.functional.boundary.count_matches`; only the work of
 finding it is shared between thresholds.
 
-Compiled with numba (BSD-2-Clause); the results do not depend on the order of anything but the
-counts are what is returned, so they equal the pure numpy/scipy path exactly.
+Compiled with numba (BSD-2-Clause). Which pixels end up matched depends on the search order, but
+the size of a maximum matching does not, and only sizes are returned: the counts equal those of
+thinning with :func:`~mtlora_vision.evaluation.functional.thinning.thin_binary` and matching with
+``count_matches`` at each threshold separately (``tests/test_evaluation_seism.py``).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def pr_counts_all_thresholds(
     disk = np.zeros((2 * reach + 1, 2 * reach + 1), dtype=np.uint8)
     disk[offsets[:, 0] + reach, offsets[:, 1] + reach] = 1
     near = cv2.dilate(gt.astype(np.uint8), disk, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    flags = np.zeros((height + 2 * pad, stride), dtype=np.uint8)
+    flags = np.zeros((height + 2 * pad, stride), dtype=np.uint8)  # bit 0 valid, bit 1 near
     flags[pad : pad + height, pad : pad + width] = np.asarray(valid, dtype=np.uint8) * (
         1 + 2 * (near > 0)
     )
