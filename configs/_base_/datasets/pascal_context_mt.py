@@ -49,7 +49,7 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-# Edge ODS/OIS/AP (SEISM protocol, docs/edge_evaluation.md) costs about 0.05-0.3 s per 448x448
+# Edge ODS/OIS/AP (SEISM protocol, docs/edge_evaluation.md) costs about 0.07-0.35 s per 448x448
 # image per process: validation during training reports the edge loss only, testing all of them.
 # The metric takes tasks, dataset and classes from the evaluated dataset (its metainfo).
 val_evaluator = dict(type=MultiTaskMetric, edge_ods=False)
