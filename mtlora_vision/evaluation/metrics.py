@@ -9,12 +9,11 @@ of :mod:`mtlora_vision.evaluation.functional`.
 Keys are flat and prefixed by task: ``semseg/mIoU``, ``human_parts/mIoU``, ``sal/mIoU``,
 ``sal/maxF``, ``normals/mean``, ``normals/median``, ``normals/rmse``, ``normals/11.25``,
 ``normals/22.5``, ``normals/30``, ``edge/bce``, ``edge/odsF``, ``edge/oisF``, ``edge/AP``,
-``depth/rmse``,
-``depth/log_rmse`` and ``multitask/delta_m``. Opt-in: ``<task>/IoU/<class>`` and
-``sal/maxFbeta`` (pooled F-beta with beta^2 = 0.3). Percentages for IoU, F, within-angle shares and
-Delta-m; degrees for normals; metres for depth. No key contains ``loss``: mmengine's log processor
-reports every such key as the mean over the run's history instead of the current value (the
-official edge "loss" proxy is therefore ``edge/bce``).
+``depth/rmse``, ``depth/log_rmse`` and ``multitask/delta_m``. Opt-in: ``<task>/IoU/<class>`` and
+``sal/maxFbeta`` (pooled F-beta with beta^2 = 0.3). Percentages for IoU, F, AP, within-angle
+shares and Delta-m; degrees for normals; metres for depth. No key contains ``loss``: mmengine's
+log processor reports every such key as the mean over the run's history instead of the current
+value (the official edge "loss" proxy is therefore ``edge/bce``).
 """
 
 from __future__ import annotations
