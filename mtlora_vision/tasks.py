@@ -22,6 +22,9 @@ from types import MappingProxyType
 
 IGNORE_INDEX = 255
 
+#: Edge evaluation protocols (``docs/edge_evaluation.md``): SEISM's (published numbers) and BSDS's.
+EDGE_PROTOCOLS: tuple[str, ...] = ("seism", "bsds")
+
 #: Positive-class weight of the edge loss and of its evaluation proxy (official ``edge_w``).
 EDGE_POS_WEIGHT = 0.95
 
@@ -129,7 +132,7 @@ TASKS: Mapping[str, TaskInfo] = MappingProxyType(
             Kind.PROBABILITY,
             {"pascal_context": 1, "nyud": 1},
             50.0,
-            {"edge/bce": LOWER, "edge/odsF": HIGHER},
+            {"edge/bce": LOWER, "edge/odsF": HIGHER, "edge/oisF": HIGHER, "edge/AP": HIGHER},
             "edge/odsF",
             "grey",
         ),

@@ -29,6 +29,8 @@ PASCAL_KEYS = {
     "normals/30",
     "edge/bce",
     "edge/odsF",
+    "edge/oisF",
+    "edge/AP",
     "multitask/delta_m",
 }
 H, W = 12, 16
@@ -173,6 +175,8 @@ def test_no_baseline_means_no_delta_m(caplog):
         "normals/30",
         "edge/bce",
         "edge/odsF",
+        "edge/oisF",
+        "edge/AP",
     }
     assert 0.05 < values["depth/rmse"] < 0.2  # noise std 0.1 m
     warned = [r.getMessage() for r in caplog.records if "delta_m omitted" in r.getMessage()]

@@ -186,6 +186,38 @@ def test_test_tool_leaves_the_training_record_alone(trained):
     assert not list(folder.rglob("events.out.tfevents.*"))  # no empty TensorBoard run
 
 
+def test_eval_predictions_agrees_with_the_test_tool(trained, tmp_path):
+    """Scores from the saved files equal tools/test.py's: exactly for class ids and edges (the
+    SEISM protocol scores the same 8-bit levels), within the 8-bit rounding for sal and normals."""
+    root, work_dir, options = trained
+    eval_tool = load_tool("eval_predictions")
+    preds, out = tmp_path / "preds", tmp_path / "test.json"
+    original = ["test_dataloader.dataset.keep_original_size=True"]
+    args = [DEMO, str(work_dir / "epoch_1.pth"), "--work-dir", str(tmp_path / "t")]
+    expected = test_tool.main(
+        [*args, "--out", str(out), "--out-dir", str(preds), "--cfg-options", *options, *original]
+    )
+    common = ["--dataset", "pascal_context", "--data-root", str(root / "data")]
+    common += ["--cache-dir", str(root / "cache"), "--no-delta-m"]
+    scored = eval_tool.main([str(preds), *common, "--out", str(tmp_path / "eval.json")])
+    assert json.loads((tmp_path / "eval.json").read_text()) == pytest.approx(scored)
+    assert set(scored) == set(expected)
+    for key in ("semseg/mIoU", "human_parts/mIoU", "edge/odsF", "edge/oisF", "edge/AP"):
+        assert scored[key] == expected[key], key
+    for key in ("sal/mIoU", "sal/maxF"):  # p -> round(255 p) / 255 moves a pixel by <= 1/510
+        assert scored[key] == pytest.approx(expected[key], abs=0.5), key
+    assert scored["normals/mean"] == pytest.approx(expected["normals/mean"], abs=0.3)
+    assert scored["edge/bce"] == pytest.approx(expected["edge/bce"], rel=1e-2)
+    # a missing and a mis-sized file are named before / instead of a score
+    first = sorted((preds / "edge").glob("*.png"))[0]
+    first.unlink()
+    with pytest.raises(FileNotFoundError, match=first.name):
+        eval_tool.main([str(preds), *common, "--tasks", "edge"])
+    cv2.imwrite(str(first), cv2.imread(str(preds / "sal" / first.name))[:40, :, 0])
+    with pytest.raises(ValueError, match=rf"{first.name}: prediction is \(40, 64\)"):
+        eval_tool.main([str(preds), *common, "--tasks", "edge"])
+
+
 def test_loading_a_checkpoint_for_other_tasks_is_a_clear_error(trained):
     root, work_dir, options = trained
     options = [*options, "model.adapter.task_rank=2"]

@@ -9,7 +9,7 @@ trains on it with the pipeline of ``transforms.py``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,12 +29,18 @@ from mtlora_vision.datasets.pascal_files import (
 )
 from mtlora_vision.datasets.readers import read_rgb
 from mtlora_vision.datasets.transforms import MultiTaskTransform
+from mtlora_vision.evaluation.functional.seism import seism_gt_boundaries
 
 logger = logging.getLogger(__name__)
 
 PASCAL_TASKS: tuple[str, ...] = ("semseg", "human_parts", "sal", "normals", "edge")
 #: Image counts of the real release.
 PASCAL_SPLIT_SIZES: Mapping[str, int] = {"train": 4998, "val": 5105}
+#: Edge labels from the context label map: ASTMT's training labels or SEISM's ground truth.
+_EDGE_LABELS: Mapping[str, Callable[[np.ndarray], np.ndarray]] = {
+    "laplacian": edges_from_label_map,
+    "seg2bmap": seism_gt_boundaries,
+}
 
 
 def pascal_paths(root: Path, image_id: str) -> dict[str, Path]:
@@ -80,6 +86,10 @@ class PascalContextMT(MultiTaskDataset):
         cache_dir: Root of the cache of derived labels (edges, human parts, the person index);
             default ``~/.cache/mtlora_vision``. Never inside ``data_root``.
         use_cache: False computes every derived label on the fly and writes nothing.
+        edge_labels: How edge labels derive from the context label map: ``"laplacian"`` (the
+            ASTMT training labels: ``|Laplacian| > 0``, thinned) or ``"seg2bmap"`` (the ground
+            truth of the SEISM evaluation: BSDS ``seg2bmap``, thinned; see
+            ``docs/edge_evaluation.md``).
         synthesize_if_missing: If given and ``data_root`` is missing, first write a synthetic
             dataset there with these settings (``num_train``, ``num_val``, ``size``, ``seed``).
     """
@@ -106,7 +116,14 @@ class PascalContextMT(MultiTaskDataset):
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
         synthesize_if_missing: Mapping[str, Any] | None = None,
+        edge_labels: str = "laplacian",
     ) -> None:
+        if edge_labels not in _EDGE_LABELS:
+            raise ValueError(
+                f"edge_labels={edge_labels!r} is not one of {sorted(_EDGE_LABELS)}: 'laplacian' "
+                "for training, 'seg2bmap' for the SEISM evaluation."
+            )
+        self.edge_labels = edge_labels
         self._setup(data_root, split, tasks, cache_dir, use_cache, synthesize_if_missing)
         split_file = self.data_root / "ImageSets" / "Context" / f"{split}.txt"
         ids = read_split_ids(split_file, split, str(split_file.parent))
@@ -187,11 +204,12 @@ class PascalContextMT(MultiTaskDataset):
                 read_normals(paths["normals"], shape), context_labels(), normals_valid_lookup()
             )
         if "edge" in self.tasks:
+            derive = _EDGE_LABELS[self.edge_labels]
             targets["edge"] = self.label_cache.get(
-                "edge",
+                "edge" if self.edge_labels == "laplacian" else f"edge-{self.edge_labels}",
                 image_id,
                 paths["context"],
-                lambda: edges_from_label_map(context_labels()),
+                lambda: derive(context_labels()),
                 shape,
             )
         return image, targets

@@ -8,12 +8,12 @@ of :mod:`mtlora_vision.evaluation.functional`.
 
 Keys are flat and prefixed by task: ``semseg/mIoU``, ``human_parts/mIoU``, ``sal/mIoU``,
 ``sal/maxF``, ``normals/mean``, ``normals/median``, ``normals/rmse``, ``normals/11.25``,
-``normals/22.5``, ``normals/30``, ``edge/bce``, ``edge/odsF``, ``depth/rmse``,
-``depth/log_rmse`` and ``multitask/delta_m``. Opt-in: ``<task>/IoU/<class>`` and
-``sal/maxFbeta`` (F-beta with beta^2 = 0.3). Percentages for IoU, F, within-angle shares and
-Delta-m; degrees for normals; metres for depth. No key contains ``loss``: mmengine's log processor
-reports every such key as the mean over the run's history instead of the current value (the
-official edge "loss" proxy is therefore ``edge/bce``).
+``normals/22.5``, ``normals/30``, ``edge/bce``, ``edge/odsF``, ``edge/oisF``, ``edge/AP``,
+``depth/rmse``, ``depth/log_rmse`` and ``multitask/delta_m``. Opt-in: ``<task>/IoU/<class>`` and
+``sal/maxFbeta`` (pooled F-beta with beta^2 = 0.3). Percentages for IoU, F, AP, within-angle
+shares and Delta-m; degrees for normals; metres for depth. No key contains ``loss``: mmengine's
+log processor reports every such key as the mean over the run's history instead of the current
+value (the official edge "loss" proxy is therefore ``edge/bce``).
 """
 
 from __future__ import annotations
@@ -24,15 +24,19 @@ from collections.abc import Collection, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
 from torch import Tensor
 
+from mtlora_vision.evaluation.edge_pool import EdgeCounter
 from mtlora_vision.evaluation.functional.boundary import (
     MAX_DIST,
-    boundary_pr_counts,
+    average_precision,
     boundary_thresholds,
+    bsds_precision_recall,
     ods_f,
+    ois_f,
 )
 from mtlora_vision.evaluation.functional.delta_m import delta_m
 from mtlora_vision.evaluation.functional.depth import depth_metrics, depth_stats
@@ -43,7 +47,9 @@ from mtlora_vision.evaluation.functional.normals import (
     normals_stats,
 )
 from mtlora_vision.evaluation.functional.saliency import (
+    saliency_level_histograms,
     saliency_max_f,
+    saliency_max_fbeta,
     saliency_max_iou,
     saliency_stats,
 )
@@ -52,6 +58,7 @@ from mtlora_vision.evaluation.functional.segmentation import (
     iou_from_confusion,
     mean_iou,
 )
+from mtlora_vision.evaluation.functional.seism import seism_ods, seism_precision_recall
 from mtlora_vision.tasks import (
     DEFAULT_DELTA_M_KEYS,
     EDGE_POS_WEIGHT,
@@ -101,12 +108,20 @@ class MultiTaskMetric(BaseMetric):
             :data:`LOWER_IS_BETTER_KEYS`.
         class_names: Task -> class names used in per-class keys (indices otherwise).
         per_class_iou: Also report ``<task>/IoU/<class>`` for the segmentation tasks.
-        sal_fbeta: Also report ``sal/maxFbeta`` (beta^2 = 0.3 on probabilities).
-        edge_ods: Compute ``edge/odsF`` (the slow part of evaluation; off skips it).
+        sal_fbeta: Also report ``sal/maxFbeta``: F-beta (beta^2 = 0.3) of counts pooled over the
+            dataset, maximised over the 255 thresholds of the 8-bit prediction.
+        edge_ods: Compute ``edge/odsF``, ``edge/oisF`` and ``edge/AP`` (the slow part of
+            evaluation; off skips it).
+        edge_protocol: ``"seism"`` (the published PASCAL-Context / NYUD-v2 protocol: the 8-bit
+            PNG of the prediction at thresholds ``k / (T + 1)``, ODS without interpolation) or
+            ``"bsds"`` (probabilities on the BSDS grid, ODS interpolated as BSDS does); see
+            ``docs/edge_evaluation.md``.
         edge_max_dist: Boundary tolerance as a fraction of the image diagonal; defaults to 0.0075
             (PASCAL-Context) or 0.011 (NYUD-v2).
-        edge_num_thresholds: Number of ODS thresholds (BSDS uses 99).
-        edge_thin: Thin thresholded edge maps before matching (BSDS ``thinpb``).
+        edge_num_thresholds: Number of thresholds (both protocols use 99: 0.01 ... 0.99).
+        edge_thin: Thin thresholded edge maps before matching (``edgesEvalImg``'s ``thin``).
+        edge_workers: Processes that count edge matches (0: in this process). Results do not
+            depend on it; in DDP each rank counts its own samples.
         edge_pos_weight: Positive weight of the ``edge/bce`` proxy (the official edge "loss").
         normals_bin_width: Histogram bin (degrees) for the normals median.
         collect_device: Device for gathering results across ranks (``"cpu"`` or ``"gpu"``).
@@ -129,8 +144,10 @@ class MultiTaskMetric(BaseMetric):
         sal_fbeta: bool = False,
         edge_ods: bool = True,
         edge_max_dist: float | None = None,
+        edge_protocol: str = "seism",
         edge_num_thresholds: int = 99,
         edge_thin: bool = True,
+        edge_workers: int = 0,
         edge_pos_weight: float = EDGE_POS_WEIGHT,
         normals_bin_width: float = 0.05,
         collect_device: str = "cpu",
@@ -157,8 +174,15 @@ class MultiTaskMetric(BaseMetric):
         self.edge_ods = edge_ods
         self._edge_max_dist = edge_max_dist
         self.edge_max_dist = _edge_max_dist(edge_max_dist, dataset)
-        self.edge_thresholds = boundary_thresholds(edge_num_thresholds)
+        self.edge_protocol = edge_protocol
+        if edge_protocol == "seism":
+            count = boundary_thresholds(edge_num_thresholds).numel()  # checks the number
+            self.edge_thresholds = tuple((np.arange(1, count + 1) / (count + 1)).tolist())
+        else:
+            self.edge_thresholds = tuple(boundary_thresholds(edge_num_thresholds).tolist())
         self.edge_thin = edge_thin
+        self.edge_workers = edge_workers
+        self._edge_counter()  # checks protocol and workers now, not at the first batch
         self.edge_pos_weight = edge_pos_weight
         self.normals_bin_width = normals_bin_width
 
@@ -232,11 +256,36 @@ class MultiTaskMetric(BaseMetric):
                 "MultiTaskMetric has no tasks: give tasks=... or set dataset_meta to the "
                 "evaluated dataset's metainfo (mmengine's val and test loops do)."
             )
-        for sample in data_samples:
-            pred, targets = _pred_and_targets(sample, self.tasks)
-            self.results.append(
-                {task: self._sample_stats(task, pred[task], targets[task]) for task in self.tasks}
-            )
+        samples = [_pred_and_targets(sample, self.tasks) for sample in data_samples]
+        edge_counts = self._edge_counts(samples)
+        for index, (pred, targets) in enumerate(samples):
+            stats = {}
+            for task in self.tasks:
+                stats[task] = self._sample_stats(task, pred[task], targets[task])
+                if task == "edge" and edge_counts:
+                    stats[task]["pr"] = torch.from_numpy(edge_counts[index])
+            self.results.append(stats)
+
+    def _edge_counter(self) -> EdgeCounter:
+        return EdgeCounter(
+            self.edge_protocol,
+            self.edge_max_dist,
+            self.edge_thresholds,
+            self.edge_thin,
+            self.edge_workers,
+        )
+
+    def _edge_counts(
+        self, samples: Sequence[tuple[Mapping[str, Tensor], Mapping[str, Tensor]]]
+    ) -> list[np.ndarray]:
+        """Edge match counts of the batch's samples (spread over ``edge_workers`` processes)."""
+        if "edge" not in self.tasks or not self.edge_ods:
+            return []
+        pairs = []
+        for pred, targets in samples:
+            prob = _prob_map(pred["edge"], "edge").to("cpu", torch.float32).numpy()
+            pairs.append((prob, _squeeze(targets["edge"]).cpu().numpy()))
+        return self._edge_counter().count(pairs)
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         """Reduce the gathered per-sample statistics to the metric dict.
@@ -264,7 +313,11 @@ class MultiTaskMetric(BaseMetric):
         if task_kind(task) is Kind.CLASSES:
             return confusion_matrix(_label_map(pred, task), target, self.num_classes[task])
         if task == "sal":
-            return saliency_stats(_prob_map(pred, task), _squeeze(target))
+            prob, target = _prob_map(pred, task), _squeeze(target)
+            stats = {"pr": saliency_stats(prob, target)}
+            if self.sal_fbeta:
+                stats["levels"] = saliency_level_histograms(prob, target)
+            return stats
         if task == "normals":
             return normals_stats(angular_error(pred, target), self.normals_bin_width)
         if task == "edge":
@@ -274,18 +327,13 @@ class MultiTaskMetric(BaseMetric):
         raise ValueError(f"No metric for task {task!r}.")
 
     def _edge_stats(self, prob: Tensor, target: Tensor) -> dict[str, Tensor]:
-        stats = {"loss": edge_loss_stats(prob, target, self.edge_pos_weight)}
-        if self.edge_ods:
-            stats["pr"] = boundary_pr_counts(
-                prob, target, self.edge_max_dist, self.edge_thresholds, self.edge_thin
-            )
-        return stats
+        return {"loss": edge_loss_stats(prob, target, self.edge_pos_weight)}
 
     def _reduce(self, task: str, stats: list) -> dict[str, float]:
         if task_kind(task) is Kind.CLASSES:
             return self._reduce_segmentation(task, torch.stack(stats).sum(dim=0))
         if task == "sal":
-            return self._reduce_saliency(torch.stack(stats))
+            return self._reduce_saliency(stats)
         if task == "normals":
             values = normals_metrics(stats, self.normals_bin_width)
             degrees = {"mean", "median", "rmse"}
@@ -294,20 +342,22 @@ class MultiTaskMetric(BaseMetric):
             return self._reduce_edge(stats)
         return {f"depth/{k}": v for k, v in depth_metrics(torch.stack(stats)).items()}
 
-    def _reduce_saliency(self, stats: Tensor) -> dict[str, float]:
+    def _reduce_saliency(self, stats: list[dict[str, Tensor]]) -> dict[str, float]:
+        per_image = torch.stack([s["pr"] for s in stats])
         out = {
-            "sal/mIoU": saliency_max_iou(stats) * _PERCENT,
-            "sal/maxF": saliency_max_f(stats) * _PERCENT,
+            "sal/mIoU": saliency_max_iou(per_image) * _PERCENT,
+            "sal/maxF": saliency_max_f(per_image) * _PERCENT,
         }
         if self.sal_fbeta:
-            out["sal/maxFbeta"] = saliency_max_f(stats, beta_squared=0.3) * _PERCENT
+            levels = torch.stack([s["levels"] for s in stats]).sum(dim=0)
+            out["sal/maxFbeta"] = saliency_max_fbeta(levels) * _PERCENT
         return out
 
     def _reduce_edge(self, stats: list[dict[str, Tensor]]) -> dict[str, float]:
         out = {"edge/bce": edge_loss(torch.stack([s["loss"] for s in stats]))}
         if self.edge_ods:
-            counts = torch.stack([s["pr"] for s in stats]).sum(dim=0)
-            out["edge/odsF"] = ods_f(counts) * _PERCENT
+            per_image = torch.stack([s["pr"] for s in stats]).numpy()
+            out.update(edge_scores(per_image, self.edge_protocol))
         return out
 
     def _reduce_segmentation(self, task: str, confusion: Tensor) -> dict[str, float]:
@@ -458,3 +508,30 @@ def _resolve_delta_m_keys(
     if wrong:
         raise ValueError(f"Delta-m keys must start with their task name, got {wrong}.")
     return keys
+
+
+def edge_scores(per_image: np.ndarray, protocol: str) -> dict[str, float]:
+    """``edge/odsF``, ``edge/oisF`` and ``edge/AP`` (percent) from per-image counts.
+
+    Args:
+        per_image: ``(N, T, 4)`` counts of each image at each threshold.
+        protocol: ``"seism"`` (SEISM's conventions, ODS without interpolation) or ``"bsds"``
+            (BSDS's, ODS interpolated between thresholds).
+
+    Returns:
+        The three scores in percent.
+    """
+    total = per_image.sum(axis=0)
+    if protocol == "seism":
+        precision, recall = seism_precision_recall(total)
+        ods = seism_ods(total)
+        ois = ois_f(per_image, seism_precision_recall)
+    else:
+        precision, recall = bsds_precision_recall(total)
+        ods = ods_f(torch.from_numpy(total))
+        ois = ois_f(per_image, bsds_precision_recall)
+    return {
+        "edge/odsF": ods * _PERCENT,
+        "edge/oisF": ois * _PERCENT,
+        "edge/AP": average_precision(precision, recall) * _PERCENT,
+    }

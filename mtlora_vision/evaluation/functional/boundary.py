@@ -1,4 +1,4 @@
-"""Boundary precision/recall and the ODS F-measure in pure Python (numpy and scipy).
+"""The BSDS edge protocol: boundary precision/recall counts, ODS, OIS and AP (numpy, scipy, numba).
 
 Used for the edge task of multi-task PASCAL-Context and NYUD-v2 (ASTMT / MTI-Net line, whose
 numbers come from the SEISM MATLAB package built on the BSDS benchmark of Martin, Fowlkes and
@@ -41,12 +41,18 @@ How this matches or differs from SEISM / BSDS:
   ignore label); those ground-truth pixels are not boundaries.
 * One ground truth per image (BSDS accumulates matches over several annotators; PASCAL-Context and
   NYUD-v2 edges have one).
-* Only ODS is computed (no OIS or AP).
+* OIS (:func:`ois_f`) and AP (:func:`average_precision`) as ``collect_eval_bdry`` computes them.
+
+The counts of all thresholds of one image come from one compiled pass
+(:mod:`~mtlora_vision.evaluation.functional.edge_kernels`); :func:`count_matches` (a maximum flow)
+is the independent path the tests compare it with. The SEISM protocol of the published numbers is
+in :mod:`~mtlora_vision.evaluation.functional.seism`; ``docs/edge_evaluation.md`` compares both.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -55,7 +61,7 @@ from scipy.sparse.csgraph import maximum_flow
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from mtlora_vision.evaluation.functional.thinning import thin_binary
+from mtlora_vision.evaluation.functional.edge_kernels import pr_counts_all_thresholds
 from mtlora_vision.tasks import IGNORE_INDEX
 
 #: Boundary tolerance as a fraction of the image diagonal, per dataset (SEISM settings).
@@ -153,22 +159,34 @@ def boundary_pr_counts(
     prob_np = prob.detach().to("cpu", torch.float64).numpy()
     target_np = target.detach().cpu().numpy()
     valid = target_np != ignore_index
-    gt_points = np.argwhere(valid & (target_np >= 1))
-    gt_tree = cKDTree(gt_points) if gt_points.size else None
+    order, sizes = nested_threshold_order(prob_np, thresholds.numpy())
     radius = max_dist * math.hypot(*prob_np.shape)
-    counts = np.zeros((len(thresholds), 4), dtype=np.int64)
-    counts[:, 1] = len(gt_points)
-    previous_size, previous = -1, (0, 0)
-    for i, threshold in enumerate(thresholds.tolist()):
-        raw = prob_np >= threshold
-        size = int(raw.sum())
-        # Maps shrink as the threshold grows, so an equal size means an identical map.
-        if size != previous_size:
-            bmap = (thin_binary(raw) if thin_pred else raw) & valid
-            matched = 0 if gt_tree is None else _count_matches(np.argwhere(bmap), gt_tree, radius)
-            previous_size, previous = size, (matched, int(bmap.sum()))
-        counts[i, 0], counts[i, 2], counts[i, 3] = previous[0], previous[0], previous[1]
+    counts = pr_counts_all_thresholds(
+        order, sizes, valid & (target_np >= 1), valid, radius, thin_pred
+    )
     return torch.from_numpy(counts)
+
+
+def nested_threshold_order(
+    score: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every map ``score >= t_k`` as a prefix of one ordering of the pixels.
+
+    Args:
+        score: ``(H, W)`` scores (any real dtype).
+        thresholds: ``(T,)`` increasing thresholds, compared in the dtype of ``score``'s values
+            promoted with theirs.
+
+    Returns:
+        ``order``: ``int64 (H*W,)`` flat indices sorted by score, highest first; ``sizes``:
+        ``int64 (T,)`` with ``sizes[k] = #{score >= t_k}``, so the map of ``t_k`` is
+        ``order[:sizes[k]]``.
+    """
+    flat = score.reshape(-1)
+    ascending = np.argsort(flat, kind="stable")
+    sorted_scores = flat[ascending]
+    sizes = flat.size - np.searchsorted(sorted_scores, thresholds, side="left")
+    return ascending[::-1].astype(np.int64), sizes.astype(np.int64)
 
 
 def _f1(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
@@ -196,3 +214,66 @@ def ods_f(counts: Tensor, interpolate: bool = True) -> float:
         p = precision[1:, None] * step + precision[:-1, None] * (1.0 - step)
         best = max(best, float(_f1(p, r).max()))
     return best
+
+
+def bsds_precision_recall(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BSDS's precision and recall: ``cnt / sum``, 0 where ``sum`` is 0.
+
+    Args:
+        counts: ``(..., 4)`` ``cntR, sumR, cntP, sumP``.
+
+    Returns:
+        ``(precision, recall)``, each of shape ``counts.shape[:-1]``.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    cnt_r, sum_r, cnt_p, sum_p = np.moveaxis(counts, -1, 0)
+    return cnt_p / np.where(sum_p > 0, sum_p, 1.0), cnt_r / np.where(sum_r > 0, sum_r, 1.0)
+
+
+def ois_f(
+    per_image: np.ndarray,
+    precision_recall: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] = bsds_precision_recall,
+) -> float:
+    """Optimal-image-scale F: each image at its own best threshold, counts summed.
+
+    Args:
+        per_image: ``(N, T, 4)`` counts of each image at each threshold.
+        precision_recall: The protocol's ``counts -> (P, R)``.
+
+    Returns:
+        F of the counts summed over images, each image taken at the first threshold with its
+        highest F (BSDS ``collect_eval_bdry``, SEISM ``general_ois``).
+    """
+    per_image = np.asarray(per_image, dtype=np.float64)
+    if per_image.ndim != 3 or per_image.shape[-1] != 4:
+        raise ValueError(f"per_image must be (N, T, 4), got {per_image.shape}.")
+    precision, recall = precision_recall(per_image)
+    best = _f1(precision, recall).argmax(axis=1)  # first maximum, as MATLAB's max
+    chosen = per_image[np.arange(len(per_image)), best].sum(axis=0)
+    p, r = precision_recall(chosen)
+    return float(_f1(np.asarray(p), np.asarray(r)))
+
+
+def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Area under the dataset precision-recall curve, as BSDS and SEISM compute it.
+
+    Recall values are made unique (the first threshold of each value kept, MATLAB's ``unique``),
+    precision is interpolated linearly at recall ``0, 0.01, ..., 1`` and the points inside the
+    recall range are summed times 0.01 (``collect_eval_bdry``'s and ``general_ap``'s formula).
+
+    Args:
+        precision: ``(T,)`` dataset precision per threshold.
+        recall: ``(T,)`` dataset recall per threshold.
+
+    Returns:
+        AP as a fraction; 0 when fewer than two distinct recall values exist.
+    """
+    recall = np.asarray(recall, dtype=np.float64)
+    precision = np.asarray(precision, dtype=np.float64)
+    unique_recall, first = np.unique(recall, return_index=True)
+    if unique_recall.size < 2:
+        return 0.0
+    grid = np.arange(101) / 100.0
+    inside = (grid >= unique_recall[0]) & (grid <= unique_recall[-1])
+    values = np.interp(grid[inside], unique_recall, precision[first])
+    return float(values.sum() / 100.0)

@@ -9,11 +9,15 @@ For each threshold ``tau`` in ``linspace(0.2, 0.9, 15)`` the probability map is 
 * Precision ``TP / (TP + FP + 1e-12)`` and recall ``TP / (TP + FN + 1e-12)`` per image (so 0
   when the denominator is 0), averaged over images. ``maxF`` is the F1 of the averaged precision
   and recall, maximised over ``tau``.
-* :func:`saliency_max_f` with ``beta_squared=0.3`` gives the salient-object-detection F-beta on
-  the same averaged precision and recall. The official "Beta maxF" applies a sigmoid to maps
-  that are already probabilities; this one thresholds the probabilities directly.
 
 Per-image statistics are ``(3, T)``: rows Jaccard, precision, recall. Results are fractions.
+
+The F-beta of salient-object detection (Achanta et al., CVPR 2009; beta^2 = 0.3) is computed
+apart (:func:`saliency_level_histograms`, :func:`saliency_max_fbeta`): the prediction is taken as
+its 8-bit PNG ``round(255 p)``, each level ``k = 1 .. 255`` is a threshold (``png >= k``), and
+the true-positive, predicted and ground-truth pixel counts are summed over the whole dataset
+before precision, recall and F-beta are formed; the result is the maximum over the 255
+thresholds. ``docs/edge_evaluation.md`` compares it with the per-image-averaged variant.
 """
 
 from __future__ import annotations
@@ -108,3 +112,54 @@ def saliency_max_f(stats: Tensor, beta_squared: float = 1.0) -> float:
     """
     mean = stats.mean(dim=0)
     return float(f_measure(mean[1], mean[2], beta_squared).max())
+
+
+#: 8-bit levels used as F-beta thresholds: ``png >= k`` for ``k = 1 .. 255``.
+SAL_FBETA_LEVELS: int = 256
+
+
+def saliency_level_histograms(
+    prob: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
+    """Labelled pixels per 8-bit prediction level, all and salient ones.
+
+    Args:
+        prob: Saliency probabilities ``(H, W)`` in ``[0, 1]``.
+        target: Ground truth ``(H, W)``: 1 salient, 0 background, ``ignore_index`` unlabelled.
+        ignore_index: Label of unlabelled pixels.
+
+    Returns:
+        ``int64 (2, 256)``: row 0 counts labelled pixels at each level ``round(255 p)``, row 1
+        the salient ones among them.
+
+    Raises:
+        ValueError: If shapes differ.
+    """
+    if prob.shape != target.shape:
+        raise ValueError(f"prob shape {tuple(prob.shape)} != target shape {tuple(target.shape)}.")
+    target = target.detach().cpu().reshape(-1)
+    valid = target != ignore_index
+    levels = (prob.detach().float().cpu().reshape(-1)[valid].clamp(0, 1) * 255).round().long()
+    salient = target[valid] >= 1
+    every = torch.bincount(levels, minlength=SAL_FBETA_LEVELS)
+    positive = torch.bincount(levels[salient], minlength=SAL_FBETA_LEVELS)
+    return torch.stack([every, positive])
+
+
+def saliency_max_fbeta(histograms: Tensor, beta_squared: float = 0.3) -> float:
+    """Maximum F-beta over the thresholds ``png >= k`` (``k = 1..255``), counts pooled.
+
+    Args:
+        histograms: ``(2, 256)`` :func:`saliency_level_histograms` summed over the dataset.
+        beta_squared: ``beta**2`` (0.3 in salient-object detection).
+
+    Returns:
+        ``max_k F_beta(TP_k / P_k, TP_k / G)`` with ``P_k`` the pixels predicted salient and ``G``
+        the salient pixels of the dataset (precision or recall 0 when its denominator is 0).
+    """
+    at_or_above = histograms.to(torch.float64).flip(-1).cumsum(-1).flip(-1)[:, 1:]  # (2, 255)
+    predicted, true_positive = at_or_above[0], at_or_above[1]
+    salient = histograms[1].sum().to(torch.float64)
+    precision = true_positive / predicted.clamp_min(1.0)
+    recall = true_positive / salient.clamp_min(1.0)
+    return float(f_measure(precision, recall, beta_squared).max())

@@ -38,7 +38,8 @@ def _deletion_tables() -> tuple[np.ndarray, np.ndarray]:
     return first, second
 
 
-_FIRST, _SECOND = _deletion_tables()
+#: Deletion look-up tables of the two subiterations, indexed by the 8-neighbour code.
+FIRST_SUBITERATION, SECOND_SUBITERATION = _deletion_tables()
 
 
 def thin_binary(bmap: np.ndarray) -> np.ndarray:
@@ -62,7 +63,7 @@ def thin_binary(bmap: np.ndarray) -> np.ndarray:
     changed = True
     while changed:
         changed = False
-        for table in (_FIRST, _SECOND):
+        for table in (FIRST_SUBITERATION, SECOND_SUBITERATION):
             index = index[flat[index] != 0]
             code = np.zeros(index.size, dtype=np.int64)
             for bit, offset in enumerate(offsets):
