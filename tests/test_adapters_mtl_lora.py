@@ -202,7 +202,6 @@ def test_per_task_merge_equivalence() -> None:
     for task in TASKS:
         merged = F.linear(x, layer.merged_weight(task), layer.base_layer.bias)
         assert relative_error(merged, outputs[task]) <= 1e-5
-        assert relative_error(layer.merged_linear(task)(x), outputs[task]) <= 1e-5
     assert outputs["semseg"].sub(outputs["depth"]).abs().max() > 1e-3  # tasks really differ
 
     layer.merge("depth")

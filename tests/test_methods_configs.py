@@ -13,8 +13,12 @@ from mmengine.config import Config
 from mmengine.optim import OptimWrapper, build_optim_wrapper
 from mmengine.registry import MODELS
 
-from mtlora_vision.adapters.bitfit import is_bitfit_trainable
-from mtlora_vision.adapters.trainable import ParameterGroup, TrainablePolicy, parameter_group
+from mtlora_vision.adapters.trainable import (
+    ParameterGroup,
+    TrainablePolicy,
+    is_bitfit_trainable,
+    parameter_group,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ROOT / "configs" / "methods"

@@ -261,8 +261,6 @@ def test_rotation_helpers_against_a_hand_computed_matrix():
     n = np.array([1.0, 0.0, 0.5], np.float32).reshape(3, 1, 1)
     out = rotate_normals(n, rotation)[:, 0, 0]
     np.testing.assert_allclose(out, [np.cos(theta), -np.sin(theta), 0.5], atol=1e-6)
-    up = rotate_normals(n, rotation, y_down=False)[:, 0, 0]
-    np.testing.assert_allclose(up, [np.cos(theta), np.sin(theta), 0.5], atol=1e-6)
     with pytest.raises(ValueError, match="mirrors"):
         rotation_from_affine(np.diag([-1.0, 1.0]))
 

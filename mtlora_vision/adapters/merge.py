@@ -41,8 +41,8 @@ import logging
 
 from torch import nn
 
+from mtlora_vision.adapters.inject import adapter_layers
 from mtlora_vision.adapters.mtl_lora import set_merge_at_inference
-from mtlora_vision.adapters.mtlora import MTLoRALinear
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def merge_adapters(model: nn.Module) -> int:
     Returns:
         Number of layers merged now (already merged or unmergeable layers are skipped).
     """
-    count = sum(layer.merge() for layer in _adapter_layers(model))
+    count = sum(layer.merge() for layer in adapter_layers(model).values())
     logger.info("Merged the shared updates of %d adapter layers.", count)
     return count
 
@@ -70,7 +70,7 @@ def unmerge_adapters(model: nn.Module) -> int:
     Returns:
         Number of layers unmerged.
     """
-    count = sum(layer.unmerge() for layer in _adapter_layers(model))
+    count = sum(layer.unmerge() for layer in adapter_layers(model).values())
     logger.info("Unmerged %d adapter layers.", count)
     return count
 
@@ -92,8 +92,4 @@ def merge_for_inference(model: nn.Module) -> int:
 
 def is_merged(model: nn.Module) -> bool:
     """Whether any adapter layer of ``model`` is merged."""
-    return any(layer.merged for layer in _adapter_layers(model))
-
-
-def _adapter_layers(model: nn.Module) -> list[MTLoRALinear]:
-    return [m for m in model.modules() if isinstance(m, MTLoRALinear)]
+    return any(layer.merged for layer in adapter_layers(model).values())

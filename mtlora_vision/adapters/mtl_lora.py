@@ -281,21 +281,6 @@ class MTLLoRALinear(nn.Module):
             weight = weight - self.get_delta_weight(self.merged_task)
         return weight + self.get_delta_weight(task)
 
-    def merged_linear(self, task: str) -> nn.Linear:
-        """Return a new frozen ``nn.Linear`` computing this layer for ``task`` (an export)."""
-        layer = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.base_layer.bias is not None,
-            device=self.base_layer.weight.device,
-            dtype=self.base_layer.weight.dtype,
-        )
-        with torch.no_grad():
-            layer.weight.copy_(self.merged_weight(task))
-            if self.base_layer.bias is not None:
-                layer.bias.copy_(self.base_layer.bias)
-        return layer.requires_grad_(False)
-
     @torch.no_grad()
     def merge(self, task: str) -> None:
         """Fold ``Delta W_t`` into ``base_layer.weight``; then only batches of ``task`` can run.

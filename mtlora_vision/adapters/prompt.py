@@ -60,7 +60,6 @@ from mtlora_vision.adapters.prompt_attention import (
 
 logger = logging.getLogger(__name__)
 
-METHOD_NAME = "ta_lora_prompt"
 PROMPT_FAST_KEY = "prompt_fast"
 PROMPT_SLOW_KEY = "prompt_slow"
 PROMPT_GATE_KEY = "prompt_gate"
@@ -107,12 +106,6 @@ class PromptKV(NamedTuple):
     shared_v: Tensor
     task_k: Tensor
     task_v: Tensor
-
-
-def prompt_param_role(name: str) -> str | None:
-    """Return ``"fast"``, ``"slow"`` or ``"gate"`` for a prompt parameter name, else ``None``."""
-    roles = ((PROMPT_FAST_KEY, "fast"), (PROMPT_SLOW_KEY, "slow"), (PROMPT_GATE_KEY, "gate"))
-    return next((role for key, role in roles if key in name), None)
 
 
 class TaskAdaptiveLowRankPrompt(nn.Module):

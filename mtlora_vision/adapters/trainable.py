@@ -15,7 +15,7 @@ falls into exactly one group, decided in this order:
 
 Orthogonal to the groups, the ``biases`` switch (BitFit, Ben Zaken et al., ACL 2022) also trains
 every backbone bias term (a parameter whose own name is ``bias``, see
-:func:`~mtlora_vision.adapters.bitfit.is_bitfit_trainable`) whatever its group. The group names
+:func:`is_bitfit_trainable`) whatever its group. The group names
 returned here are :class:`ParameterGroup` strings that remember whether the parameter is a bias, so
 ``policy.is_trainable(group)`` can apply that switch without seeing the parameter name.
 
@@ -29,11 +29,24 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from mtlora_vision.adapters.bitfit import is_bitfit_trainable
 from mtlora_vision.adapters.state_dict import adapter_parameter_names, base_layer_parameter_names
 
 ADAPTERS = "adapters"
 BACKBONE = "backbone"
+
+
+def is_bitfit_trainable(name: str) -> bool:
+    """Whether parameter ``name`` is a bias term that BitFit trains.
+
+    BitFit (Ben Zaken, Ravfogel and Goldberg, ACL 2022) trains the bias terms of a pretrained
+    backbone: every parameter whose own name is ``bias`` (linear and convolution biases, LayerNorm
+    shifts). Swin's ``relative_position_bias_table`` is not a bias term. MTLoRA's BitFit setting is
+    not published (MTLoRA issue #8).
+
+    Args:
+        name: Dotted parameter name, e.g. ``"backbone.layers.0.blocks.0.attn.qkv.bias"``.
+    """
+    return name.rsplit(".", 1)[-1] == "bias"
 
 
 class ParameterGroup(str):

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 import numpy as np
 from torch.utils.data import Dataset
 
-from mtlora_vision.datasets.cache import DerivedLabelCache, dataset_cache_dir
 from mtlora_vision.datasets.synthetic import ensure_synthetic_dataset
 from mtlora_vision.datasets.transforms import MultiTaskTransform
 from mtlora_vision.datasets.worker import configure_data_worker
@@ -78,8 +77,6 @@ class MultiTaskDataset(Dataset):
     tasks: tuple[str, ...]
     ids: list[str]
     transform: MultiTaskTransform
-    label_cache: DerivedLabelCache
-    cache_dir: Path | None
 
     @classmethod
     def prepare_command(cls, data_root: Path) -> str:
@@ -91,8 +88,6 @@ class MultiTaskDataset(Dataset):
         data_root: str | Path,
         split: str,
         tasks: Sequence[str],
-        cache_dir: str | Path | None,
-        use_cache: bool,
         synthesize_if_missing: Mapping[str, Any] | None,
     ) -> None:
         self.data_root = Path(data_root).expanduser()
@@ -114,10 +109,6 @@ class MultiTaskDataset(Dataset):
         # A single task may be given as a plain string (e.g. from --cfg-options ...tasks=sal).
         tasks = (tasks,) if isinstance(tasks, str) else tasks
         self.tasks = check_tasks(tasks, self.available_tasks, what=f"{type(self).__name__}")
-        self.cache_dir = (
-            dataset_cache_dir(cache_dir, self.dataset_name, self.data_root) if use_cache else None
-        )
-        self.label_cache = DerivedLabelCache(self.cache_dir)
 
     def _synthesize(self, options: Mapping[str, Any]) -> None:
         unknown = sorted(set(options) - set(_SYNTHESIZE_KEYS))

@@ -43,23 +43,18 @@ def rotation_from_affine(matrix: np.ndarray) -> tuple[np.ndarray, float]:
     return linear / scale, scale
 
 
-def rotate_normals(normals: np.ndarray, rotation: np.ndarray, y_down: bool = True) -> np.ndarray:
+def rotate_normals(normals: np.ndarray, rotation: np.ndarray) -> np.ndarray:
     """Rotate the in-plane (x, y) components of normals the way the image was rotated.
 
     Args:
         normals: ``float32 (3, H, W)``.
         rotation: ``(2, 2)`` rotation of image-plane directions in pixel coordinates (x right,
             y down), e.g. from :func:`rotation_from_affine`.
-        y_down: Whether the stored y component points down the image (this package's convention);
-            pass False for releases whose y axis points up.
 
     Returns:
         A new ``float32 (3, H, W)``; z is unchanged.
     """
     rot = np.asarray(rotation, dtype=np.float64)
-    if not y_down:
-        flip_y = np.diag([1.0, -1.0])
-        rot = flip_y @ rot @ flip_y
     r00, r01, r10, r11 = (np.float32(v) for v in rot.ravel())
     x, y = normals[0], normals[1]
     # In-place float32 arithmetic, in the order of ``r00 * x + r01 * y`` (bit-identical, fewer

@@ -76,8 +76,6 @@ class NYUDMT(MultiTaskDataset):
         keep_original_size: Original-resolution evaluation (targets keep their size on disk).
         flip_prob: Horizontal-flip probability of the augmentation.
         scale_choices: Zooms about the centre, one drawn uniformly per sample.
-        cache_dir: Unused by NYUD (no derived labels); accepted for a uniform config.
-        use_cache: See ``cache_dir``.
         synthesize_if_missing: If given and ``data_root`` is missing, first write a synthetic
             dataset there with these settings (``num_train``, ``num_val``, ``size``, ``seed``).
     """
@@ -96,11 +94,9 @@ class NYUDMT(MultiTaskDataset):
         keep_original_size: bool = False,
         flip_prob: float = 0.5,
         scale_choices: Sequence[float] = (1.0, 1.2, 1.5),
-        cache_dir: str | Path | None = None,
-        use_cache: bool = True,
         synthesize_if_missing: Mapping[str, Any] | None = None,
     ) -> None:
-        self._setup(data_root, split, tasks, cache_dir, use_cache, synthesize_if_missing)
+        self._setup(data_root, split, tasks, synthesize_if_missing)
         split_file = self.data_root / "gt_sets" / f"{split}.txt"
         self.ids = read_split_ids(split_file, split, str(split_file.parent))
         kinds = ("image", *self.tasks)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mtlora_vision.datasets.base import MultiTaskDataset, check_files_exist, read_split_ids
-from mtlora_vision.datasets.cache import cached_flags
+from mtlora_vision.datasets.cache import DerivedLabelCache, cached_flags, dataset_cache_dir
 from mtlora_vision.datasets.class_info import HUMAN_PART_CLASSES, VOC_CLASSES, normals_valid_lookup
 from mtlora_vision.datasets.labels import edges_from_label_map, mask_normals
 from mtlora_vision.datasets.pascal_files import (
@@ -124,7 +124,11 @@ class PascalContextMT(MultiTaskDataset):
                 "for training, 'seg2bmap' for the SEISM evaluation."
             )
         self.edge_labels = edge_labels
-        self._setup(data_root, split, tasks, cache_dir, use_cache, synthesize_if_missing)
+        self._setup(data_root, split, tasks, synthesize_if_missing)
+        self.cache_dir = (
+            dataset_cache_dir(cache_dir, self.dataset_name, self.data_root) if use_cache else None
+        )
+        self.label_cache = DerivedLabelCache(self.cache_dir)
         split_file = self.data_root / "ImageSets" / "Context" / f"{split}.txt"
         ids = read_split_ids(split_file, split, str(split_file.parent))
         self._paths = {image_id: pascal_paths(self.data_root, image_id) for image_id in ids}

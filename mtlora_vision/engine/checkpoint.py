@@ -29,11 +29,11 @@ import torch
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook, Hook
-from mmengine.model import is_model_wrapper
 from mmengine.runner import CheckpointLoader
 from torch import Tensor, nn
 
 from mtlora_vision.engine.resume import POINTER, latest_checkpoint, write_pointer
+from mtlora_vision.engine.unwrap import unwrap_model
 from mtlora_vision.fileio import (
     RECORD_SUFFIX,
     atomic_write_bytes,
@@ -277,10 +277,6 @@ def trainable_state_dict(model: nn.Module) -> OrderedDict:
     return filter_state_dict(model.state_dict(), trainable_state_dict_keys(model))
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
-
-
 class TrainableCheckpointHook(Hook):
     """Save only trainable weights (plus optimizer, schedulers and message hub, as mmengine does).
 
@@ -300,7 +296,7 @@ class TrainableCheckpointHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         """Filter ``checkpoint["state_dict"]`` and record what it holds in its meta."""
         meta = checkpoint.setdefault("meta", {})
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         backbone = getattr(model, "backbone", None)
         no_source = backbone is not None and getattr(backbone, "pretrained", "n/a") is None
         if self.full_weights or no_source:
@@ -322,7 +318,7 @@ class TrainableCheckpointHook(Hook):
                 does not have (e.g. built for other tasks or ranks), naming them.
             ValueError: If an entry's shape differs from the model's.
         """
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         state = checkpoint["state_dict"]
         state = {k.removeprefix("module."): v for k, v in state.items()}
         reference = model.state_dict()
@@ -340,5 +336,5 @@ class TrainableCheckpointHook(Hook):
 
 def export_full_weights(model: nn.Module, filename: str | Path) -> None:
     """Write ``{"state_dict": full state dict, "meta": ...}`` atomically, e.g. for deployment."""
-    state = OrderedDict((k, v.detach().cpu()) for k, v in _unwrap(model).state_dict().items())
+    state = OrderedDict((k, v.detach().cpu()) for k, v in unwrap_model(model).state_dict().items())
     save_checkpoint_file({"state_dict": state, "meta": {CONTENT_KEY: "full"}}, filename)

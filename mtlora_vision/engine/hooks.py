@@ -25,10 +25,10 @@ from collections.abc import Mapping
 
 import torch
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from torch import Tensor
 
 from mtlora_vision.engine.resume import latest_checkpoint_path
+from mtlora_vision.engine.unwrap import unwrap_model
 from mtlora_vision.models.loss_weighting import DynamicWeightAverage
 from mtlora_vision.models.losses import NonFiniteLossError, nonfinite_names
 
@@ -73,15 +73,10 @@ def describe_nonfinite(values: Mapping[str, Tensor | float]) -> str | None:
 class NonFiniteLossHook(Hook):
     """Stop training when a loss is NaN or infinite, naming the task; never save such weights.
 
-    Args:
-        check_weights_on_save: Also refuse to write a checkpoint whose floating-point state-dict
-            entries are not all finite.
+    Also refuses to write a checkpoint whose floating-point state-dict entries are not all finite.
     """
 
     priority = "ABOVE_NORMAL"  # before CheckpointHook (VERY_LOW) in after_train_iter
-
-    def __init__(self, check_weights_on_save: bool = True) -> None:
-        self.check_weights_on_save = check_weights_on_save
 
     def after_train_iter(
         self,
@@ -104,8 +99,6 @@ class NonFiniteLossHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         """Raise :class:`NonFiniteWeightsError` instead of saving non-finite weights."""
-        if not self.check_weights_on_save:
-            return
         bad = nonfinite_names(checkpoint.get("state_dict", {}))
         if bad:
             last = latest_checkpoint_path(runner.work_dir)
@@ -128,7 +121,7 @@ class DWAEpochHook(Hook):
 
     def after_train_epoch(self, runner) -> None:
         """Call ``close_window()`` on each per-epoch DWA module of the model."""
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner.model)
         for module in model.modules():
             if isinstance(module, DynamicWeightAverage) and module.window is None:
                 module.close_window()

@@ -23,6 +23,8 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS, OPTIMIZERS
 from torch import nn
 
+from mtlora_vision.engine.unwrap import unwrap_model
+
 logger = logging.getLogger(__name__)
 
 _CUSTOM_FIELDS = frozenset({"lr_mult", "decay_mult"})
@@ -104,8 +106,7 @@ class OfficialOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         """Build the optimizer over the official groups and wrap it."""
-        if hasattr(model, "module"):
-            model = model.module
+        model = unwrap_model(model)
         unknown = set(self.paramwise_cfg) - {"custom_keys"}
         if unknown:
             raise ValueError(

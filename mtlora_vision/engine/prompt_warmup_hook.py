@@ -12,10 +12,10 @@ phase without storing anything in the checkpoint.
 from __future__ import annotations
 
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from torch import nn
 
 from mtlora_vision.adapters.prompt import TaskAdaptiveLowRankPrompt
+from mtlora_vision.engine.unwrap import unwrap_model
 
 
 def set_prompt_warmup(model: nn.Module, active: bool) -> int:
@@ -50,7 +50,7 @@ class PromptWarmupHook(Hook):
 
     def before_train(self, runner) -> None:
         """Refuse a model without prompt adapters (a config mistake, not a no-op)."""
-        if set_prompt_warmup(_unwrap(runner.model), False) == 0:
+        if set_prompt_warmup(unwrap_model(runner.model), False) == 0:
             raise ValueError(
                 "PromptWarmupHook found no TaskAdaptiveLowRankPrompt in the model; remove the "
                 "hook from custom_hooks or use a ta_lora_prompt adapter (TALoRAPromptConfig)."
@@ -59,11 +59,7 @@ class PromptWarmupHook(Hook):
     def before_train_epoch(self, runner) -> None:
         """Set the warm-up state of every prompt adapter for the epoch about to run."""
         active = runner.epoch < self.warmup_epochs
-        set_prompt_warmup(_unwrap(runner.model), active)
+        set_prompt_warmup(unwrap_model(runner.model), active)
         if runner.epoch in (0, self.warmup_epochs):
             state = "on" if active else "off"
             runner.logger.info(f"Prompt warm-up {state} from epoch {runner.epoch + 1}.")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model

@@ -123,7 +123,6 @@ class MultiTaskMetric(BaseMetric):
         edge_workers: Processes that count edge matches (0: in this process). Results do not
             depend on it; in DDP each rank counts its own samples.
         edge_pos_weight: Positive weight of the ``edge/bce`` proxy (the official edge "loss").
-        normals_bin_width: Histogram bin (degrees) for the normals median.
         collect_device: Device for gathering results across ranks (``"cpu"`` or ``"gpu"``).
         prefix: Extra prefix put before every key by mmengine (none by default).
         collect_dir: Directory for CPU gathering across ranks.
@@ -149,7 +148,6 @@ class MultiTaskMetric(BaseMetric):
         edge_thin: bool = True,
         edge_workers: int = 0,
         edge_pos_weight: float = EDGE_POS_WEIGHT,
-        normals_bin_width: float = 0.05,
         collect_device: str = "cpu",
         prefix: str | None = None,
         collect_dir: str | None = None,
@@ -184,7 +182,6 @@ class MultiTaskMetric(BaseMetric):
         self.edge_workers = edge_workers
         self._edge_counter()  # checks protocol and workers now, not at the first batch
         self.edge_pos_weight = edge_pos_weight
-        self.normals_bin_width = normals_bin_width
 
     def _set_tasks(
         self,
@@ -319,7 +316,7 @@ class MultiTaskMetric(BaseMetric):
                 stats["levels"] = saliency_level_histograms(prob, target)
             return stats
         if task == "normals":
-            return normals_stats(angular_error(pred, target), self.normals_bin_width)
+            return normals_stats(angular_error(pred, target))
         if task == "edge":
             return self._edge_stats(_prob_map(pred, task), _squeeze(target))
         if task == "depth":
@@ -335,7 +332,7 @@ class MultiTaskMetric(BaseMetric):
         if task == "sal":
             return self._reduce_saliency(stats)
         if task == "normals":
-            values = normals_metrics(stats, self.normals_bin_width)
+            values = normals_metrics(stats)
             degrees = {"mean", "median", "rmse"}
             return {f"normals/{k}": v if k in degrees else v * _PERCENT for k, v in values.items()}
         if task == "edge":

@@ -155,7 +155,6 @@ class MultiTaskModel(BaseModel):
         num_outputs: Output channels per task; missing tasks use ``NUM_OUTPUTS[dataset]``.
         dataset: Key of ``mtlora_vision.tasks.NUM_OUTPUTS`` for default output channels.
         losses: Loss settings for ``mode='loss'`` (see :func:`build_losses`).
-        test_cfg: Test settings (kept for mmengine compatibility; predictions need none).
         data_preprocessor: mmengine data preprocessor; default ``BaseDataPreprocessor``.
         init_cfg: mmengine initialisation config (keep None: weights load in the backbone).
     """
@@ -171,7 +170,6 @@ class MultiTaskModel(BaseModel):
         num_outputs: Mapping[str, int] | None = None,
         dataset: str = "pascal_context",
         losses: Mapping[str, Any] | None = None,
-        test_cfg: Mapping[str, Any] | None = None,
         data_preprocessor: Mapping[str, Any] | nn.Module | None = None,
         init_cfg: Mapping[str, Any] | None = None,
     ) -> None:
@@ -197,7 +195,6 @@ class MultiTaskModel(BaseModel):
             }
         )
         self.criterion, self.loss_weighting = build_losses(self.tasks, losses)
-        self.test_cfg = dict(test_cfg) if test_cfg is not None else None
         self.trainable_policy = TrainablePolicy.from_mapping(trainable)
         self.apply_trainable_policy()
 
