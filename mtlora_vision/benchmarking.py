@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mtlora_vision.adapters.merge import merge_for_inference
+from mtlora_vision.engine.runtime import load_config
 
 #: Variant name -> function turning the config's model dict into the variant's.
 VARIANTS: dict[str, Callable[[ConfigDict], ConfigDict]] = {}
@@ -308,10 +309,7 @@ def measure_memory(
 
 def load_cfg(path: str, cfg_options: dict | None = None) -> Config:
     """The config at ``path`` with ``cfg_options`` merged (they apply to every config)."""
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(dict(cfg_options))
-    return cfg
+    return load_config(path, cfg_options)
 
 
 def phases(merged: bool) -> list[str]:

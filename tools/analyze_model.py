@@ -73,12 +73,11 @@ def count_parameters(model: nn.Module) -> dict:
 
 def build_model(config: str, cfg_options: Mapping | None = None) -> nn.Module:
     """Build the config's model without loading pretrained weights."""
-    from mmengine.config import Config
     from mmengine.registry import MODELS
 
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(dict(cfg_options))
+    from mtlora_vision.engine.runtime import load_config
+
+    cfg = load_config(config, cfg_options)
     if "backbone" in cfg.model and "pretrained" in cfg.model.backbone:
         cfg.model.backbone.pretrained = None
     return MODELS.build(cfg.model)

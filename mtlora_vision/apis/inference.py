@@ -18,6 +18,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 from mtlora_vision.engine.checkpoint import CONTENT_KEY, trainable_state_dict_keys
+from mtlora_vision.engine.runtime import load_config
 from mtlora_vision.models.state_dict_check import check_state_dict_fits
 from mtlora_vision.safe_load import load_checkpoint_safely
 
@@ -92,17 +93,15 @@ def init_model(
         ValueError: If checkpoint shapes differ from the model's (other ranks or outputs).
     """
     if isinstance(config, (str, Path)):
-        if not Path(config).is_file():
-            raise FileNotFoundError(f"Config file {str(config)!r} does not exist.")
-        config = Config.fromfile(str(config))
+        config = load_config(str(config), cfg_options)
     elif isinstance(config, Config):
         config = copy.deepcopy(config)
+        if cfg_options:
+            config.merge_from_dict(dict(cfg_options))
     else:
         raise TypeError(
             f"config must be a path or an mmengine Config, not {type(config).__name__}."
         )
-    if cfg_options:
-        config.merge_from_dict(dict(cfg_options))
     if "model" not in config:
         raise KeyError("The config has no 'model' entry.")
     model_cfg = config.model
