@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from mtlora_vision.adapters.lora import LoRALinear
 from mtlora_vision.adapters.merge import is_merged, merge_adapters, unmerge_adapters
 from mtlora_vision.adapters.mtlora import MTLoRALinear
 
@@ -49,7 +48,7 @@ def explicit_outputs(layer: MTLoRALinear, x: torch.Tensor, task_x: torch.Tensor 
 
 def test_scale_is_not_divided_by_rank() -> None:
     base = nn.Linear(2, 1, bias=False)
-    layer = LoRALinear(base, rank=1, scale=4.0)
+    layer = MTLoRALinear(base, shared_rank=1, shared_scale=4.0)  # plain LoRA: no tasks
     with torch.no_grad():
         base.weight.zero_()
         layer.lora_shared_a.copy_(torch.tensor([[1.0, 2.0]]))
@@ -184,4 +183,4 @@ def test_bad_inputs_raise() -> None:
     with pytest.raises(ValueError, match=r"\(3, 4, 6\)"):
         layer.forward_tasks(torch.randn(4, 6), torch.randn(2, 4, 6))
     with pytest.raises(ValueError, match="plain LoRA"):
-        LoRALinear(nn.Linear(4, 4), rank=2).forward_tasks(torch.randn(1, 4))
+        MTLoRALinear(nn.Linear(4, 4), shared_rank=2).forward_tasks(torch.randn(1, 4))

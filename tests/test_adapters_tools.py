@@ -204,3 +204,15 @@ def test_trainable_policy_switches() -> None:
         TrainablePolicy.from_mapping({"nroms": False})
     with pytest.raises(ValueError, match="'yes'"):
         TrainablePolicy(norms="yes")
+
+
+def test_injection_dispatches_on_the_spec_type() -> None:
+    from mtlora_vision.adapters.inject import build_adapter_layer
+    from mtlora_vision.adapters.mtl_lora import MTLLoRALinear, MTLLoRASpec
+    from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig
+
+    layer = build_adapter_layer(nn.Linear(8, 8), MTLLoRASpec(MTLLoRAConfig(rank=2), ("a", "b")))
+    assert isinstance(layer, MTLLoRALinear)
+    assert layer.tasks == ("a", "b")
+    with pytest.raises(TypeError, match="No adapter layer for a dict"):
+        build_adapter_layer(nn.Linear(8, 8), {"rank": 2})

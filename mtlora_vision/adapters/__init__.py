@@ -2,7 +2,6 @@
 
 from mtlora_vision.adapters.config import LoRAConfig, MTLoRAConfig, build_adapter_config
 from mtlora_vision.adapters.inject import inject_adapters, match_targets
-from mtlora_vision.adapters.lora import LoRALinear
 from mtlora_vision.adapters.merge import (
     is_merged,
     merge_adapters,
@@ -19,7 +18,6 @@ from mtlora_vision.adapters.trainable import TrainablePolicy, apply_trainable_po
 
 __all__ = [
     "LoRAConfig",
-    "LoRALinear",
     "MTLLoRAConfig",
     "MTLLoRALinear",
     "MTLoRAConfig",

@@ -32,8 +32,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
-from typing import ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +103,20 @@ def _check_positive(name: str, value: float, *, integer: bool = False) -> None:
         raise ValueError(f"MTLLoRALinear needs an integer {name} >= 1, got {name}={value!r}.")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"MTLLoRALinear needs a finite {name} > 0, got {name}={value!r}.")
+
+
+@dataclass(frozen=True)
+class MTLLoRASpec:
+    """What one :class:`MTLLoRALinear` is built from (see :func:`~.inject.inject_adapters`).
+
+    Attributes:
+        config: The adapter config (an ``MTLLoRAConfig``: rank, alpha, num_up, temperature,
+            dropout, diagonal, init).
+        tasks: Task names, in the order of the layer's task rows.
+    """
+
+    config: Any
+    tasks: tuple[str, ...]
 
 
 class MTLLoRALinear(nn.Module):
@@ -192,6 +207,22 @@ class MTLLoRALinear(nn.Module):
         self.merged_task: str | None = None
         self.merge_at_inference = False
         self.reset_adapter_parameters()
+
+    @classmethod
+    def from_spec(cls, base_layer: nn.Linear, spec: MTLLoRASpec) -> MTLLoRALinear:
+        """Wrap ``base_layer`` with the settings of ``spec``."""
+        cfg = spec.config
+        return cls(
+            base_layer,
+            spec.tasks,
+            rank=cfg.rank,
+            alpha=cfg.alpha,
+            num_up=cfg.num_up,
+            temperature=cfg.temperature,
+            dropout=cfg.dropout,
+            diagonal=cfg.diagonal,
+            init=cfg.init,
+        )
 
     @property
     def in_features(self) -> int:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from mtlora_vision.adapters.config import AdapterSpec
 from mtlora_vision.adapters.inject import inject_adapters, match_targets
-from mtlora_vision.adapters.mtl_lora import MTLLoRALinear, set_active_tasks
+from mtlora_vision.adapters.mtl_lora import MTLLoRASpec, set_active_tasks
 from mtlora_vision.adapters.prompt import TaskAdaptiveLowRankPrompt
 from mtlora_vision.adapters.prompt_attention import gated_prompt_attention, project_prompt_kv
 from mtlora_vision.adapters.task_conditioned_config import (
@@ -89,42 +89,22 @@ class WindowPrompt(TaskAdaptiveLowRankPrompt):
         return project_prompt_kv(tokens, linear.weight, linear.bias, self.num_heads)
 
 
-def _mtl_lora_specs(backbone: nn.Module, cfg: MTLLoRAConfig) -> dict[str, AdapterSpec]:
-    """Plain shared LoRA specs for the targeted linears of the stages before the branch."""
-    spec = AdapterSpec(shared_rank=cfg.rank, shared_scale=cfg.scale, dropout=cfg.dropout)
-    names = [
-        f"layers.{i}.blocks.{j}.{leaf}"
-        for i in range(cfg.branch_stage)
-        for j in range(len(backbone.layers[i].blocks))
-        for leaf in BLOCK_LINEARS
-    ]
-    return dict.fromkeys(match_targets(names, cfg.target_modules), spec)
-
-
-def _inject_mtl_lora(backbone: nn.Module, cfg: MTLLoRAConfig, tasks: Sequence[str]) -> int:
-    """Shared LoRA before ``branch_stage``, ``MTLLoRALinear`` from it on; return the layer count."""
-    shared = inject_adapters(backbone, _mtl_lora_specs(backbone, cfg))
-    count = len(shared)
-    for i in range(cfg.branch_stage, backbone.num_stages):
-        stage = backbone.layers[i]
-        names = [f"{j}.{leaf}" for j in range(len(stage.blocks)) for leaf in BLOCK_LINEARS]
+def _mtl_lora_specs(
+    backbone: nn.Module, cfg: MTLLoRAConfig, tasks: Sequence[str]
+) -> dict[str, AdapterSpec | MTLLoRASpec]:
+    """Plain shared LoRA before ``branch_stage``, MTL-LoRA from it on, for the targeted linears."""
+    shared = AdapterSpec(shared_rank=cfg.rank, shared_scale=cfg.scale, dropout=cfg.dropout)
+    task_conditioned = MTLLoRASpec(cfg, tuple(tasks))
+    specs: dict[str, AdapterSpec | MTLLoRASpec] = {}
+    for i, stage in enumerate(backbone.layers):
+        names = [
+            f"layers.{i}.blocks.{j}.{leaf}"
+            for j in range(len(stage.blocks))
+            for leaf in BLOCK_LINEARS
+        ]
         for name in match_targets(names, cfg.target_modules):
-            parent_name, _, leaf = name.rpartition(".")
-            parent = stage.blocks.get_submodule(parent_name)
-            layer = MTLLoRALinear(
-                getattr(parent, leaf),
-                tasks,
-                rank=cfg.rank,
-                alpha=cfg.alpha,
-                num_up=cfg.num_up,
-                temperature=cfg.temperature,
-                dropout=cfg.dropout,
-                diagonal=cfg.diagonal,
-                init=cfg.init,
-            )
-            setattr(parent, leaf, layer)
-            count += 1
-    return count
+            specs[name] = shared if i < cfg.branch_stage else task_conditioned
+    return specs
 
 
 def _inject_prompts(backbone: nn.Module, cfg: TALoRAPromptConfig, tasks: Sequence[str]) -> int:
@@ -173,7 +153,7 @@ def inject_task_conditioned(
             f"{backbone.num_stages}."
         )
     if isinstance(cfg, MTLLoRAConfig):
-        count = _inject_mtl_lora(backbone, cfg, tasks)
+        count = len(inject_adapters(backbone, _mtl_lora_specs(backbone, cfg, tasks)))
     else:
         count = _inject_prompts(backbone, cfg, tasks)
     logger.info(
