@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from mtlora_vision.adapters.checks import check_int
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
 from mtlora_vision.config_types import resolve_type
 
@@ -53,8 +54,7 @@ def per_stage(value: PerStage, num_stages: int, name: str) -> tuple[Any, ...]:
 
 def _check_ranks(ranks: Sequence[int], name: str) -> None:
     for rank in ranks:
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"{name} must be integers >= 1, got {name}={list(ranks)}.")
+        check_int(name, rank, shown=list(ranks))
 
 
 def _check_scales(scales: Sequence[float], name: str) -> None:

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlora_vision.adapters.checks import check_int
+
 logger = logging.getLogger(__name__)
 
 #: How the task of each leading row is given: one task name, task names stacked task-major, or
@@ -97,10 +99,8 @@ def merging_pays_off(rows_per_task: int, in_features: int, out_features: int) ->
     return rows_per_task * (in_features + out_features) > in_features * out_features
 
 
-def _check_positive(name: str, value: float, *, integer: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is a finite number > 0 (an int >= 1 if ``integer``)."""
-    if integer and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"MTLLoRALinear needs an integer {name} >= 1, got {name}={value!r}.")
+def _check_positive(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0."""
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"MTLLoRALinear needs a finite {name} > 0, got {name}={value!r}.")
 
@@ -175,8 +175,8 @@ class MTLLoRALinear(nn.Module):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"MTLLoRALinear wraps an nn.Linear, got {type(base_layer).__name__}.")
-        _check_positive("rank", rank, integer=True)
-        _check_positive("num_up", num_up, integer=True)
+        check_int("rank", rank)
+        check_int("num_up", num_up)
         _check_positive("alpha", alpha)
         _check_positive("temperature", temperature)
         if not 0.0 <= dropout < 1.0:

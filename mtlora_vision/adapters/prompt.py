@@ -48,6 +48,7 @@ from typing import Literal, NamedTuple, TypeAlias
 import torch
 from torch import Tensor, nn
 
+from mtlora_vision.adapters.checks import check_int
 from mtlora_vision.adapters.mtl_lora import normalize_task_names
 from mtlora_vision.adapters.prompt_attention import (
     Compose,
@@ -82,14 +83,6 @@ def _check_choices(**options: str) -> None:
     for option, value in options.items():
         if value not in _CHOICES[option]:
             raise ValueError(f"Unknown {option}={value!r}; choose from {list(_CHOICES[option])}.")
-
-
-def _check_int_range(name: str, value: int, low: int, high: int | None = None) -> None:
-    """Raise ``ValueError`` unless ``value`` is an int in ``[low, high]``."""
-    valid = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    if not valid or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"Prompt {name} must be an integer {bounds}, got {name}={value!r}.")
 
 
 class PromptKV(NamedTuple):
@@ -156,10 +149,10 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
             warmup_mode=warmup_mode,
             slow_init=slow_init,
         )
-        _check_int_range("dim", dim, 1)
-        _check_int_range("num_heads", num_heads, 1)
-        _check_int_range("num_tokens", num_tokens, 1)
-        _check_int_range("rank", rank, 1, min(num_tokens, dim))
+        check_int("dim", dim)
+        check_int("num_heads", num_heads)
+        check_int("num_tokens", num_tokens)
+        check_int("rank", rank, 1, min(num_tokens, dim))
         self.tasks = normalize_task_names(tasks, "TaskAdaptiveLowRankPrompt")
         self.dim, self.num_heads, self.num_tokens, self.rank = dim, num_heads, num_tokens, rank
         self.compose, self.shared_factor, self.shared_mode = compose, shared_factor, shared_mode

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mtlora_vision.adapters.checks import check_int
 from mtlora_vision.adapters.prompt import _CHOICES
 
 
@@ -28,11 +29,6 @@ def _check_branch_stage(branch_stage: int, num_stages: int) -> None:
             f"branch_stage must be an integer in [0, {num_stages - 1}] (the first task-specific "
             f"stage), got branch_stage={branch_stage!r}."
         )
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}.")
 
 
 @dataclass(frozen=True)
@@ -72,8 +68,8 @@ class MTLLoRAConfig:
 
     def __post_init__(self) -> None:
         _check_branch_stage(self.branch_stage, self.num_stages)
-        _check_positive_int("rank", self.rank)
-        _check_positive_int("num_up", self.num_up)
+        check_int("rank", self.rank)
+        check_int("num_up", self.num_up)
         for name in ("alpha", "temperature"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -131,8 +127,8 @@ class TALoRAPromptConfig:
 
     def __post_init__(self) -> None:
         _check_branch_stage(self.branch_stage, self.num_stages)
-        _check_positive_int("num_tokens", self.num_tokens)
-        _check_positive_int("rank", self.rank)
+        check_int("num_tokens", self.num_tokens)
+        check_int("rank", self.rank)
         if self.rank > self.num_tokens:
             raise ValueError(f"rank={self.rank} must not exceed num_tokens={self.num_tokens}.")
         for name in ("compose", "shared_factor", "shared_mode", "warmup_mode", "slow_init"):
