@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtlora_vision.adapters.trainable import is_bitfit_trainable
+from mtlora_vision.models.backbones.swin_trainable import is_bitfit_trainable
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,11 @@ from mtlora_vision.adapters.state_dict import (
     adapter_state_dict,
     load_adapter_state_dict,
 )
-from mtlora_vision.adapters.trainable import TrainablePolicy, parameter_group, parameter_groups
+from mtlora_vision.models.backbones.swin_trainable import (
+    TrainablePolicy,
+    parameter_group,
+    parameter_groups,
+)
 
 
 class Block(nn.Module):

@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmengine.optim import OptimWrapper, build_optim_wrapper
 from mmengine.registry import MODELS
 
-from mtlora_vision.adapters.trainable import (
+from mtlora_vision.models.backbones.swin_trainable import (
     ParameterGroup,
     TrainablePolicy,
     is_bitfit_trainable,

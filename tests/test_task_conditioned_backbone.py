@@ -17,7 +17,6 @@ from mtlora_vision.adapters.mtl_lora_merge import merge_task, task_merged_state_
 from mtlora_vision.adapters.mtlora import MTLoRALinear
 from mtlora_vision.adapters.state_dict import adapter_state_dict, load_adapter_state_dict
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
-from mtlora_vision.adapters.trainable import TrainablePolicy
 from mtlora_vision.models.backbones.swin import SwinBackbone
 from mtlora_vision.models.backbones.swin_blocks import (
     relative_position_index,
@@ -25,6 +24,7 @@ from mtlora_vision.models.backbones.swin_blocks import (
     window_attention,
     window_geometry_of,
 )
+from mtlora_vision.models.backbones.swin_trainable import TrainablePolicy
 from mtlora_vision.models.backbones.task_conditioned import WindowPrompt, replicate_task_major
 
 ARCH = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 2))

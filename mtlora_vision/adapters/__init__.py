@@ -14,7 +14,6 @@ from mtlora_vision.adapters.mtlora import MTLoRALinear, MTLoRAOutput
 from mtlora_vision.adapters.prompt import TaskAdaptiveLowRankPrompt
 from mtlora_vision.adapters.state_dict import adapter_state_dict, load_adapter_state_dict
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
-from mtlora_vision.adapters.trainable import TrainablePolicy, apply_trainable_policy
 
 __all__ = [
     "LoRAConfig",
@@ -25,9 +24,7 @@ __all__ = [
     "MTLoRAOutput",
     "TALoRAPromptConfig",
     "TaskAdaptiveLowRankPrompt",
-    "TrainablePolicy",
     "adapter_state_dict",
-    "apply_trainable_policy",
     "build_adapter_config",
     "inject_adapters",
     "is_merged",

@@ -4,8 +4,8 @@ MTL-LoRA (Yang et al., arXiv 2410.09437). Once training ends, ``Delta W_t = s * 
 is one fixed matrix per task and layer, so a model serving a single task can run every MTL-LoRA
 layer as a plain linear layer with ``W + Delta W_t`` (the official code accepts ``merge_weights``
 but never implements it; docs/methods.md#mtl-lora-official-release). There is no single merged
-model for all tasks: serving T
-tasks from merged weights takes T copies of ``W``, or the on-the-fly merge of
+model for all tasks: serving T tasks from merged weights takes T copies of ``W``, or the on-the-fly
+merge of
 :func:`~mtlora_vision.adapters.mtl_lora.set_merge_at_inference`.
 
 * :func:`merge_task` / :func:`unmerge_task`: fold one task into every MTL-LoRA layer in place

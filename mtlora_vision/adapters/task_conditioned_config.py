@@ -37,8 +37,8 @@ class MTLLoRAConfig:
 
     Defaults: rank 64 and 2 up-projections (temperature 0.8) as in the released VL-BART script
     (``docs/methods.md#mtl-lora-official-release``), full ``Lambda_t``, official initialisation,
-    and ``alpha = 256`` so that the
-    update scale ``alpha / rank = 4`` equals MTLoRA r64's shared scale under the same recipe.
+    and ``alpha = 256`` so that the update scale ``alpha / rank = 4`` equals MTLoRA r64's shared
+    scale under the same recipe.
     ``branch_stage=0`` (every adapted layer task-specific) is the method as published.
 
     Attributes:
@@ -95,13 +95,11 @@ class TALoRAPromptConfig:
     """TA-LoRA-inspired prompts (``ta_lora_prompt``) in every block from ``branch_stage`` on.
 
     Our design from the paper's abstract (``docs/methods.md#ta-lora``): per block, ``num_tokens``
-    prompt keys and
-    values in window attention, a shared prompt plus a low-rank task part behind a per-head
-    zero-initialised gate. The shared prompt has its own gated softmax branch
+    prompt keys and values in window attention, a shared prompt plus a low-rank task part behind a
+    per-head zero-initialised gate. The shared prompt has its own gated softmax branch
     (``shared_mode="gated"``, an exact identity at step 0) or joins the image keys in the window
-    softmax (``"joint"``, the literal prefix design). Default ``branch_stage=2``:
-    task prompts in Swin stages 3-4 only (``docs/methods.md#branch-stage``); stages before it carry
-    no prompts.
+    softmax (``"joint"``, the literal prefix design). Default ``branch_stage=2``: task prompts in
+    Swin stages 3-4 only (``docs/methods.md#branch-stage``); stages before it carry no prompts.
 
     Attributes:
         num_tokens: Prompt length ``L`` per block.

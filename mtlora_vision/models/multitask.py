@@ -2,8 +2,8 @@
 
 MTLoRA: Low-Rank Adaptation Approach for Efficient Multi-Task Learning (Agiza et al., CVPR 2024).
 The backbone returns per-task features of four stages (``docs/model.md#stage-outputs``); each task
-reduces them
-with its own fusion convolutions and predicts with its own head at the finest scale; outputs are
+reduces them with its own fusion convolutions and predicts with its own head at the finest scale;
+outputs are
 upsampled bilinearly to the input size (``docs/model.md#decoder``).
 
 Input sizes: any ``H, W`` that are multiples of 32, not only the construction size; see
@@ -22,9 +22,9 @@ from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 from mtlora_vision.adapters.config import AdapterConfig, build_adapter_config
-from mtlora_vision.adapters.trainable import TrainablePolicy
 from mtlora_vision.config_types import resolve_type
 from mtlora_vision.models.backbones.swin import SwinBackbone
+from mtlora_vision.models.backbones.swin_trainable import TrainablePolicy
 from mtlora_vision.models.heads.builder import build_head
 from mtlora_vision.models.heads.hrnet import HRNetHead
 from mtlora_vision.models.loss_weighting import (
@@ -149,7 +149,7 @@ class MultiTaskModel(BaseModel):
         tasks: Task names (values of :class:`mtlora_vision.tasks.Task`), in output order.
         backbone: Backbone config, ``dict(type=SwinBackbone, arch=..., img_size=..., ...)``.
         adapter: ``MTLoRAConfig``/``LoRAConfig``, a dict with ``type`` and fields, or None.
-        trainable: Switches of :class:`~mtlora_vision.adapters.trainable.TrainablePolicy`.
+        trainable: Switches of :class:`~.backbones.swin_trainable.TrainablePolicy`.
         fusion: ``dict(channels=...)``, an int or one per stage (default ``(18, 36, 72, 144)``).
         heads: ``{"default": dict(type=HRNetHead), task: dict(type=MLPHead, ...)}``.
         num_outputs: Output channels per task; missing tasks use ``NUM_OUTPUTS[dataset]``.

@@ -7,8 +7,8 @@ Built from timm's Swin modules and weight layout (``patch_embed``, ``layers.{i}.
 start of stage ``i``, ``layers.{i}.blocks.{j}``), without final norm or classifier, like the
 official MTLoRA backbone. Our forward walks the timm modules (:mod:`.swin_blocks`) so that the last
 block of each stage can branch per task (``docs/model.md#stage-outputs``): task streams pass
-through the next
-stage's shared patch merging and feed only the decoders; the next stage reads the shared stream.
+through the next stage's shared patch merging and feed only the decoders; the next stage reads the
+shared stream.
 
 Input sizes: any ``H, W`` that are multiples of 32 (patch 4 and three 2x mergings). The modules
 do not depend on the size given at construction (``img_size`` is kept for tools and defaults):
@@ -31,11 +31,6 @@ from mtlora_vision.adapters.config import AdapterConfig, AdapterSpec, per_stage
 from mtlora_vision.adapters.inject import inject_adapters, match_targets
 from mtlora_vision.adapters.state_dict import WRAPPER_TYPES, adapter_parameter_names
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
-from mtlora_vision.adapters.trainable import (
-    TrainablePolicy,
-    apply_trainable_policy,
-    module_parameter_groups,
-)
 from mtlora_vision.models.backbones.swin_blocks import (
     block_forward,
     block_forward_tasks,
@@ -44,6 +39,12 @@ from mtlora_vision.models.backbones.swin_blocks import (
 from mtlora_vision.models.backbones.swin_checkpoint import (
     filter_swin_checkpoint,
     load_checkpoint_file,
+)
+from mtlora_vision.models.backbones.swin_trainable import (
+    PARAM_GROUPS,
+    TrainablePolicy,
+    apply_trainable_policy,
+    module_parameter_groups,
 )
 from mtlora_vision.models.backbones.task_branch import (
     block_forward_task_streams,
@@ -64,14 +65,6 @@ ARCHS: Mapping[str, Mapping[str, Any]] = {
     "small": {"embed_dim": 96, "depths": (2, 2, 18, 2), "num_heads": (3, 6, 12, 24)},
     "base": {"embed_dim": 128, "depths": (2, 2, 18, 2), "num_heads": (4, 8, 16, 32)},
 }
-
-#: Named parameter groups of the trainable policy, ``(group, substring)``, first match wins.
-PARAM_GROUPS: tuple[tuple[str, str], ...] = (
-    ("patch_embed", "patch_embed."),
-    ("rel_pos", "relative_position_bias_table"),
-    ("downsample", "downsample.reduction."),
-    ("norms", "norm"),
-)
 
 #: Linear layers of a block, by their name inside the block.
 BLOCK_LINEARS: tuple[str, ...] = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")

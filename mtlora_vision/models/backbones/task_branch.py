@@ -1,8 +1,7 @@
 """MTLoRA's per-task branch at inference, with the task streams kept in low-rank form.
 
 MTLoRA (Agiza et al., CVPR 2024), ``docs/model.md#task-branch``. Without DropPath and dropout (eval
-mode)
-the task stream ``t`` leaving the last block of a stage is
+mode) the task stream ``t`` leaving the last block of a stage is
 
     x'_t = x + p_t + m_t = X0 + [A_p o, A_2 g_t] @ [s_t B_p, s_t B_2]^T   (``q = 2 r_t`` columns),
 

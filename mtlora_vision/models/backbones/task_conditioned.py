@@ -3,13 +3,12 @@
 * MTL-LoRA (Yang et al., arXiv 2410.09437).
 * TA-LoRA-inspired visual prompts (Zhang et al., arXiv 2505.00009; our design from the abstract).
 
-Both adapters make every layer's output depend on the task, so all tasks of an image need one
-stream per task (``docs/methods.md#branch-stage``). Stages before ``branch_stage`` are
-task-agnostic and run once
-on the batch ``(B, H, W, C)``; at ``branch_stage`` the stream is replicated task-major to
-``(T * B, H, W, C)`` and every later layer runs batched over the tasks (MTL-LoRA layers and
-prompts read the stacking from their active task layout). Each stage's feature is then the task
-rows ``(T, B, ...)``; before the branch every task gets the shared feature (an expanded view).
+Both adapters make every layer's output depend on the task, so all tasks of an image need one stream
+per task (``docs/methods.md#branch-stage``). Stages before ``branch_stage`` are task-agnostic and
+run once on the batch ``(B, H, W, C)``; at ``branch_stage`` the stream is replicated task-major to
+``(T * B, H, W, C)`` and every later layer runs batched over the tasks (MTL-LoRA layers and prompts
+read the stacking from their active task layout). Each stage's feature is then the task rows
+``(T, B, ...)``; before the branch every task gets the shared feature (an expanded view).
 
 This module injects the adapters (:func:`inject_task_conditioned`) and runs the forward pass
 (:func:`forward_task_conditioned`); :class:`~.swin.SwinBackbone` dispatches to it.

@@ -2,8 +2,8 @@
 
 From HRNet (Wang et al., TPAMI 2020) via the multi-task baselines of Vandenhende et al. (TPAMI
 2021), as in ``docs/model.md#decoder``: upsample every scale bilinearly (``align_corners=False``)
-to the
-finest one, concatenate, 1x1 conv (with bias), BatchNorm, ReLU, 1x1 conv to the task's outputs.
+to the finest one, concatenate, 1x1 conv (with bias), BatchNorm, ReLU, 1x1 conv to the task's
+outputs.
 """
 
 from __future__ import annotations

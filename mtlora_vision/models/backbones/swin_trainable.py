@@ -1,10 +1,9 @@
-"""Which parameters train: a pure policy over parameter names, with one switch per group.
+"""Which parameters of the Swin backbone train: a pure policy over names, one switch per group.
 
 MTLoRA (Agiza et al., CVPR 2024) trains the adapters, the patch embedding, every norm, the
 relative-position tables and (plain MTLoRA only) the patch-merging reductions, and freezes every
 other pretrained weight and bias of the backbone (``docs/model.md#trainable-policy``). Here each
-backbone parameter
-falls into exactly one group, decided in this order:
+backbone parameter falls into exactly one group, decided in this order:
 
 1. ``adapters``: parameters of adapter layers (found structurally, see
    :func:`~mtlora_vision.adapters.state_dict.adapter_parameter_names`);
@@ -14,10 +13,10 @@ falls into exactly one group, decided in this order:
 4. ``backbone``: everything else.
 
 Orthogonal to the groups, the ``biases`` switch (BitFit, Ben Zaken et al., ACL 2022) also trains
-every backbone bias term (a parameter whose own name is ``bias``, see
-:func:`is_bitfit_trainable`) whatever its group. The group names
-returned here are :class:`ParameterGroup` strings that remember whether the parameter is a bias, so
-``policy.is_trainable(group)`` can apply that switch without seeing the parameter name.
+every backbone bias term (a parameter whose own name is ``bias``, see :func:`is_bitfit_trainable`)
+whatever its group. The group names returned here are :class:`ParameterGroup` strings that remember
+whether the parameter is a bias, so ``policy.is_trainable(group)`` can apply that switch without
+seeing the parameter name.
 
 The decoder side (fusion and heads) is one more switch, ``decoder``, applied by the model.
 """
@@ -33,6 +32,14 @@ from mtlora_vision.adapters.state_dict import adapter_parameter_names, base_laye
 
 ADAPTERS = "adapters"
 BACKBONE = "backbone"
+
+#: Swin's named parameter groups, ``(group, substring)``, first match wins.
+PARAM_GROUPS: tuple[tuple[str, str], ...] = (
+    ("patch_embed", "patch_embed."),
+    ("rel_pos", "relative_position_bias_table"),
+    ("downsample", "downsample.reduction."),
+    ("norms", "norm"),
+)
 
 
 def is_bitfit_trainable(name: str) -> bool:
