@@ -52,7 +52,7 @@ from mtlora_vision.models.backbones.task_branch import (
     supports_factored_branch,
 )
 from mtlora_vision.models.backbones.task_conditioned import (
-    forward_task_conditioned,
+    TaskConditionedForward,
     inject_task_conditioned,
 )
 from mtlora_vision.models.state_dict_check import compare_state_dicts
@@ -102,7 +102,7 @@ def _init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class SwinBackbone(nn.Module):
+class SwinBackbone(TaskConditionedForward, nn.Module):
     """Swin v1 with optional MTLoRA / LoRA adapters, returning per-task features of every stage.
 
     Args:
@@ -337,7 +337,7 @@ class SwinBackbone(nn.Module):
         self.check_input_size(images)
         fused = not torch.is_grad_enabled() if self.fused_attn is None else self.fused_attn
         if self.task_conditioned:
-            return forward_task_conditioned(self, images, self._check_tasks(tasks), fused)
+            return self.forward_task_conditioned(images, self._check_tasks(tasks), fused)
         if tasks is not None:
             raise ValueError(
                 f"tasks={tasks!r}: choosing tasks needs a task-conditioned adapter (MTL-LoRA, "

@@ -10,8 +10,9 @@ run once on the batch ``(B, H, W, C)``; at ``branch_stage`` the stream is replic
 read the stacking from their active task layout). Each stage's feature is then the task rows
 ``(T, B, ...)``; before the branch every task gets the shared feature (an expanded view).
 
-This module injects the adapters (:func:`inject_task_conditioned`) and runs the forward pass
-(:func:`forward_task_conditioned`); :class:`~.swin.SwinBackbone` dispatches to it.
+This module injects the adapters (:func:`inject_task_conditioned`) and holds the backbone's
+task-conditioned forward pass (:class:`TaskConditionedForward`, a mix-in of
+:class:`~.swin.SwinBackbone`).
 """
 
 from __future__ import annotations
@@ -177,36 +178,42 @@ def replicate_task_major(x: Tensor, num_tasks: int) -> Tensor:
     return x.unsqueeze(0).expand(num_tasks, *x.shape).reshape(-1, *x.shape[1:])
 
 
-def forward_task_conditioned(
-    backbone: nn.Module, images: Tensor, tasks: Sequence[str], fused: bool
-) -> list[Tensor]:
-    """Per-task features of every stage, the trunk before ``branch_stage`` computed once.
+class TaskConditionedForward:
+    """The task-conditioned forward pass, a method of :class:`~.swin.SwinBackbone` (a mix-in).
 
-    Args:
-        backbone: A :class:`~.swin.SwinBackbone` with task-conditioned adapters.
-        images: ``(B, 3, H, W)``, checked by the caller.
-        tasks: Tasks to compute, in output order (a subset of the backbone's tasks).
-        fused: Use fused attention.
-
-    Returns:
-        One tensor ``(T, B, C_s, H_s, W_s)`` per stage, ``T = len(tasks)``.
+    Kept apart from the shared-stream forward of ``swin.py`` because only task-conditioned adapters
+    replicate the stream per task.
     """
-    branch = backbone.branch_stage
-    num_tasks, batch = len(tasks), images.shape[0]
-    for stage in backbone.layers[branch:]:
-        set_task_layout(stage, tasks)
-    x = backbone.patch_embed(images)  # B, H/4, W/4, C
-    feats = []
-    for i, stage in enumerate(backbone.layers):
-        if i == branch:
-            x = replicate_task_major(x, num_tasks)  # T*B, H_s, W_s, C
-        for block in stage.blocks:
-            x = block_forward(block, x, fused)
-        if i + 1 < backbone.num_stages:
-            x = patch_merge(backbone.layers[i + 1].downsample, x)
-        if i < branch:
-            feat = x.unsqueeze(0).expand(num_tasks, *x.shape)
-        else:
-            feat = x.view(num_tasks, batch, *x.shape[1:])
-        feats.append(feat.permute(0, 1, 4, 2, 3))  # T, B, C, H, W
-    return feats
+
+    def forward_task_conditioned(
+        self, images: Tensor, tasks: Sequence[str], fused: bool
+    ) -> list[Tensor]:
+        """Per-task features of every stage, the trunk before ``branch_stage`` computed once.
+
+        Args:
+            images: ``(B, 3, H, W)``, checked by the caller.
+            tasks: Tasks to compute, in output order (a subset of the backbone's tasks).
+            fused: Use fused attention.
+
+        Returns:
+            One tensor ``(T, B, C_s, H_s, W_s)`` per stage, ``T = len(tasks)``.
+        """
+        branch = self.branch_stage
+        num_tasks, batch = len(tasks), images.shape[0]
+        for stage in self.layers[branch:]:
+            set_task_layout(stage, tasks)
+        x = self.patch_embed(images)  # B, H/4, W/4, C
+        feats = []
+        for i, stage in enumerate(self.layers):
+            if i == branch:
+                x = replicate_task_major(x, num_tasks)  # T*B, H_s, W_s, C
+            for block in stage.blocks:
+                x = block_forward(block, x, fused)
+            if i + 1 < self.num_stages:
+                x = patch_merge(self.layers[i + 1].downsample, x)
+            if i < branch:
+                feat = x.unsqueeze(0).expand(num_tasks, *x.shape)
+            else:
+                feat = x.view(num_tasks, batch, *x.shape[1:])
+            feats.append(feat.permute(0, 1, 4, 2, 3))  # T, B, C, H, W
+        return feats
