@@ -269,6 +269,13 @@ def window_geometry_of(block: torch.nn.Module, x: Tensor) -> WindowGeometry:
 def block_forward(block: torch.nn.Module, x: Tensor, fused: bool = True) -> Tensor:
     """Run a timm ``SwinTransformerBlock`` on the shared stream.
 
+    Why not timm's own ``block(x)`` for blocks that never branch: timm fixes the window per block
+    at construction (``always_partition=True``, needed here so the bias tables keep the
+    checkpoint's size, never shrinks it), whereas the official Swin shrinks the window and drops
+    the shift on grids no larger than the window; this module decides that per input size (module
+    docstring), so inputs other than the construction size give the official results. The same
+    attention also carries TA-LoRA prompts (``attn.prompt``) and the per-call fused/explicit choice.
+
     Args:
         block: The block; adapter layers in it return their shared output.
         x: Tokens ``(B, H, W, C)``.
