@@ -33,7 +33,7 @@ from mtlora_vision.datasets.readers import (
     check_label_map,
     check_label_values,
 )
-from mtlora_vision.datasets.synthetic_pascal import SceneObject, write_anno_mat
+from mtlora_vision.datasets.synthetic.pascal import SceneObject, write_anno_mat
 
 
 def _load_anno(tmp_path, objects, name="x"):

@@ -15,8 +15,8 @@ from mmengine.runner import Runner
 from mtlora_vision.datasets.nyud import NYUDMT
 from mtlora_vision.datasets.readers import CorruptFileError, SizeMismatchError
 from mtlora_vision.datasets.synthetic import make_synthetic_dataset
-from mtlora_vision.datasets.synthetic_nyud import render_nyud_scene
-from mtlora_vision.datasets.synthetic_scenes import encode_normals_png
+from mtlora_vision.datasets.synthetic.nyud import render_nyud_scene
+from mtlora_vision.datasets.synthetic.scenes import encode_normals_png
 
 SIZE = (36, 48)
 SEED = 5

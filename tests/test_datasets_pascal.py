@@ -22,7 +22,7 @@ from mtlora_vision.datasets.collate import multitask_collate
 from mtlora_vision.datasets.pascal_context import PascalContextMT
 from mtlora_vision.datasets.readers import CorruptFileError, SizeMismatchError
 from mtlora_vision.datasets.synthetic import make_synthetic_dataset
-from mtlora_vision.datasets.synthetic_pascal import person_kind, render_pascal_scene
+from mtlora_vision.datasets.synthetic.pascal import person_kind, render_pascal_scene
 
 SIZE = (48, 64)
 SEED = 3

@@ -131,7 +131,7 @@ def test_pascal_bytes_are_deterministic_for_a_seed(tmp_path):
 
 
 def test_nyud_geometry_is_consistent():
-    from mtlora_vision.datasets.synthetic_nyud import render_nyud_scene
+    from mtlora_vision.datasets.synthetic.nyud import render_nyud_scene
 
     scene = render_nyud_scene((60, 80), np.random.default_rng(0))
     floor = scene.semseg == 2

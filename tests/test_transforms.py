@@ -14,8 +14,8 @@ from mtlora_vision.datasets.normals import (
     rotate_normals,
     rotation_from_affine,
 )
-from mtlora_vision.datasets.synthetic_pascal import render_pascal_scene
-from mtlora_vision.datasets.synthetic_scenes import normals_from_height
+from mtlora_vision.datasets.synthetic.pascal import render_pascal_scene
+from mtlora_vision.datasets.synthetic.scenes import normals_from_height
 from mtlora_vision.datasets.target_packing import pack_flags, unpack_flags
 from mtlora_vision.datasets.transforms import (
     IMAGENET_MEAN,

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.io
 
 from mtlora_vision.datasets.class_info import PERSON_CLASS_ID, context_class_ids
-from mtlora_vision.datasets.synthetic_scenes import (
+from mtlora_vision.datasets.synthetic.scenes import (
     class_texture,
     ellipse_mask,
     encode_normals_png,

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from skimage.morphology import thin
 
-from mtlora_vision.datasets.synthetic_scenes import (
+from mtlora_vision.datasets.synthetic.scenes import (
     class_texture,
     ellipse_mask,
     label_boundaries,

@@ -1,7 +1,7 @@
 """Synthetic multi-task datasets written in the exact on-disk formats of PASCAL_MT and NYUD_MT.
 
 Tests, CI and the demo read them with the same code as the real benchmarks. The scenes are
-learnable (labels agree with the pixels; see ``synthetic_pascal.py`` and ``synthetic_nyud.py``) and
+learnable (labels agree with the pixels; see ``synthetic/pascal.py`` and ``synthetic/nyud.py``) and
 deterministic for a seed: image ``i`` of a split depends only on ``(seed, split, i)``.
 """
 
@@ -15,8 +15,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mtlora_vision.datasets.synthetic_nyud import write_nyud_dataset
-from mtlora_vision.datasets.synthetic_pascal import write_pascal_dataset
+from mtlora_vision.datasets.synthetic.nyud import write_nyud_dataset
+from mtlora_vision.datasets.synthetic.pascal import write_pascal_dataset
 
 logger = logging.getLogger(__name__)
 
