@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Collection, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,6 @@ from torch import Tensor
 
 from mtlora_vision.evaluation.edge_pool import EdgeCounter
 from mtlora_vision.evaluation.functional.boundary import (
-    MAX_DIST,
     average_precision,
     boundary_thresholds,
     bsds_precision_recall,
@@ -59,6 +57,14 @@ from mtlora_vision.evaluation.functional.segmentation import (
     mean_iou,
 )
 from mtlora_vision.evaluation.functional.seism import seism_ods, seism_precision_recall
+from mtlora_vision.evaluation.metric_settings import (
+    PAPER_SWIN_T_BASELINES,
+    resolve_baselines,
+    resolve_class_names,
+    resolve_delta_m_keys,
+    resolve_edge_max_dist,
+    resolve_num_classes,
+)
 from mtlora_vision.tasks import (
     DEFAULT_DELTA_M_KEYS,
     EDGE_POS_WEIGHT,
@@ -78,11 +84,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Single-task full fine-tuning of Swin-T on PASCAL-Context (MTLoRA paper, Table 1).
-PAPER_SWIN_T_BASELINES: Mapping[str, float] = MappingProxyType(
-    {"semseg/mIoU": 67.21, "human_parts/mIoU": 61.93, "sal/mIoU": 62.35, "normals/mean": 17.97}
-)
 
 _PERCENT = 100.0
 
@@ -171,7 +172,7 @@ class MultiTaskMetric(BaseMetric):
         self.sal_fbeta = sal_fbeta
         self.edge_ods = edge_ods
         self._edge_max_dist = edge_max_dist
-        self.edge_max_dist = _edge_max_dist(edge_max_dist, dataset)
+        self.edge_max_dist = resolve_edge_max_dist(edge_max_dist, dataset)
         self.edge_protocol = edge_protocol
         if edge_protocol == "seism":
             count = boundary_thresholds(edge_num_thresholds).numel()  # checks the number
@@ -198,12 +199,12 @@ class MultiTaskMetric(BaseMetric):
             )
         available = NUM_OUTPUTS[dataset] if dataset else [t.value for t in Task]
         self.tasks = check_tasks(tasks, available, what=f"MultiTaskMetric(dataset={dataset!r})")
-        self.num_classes = _resolve_num_classes(self.tasks, dataset, num_classes)
-        self.class_names = _resolve_class_names(self.num_classes, class_names)
+        self.num_classes = resolve_num_classes(self.tasks, dataset, num_classes)
+        self.class_names = resolve_class_names(self.num_classes, class_names)
         self.dataset = dataset
-        self.baselines = _resolve_baselines(baselines, dataset)
+        self.baselines = resolve_baselines(baselines, dataset)
         self._warn_no_baselines = baselines is None and not self.baselines
-        self.delta_m_keys = _resolve_delta_m_keys(self.tasks, delta_m_keys)
+        self.delta_m_keys = resolve_delta_m_keys(self.tasks, delta_m_keys)
 
     @property
     def dataset_meta(self) -> dict | None:
@@ -232,7 +233,7 @@ class MultiTaskMetric(BaseMetric):
         options["num_classes"] = options["num_classes"] or dataset_meta.get("num_outputs")
         dataset = dataset_meta["dataset"]
         self._set_tasks(dataset_meta["tasks"], dataset, **options)
-        self.edge_max_dist = _edge_max_dist(self._edge_max_dist, dataset)
+        self.edge_max_dist = resolve_edge_max_dist(self._edge_max_dist, dataset)
 
     def process(self, data_batch: Any, data_samples: Sequence[Mapping[str, Any]]) -> None:
         """Store the sufficient statistics of each sample in ``self.results``.
@@ -442,69 +443,6 @@ def _prob_map(pred: Tensor, task: str) -> Tensor:
             f"[{float(pred.min())}, {float(pred.max())}]."
         )
     return pred
-
-
-def _resolve_num_classes(
-    tasks: Sequence[str], dataset: str | None, num_classes: Mapping[str, int] | None
-) -> dict[str, int]:
-    given = dict(num_classes or {})
-    defaults = NUM_OUTPUTS.get(dataset or "", {})
-    resolved: dict[str, int] = {}
-    for task in tasks:
-        if task_kind(task) is not Kind.CLASSES:
-            continue
-        if task not in given and task not in defaults:
-            raise ValueError(f"num_classes[{task!r}] is required when dataset={dataset!r}.")
-        resolved[task] = int(given.get(task, defaults.get(task, 0)))
-        if resolved[task] < 1:
-            raise ValueError(f"num_classes[{task!r}]={resolved[task]} must be >= 1.")
-    return resolved
-
-
-def _resolve_class_names(
-    num_classes: Mapping[str, int], class_names: Mapping[str, Sequence[str]] | None
-) -> dict[str, tuple[str, ...]]:
-    names = dict(class_names or {})
-    resolved: dict[str, tuple[str, ...]] = {}
-    for task, count in num_classes.items():
-        resolved[task] = tuple(str(n) for n in names.get(task, range(count)))
-        if len(resolved[task]) != count:
-            raise ValueError(
-                f"class_names[{task!r}] has {len(resolved[task])} names for {count} classes."
-            )
-    return resolved
-
-
-def _edge_max_dist(given: float | None, dataset: str | None) -> float:
-    if given is not None:
-        return float(given)
-    return MAX_DIST.get(dataset or "", MAX_DIST["pascal_context"])
-
-
-def _resolve_baselines(
-    baselines: Mapping[str, float] | None, dataset: str | None
-) -> dict[str, float]:
-    if baselines is None:
-        baselines = PAPER_SWIN_T_BASELINES if dataset == "pascal_context" else {}
-    resolved = {str(k): float(v) for k, v in baselines.items()}
-    bad = {k: v for k, v in resolved.items() if v == 0 or not math.isfinite(v)}
-    if bad:
-        raise ValueError(f"Delta-m baselines must be finite and non-zero, got {bad}.")
-    return resolved
-
-
-def _resolve_delta_m_keys(
-    tasks: Sequence[str], delta_m_keys: Mapping[str, str] | None
-) -> dict[str, str]:
-    overrides = dict(delta_m_keys or {})
-    unknown = [t for t in overrides if t not in tasks]
-    if unknown:
-        raise ValueError(f"delta_m_keys names task(s) {unknown} not evaluated ({list(tasks)}).")
-    keys = {task: overrides.get(task, DEFAULT_DELTA_M_KEYS[task]) for task in tasks}
-    wrong = {t: k for t, k in keys.items() if not k.startswith(f"{t}/")}
-    if wrong:
-        raise ValueError(f"Delta-m keys must start with their task name, got {wrong}.")
-    return keys
 
 
 def edge_scores(per_image: np.ndarray, protocol: str) -> dict[str, float]:
