@@ -11,8 +11,9 @@ given, not divided by the rank), the layer computes (``docs/model.md#mtlora-laye
 * ``matrixv2``: as ``matrix`` but ``y_t = y + s_t B_t A_t u_t`` (the shared term included).
 * ``addition``: no shared pair; ``y_t`` as in ``matrix`` and ``y = h + LayerNorm(sum_t y_t)``.
 
-With no tasks the layer is plain LoRA. ``A`` is initialised with ``kaiming_uniform_(a=sqrt(5))``
-and ``B`` with zeros, so a freshly wrapped layer returns exactly the frozen layer's output.
+With no tasks the layer is plain LoRA (Hu et al., ICLR 2022; what ``LoRAConfig`` builds). ``A`` is
+initialised with ``kaiming_uniform_(a=sqrt(5))`` and ``B`` with zeros, so a freshly wrapped layer
+returns exactly the frozen layer's output.
 
 The task terms are computed for all tasks at once: the task ``A`` matrices are stacked (and, when
 the tasks share the input, concatenated with the shared ``A`` into one matmul), then one batched
@@ -25,7 +26,6 @@ never the activations. Merging is documented in :mod:`mtlora_vision.adapters.mer
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -36,8 +36,6 @@ from torch import Tensor, nn
 
 from mtlora_vision.adapters.config import AdapterSpec
 from mtlora_vision.adapters.lowrank_ops import expand_up, project_down
-
-logger = logging.getLogger(__name__)
 
 
 class MTLoRAOutput(NamedTuple):
