@@ -2,13 +2,5 @@
 # patch-merging reductions included); only the per-task fusion and heads train.
 method_name = "decoder-only"
 method_adapter = None
-method_trainable = dict(
-    adapters=False,
-    patch_embed=False,
-    norms=False,
-    rel_pos=False,
-    downsample=False,
-    backbone=False,
-    decoder=True,
-    biases=False,
-)
+# Switches that differ from TrainablePolicy's defaults (the decoder trains by default).
+method_trainable = dict(adapters=False, patch_embed=False, norms=False, rel_pos=False, downsample=False)

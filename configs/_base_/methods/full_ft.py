@@ -2,13 +2,5 @@
 # "MTL full FT" row; with one task, its "single-task full FT" baseline).
 method_name = "full-ft"
 method_adapter = None
-method_trainable = dict(
-    adapters=False,
-    patch_embed=True,
-    norms=True,
-    rel_pos=True,
-    downsample=True,
-    backbone=True,
-    decoder=True,
-    biases=True,
-)
+# Switches that differ from TrainablePolicy's defaults (all other groups train by default).
+method_trainable = dict(adapters=False, backbone=True, biases=True)

@@ -13,13 +13,4 @@ method_adapter = dict(
     target_modules=("qkv", "proj", "fc1", "fc2"),
     adapt_downsample=False,
 )
-method_trainable = dict(
-    adapters=True,
-    patch_embed=True,
-    norms=True,
-    rel_pos=True,
-    downsample=True,
-    backbone=False,
-    decoder=True,
-    biases=False,
-)
+method_trainable = dict()  # TrainablePolicy's defaults: what MTLoRA trains besides adapters

@@ -28,15 +28,10 @@ model = dict(
         target_modules=("qkv", "proj", "fc1", "fc2"),
         adapt_downsample=False,  # True: MTLoRA+ (adapter on patch merging, reduction frozen)
     ),
-    trainable=dict(
-        adapters=True,
-        patch_embed=True,
-        norms=True,
-        rel_pos=True,
-        downsample=True,  # patch-merging reductions (frozen anyway when adapted in MTLoRA+)
-        backbone=False,  # every other pretrained weight and bias
-        decoder=True,  # fusion and heads
-    ),
+    # TrainablePolicy's defaults are the paper's: adapters, patch embedding, norms, rel-pos tables,
+    # patch-merging reductions (frozen anyway when adapted in MTLoRA+), fusion and heads train;
+    # every other pretrained weight and bias is frozen (docs/model.md#trainable-policy).
+    trainable=dict(),
     fusion=dict(channels=(18, 36, 72, 144)),
     heads=dict(default=dict(type=HRNetHead)),
 )
