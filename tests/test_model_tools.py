@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tool_loader import load_tool
 
 from mtlora_vision import benchmarking
 from mtlora_vision.apis.inference import init_model
@@ -39,14 +38,6 @@ model = dict(
     heads=dict(default=dict(type=HRNetHead)),
 )
 """
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_config(tmp_path: Path, rank: int = 4, tasks: str | None = None) -> str:

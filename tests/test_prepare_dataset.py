@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import shutil
 import tarfile
 import threading
-from pathlib import Path
 from typing import ClassVar
 
 import cv2
 import numpy as np
 import pytest
+from tool_loader import load_tool
 
 from mtlora_vision.datasets.download import download, extract_archive
 from mtlora_vision.datasets.prepare import verify_dataset
@@ -21,16 +20,7 @@ from mtlora_vision.datasets.synthetic import make_synthetic_dataset
 SIZE = (32, 40)
 
 
-def _load_tool(name):
-    """Import ``tools/<name>.py`` by path (``tools`` is not a package)."""
-    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare_dataset = _load_tool("prepare_dataset")
+prepare_dataset = load_tool("prepare_dataset")
 
 
 @pytest.fixture(scope="module")

@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import multiprocessing
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
+from tool_loader import load_tool
 
 from mtlora_vision.datasets.synthetic import ensure_synthetic_dataset, make_synthetic_dataset
 
 SIZE = (40, 56)
 
 
-def _load_tool(name):
-    """Import ``tools/<name>.py`` by path (``tools`` is not a package)."""
-    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_tool = _load_tool("make_synthetic_dataset")
+make_tool = load_tool("make_synthetic_dataset")
 
 
 def _digest(root):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS
+from tool_loader import load_tool
 from torch import nn
 
 from mtlora_vision.adapters.config import build_adapter_config
@@ -291,9 +291,7 @@ def swin_t_mtl_lora_adapter_count(rank: int, num_up: int, num_tasks: int) -> int
 
 def test_method_configs_build_and_count() -> None:
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("analyze", root / "tools" / "analyze_model.py")
-    analyze = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(analyze)
+    analyze = load_tool("analyze_model")
     mtl = root / "configs" / "methods" / "mtl-lora_swin-t_pascal.py"
     counts = analyze.count_parameters(analyze.build_model(str(mtl)))
     assert counts["policy_groups"]["adapters"] == swin_t_mtl_lora_adapter_count(40, 2, 5)

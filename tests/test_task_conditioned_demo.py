@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import torch
 from engine_utils import REPO, tiny_options
+from tool_loader import load_tool
 
 CONFIGS = {
     "mtl-lora": REPO / "configs/methods/demo/mtl-lora_demo.py",
@@ -15,18 +15,11 @@ CONFIGS = {
 }
 
 
-def load_train():
-    spec = importlib.util.spec_from_file_location("mtlora_tool_train", REPO / "tools/train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("method", sorted(CONFIGS))
 def test_demo_twin_trains_two_iterations(method, tmp_path):
     options = [o for o in tiny_options(tmp_path / "data") if not o.startswith("model.adapter.")]
     work_dir = tmp_path / "work"
-    load_train().main(
+    load_tool("train").main(
         [str(CONFIGS[method]), "--work-dir", str(work_dir), "--cfg-options", *options]
     )
     (scalars,) = work_dir.glob("*/vis_data/scalars.json")
