@@ -5,7 +5,7 @@
 # The backbone starts from random weights (nothing is downloaded), so everything but the frozen
 # Swin weights learns: adapters, patch embedding, norms, fusion and heads.
 from mmengine.config import read_base
-from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
+from mmengine.optim import OptimWrapper
 
 from mtlora_vision.engine.validate_hook import ValidateBeforeTrainHook
 
@@ -52,25 +52,11 @@ warmup_epochs = 1
 optim_wrapper.type = OptimWrapper
 optim_wrapper.pop("dtype")
 optim_wrapper.optimizer.lr = 2e-3
-param_scheduler = [
-    dict(
-        type=LinearLR,
-        start_factor=0.1,
-        by_epoch=True,
-        begin=0,
-        end=warmup_epochs,
-        convert_to_iter_based=True,
-    ),
-    dict(
-        type=CosineAnnealingLR,
-        T_max=max_epochs - warmup_epochs,
-        eta_min=2e-5,
-        by_epoch=True,
-        begin=warmup_epochs,
-        end=max_epochs,
-        convert_to_iter_based=True,
-    ),
-]
+# The recipe's linear warm-up and cosine, over the demo's epochs.
+param_scheduler[0].update(start_factor=0.1, end=warmup_epochs)
+param_scheduler[1].update(
+    T_max=max_epochs - warmup_epochs, eta_min=2e-5, begin=warmup_epochs, end=max_epochs
+)
 train_cfg.max_epochs = max_epochs
 train_cfg.val_interval = 6
 default_hooks.logger.interval = 4

@@ -14,24 +14,6 @@ data_root = "data/NYUDv2"
 tasks = ("semseg", "depth", "normals", "edge")
 img_size = (480, 640)
 
-train_dataloader = dict(
-    batch_size=8,
-    num_workers=4,
-    persistent_workers=True,
-    pin_memory=True,
-    drop_last=True,
-    sampler=dict(type=DefaultSampler, shuffle=True),
-    collate_fn=dict(type=multitask_collate),
-    dataset=dict(
-        type=NYUDMT,
-        data_root=data_root,
-        split="train",
-        tasks=tasks,
-        img_size=img_size,
-        augment=True,
-        scale_choices=(1.0, 1.2, 1.5),
-    ),
-)
 val_dataloader = dict(
     batch_size=8,
     num_workers=4,
@@ -47,6 +29,16 @@ val_dataloader = dict(
         img_size=img_size,
         augment=False,
         keep_original_size=False,
+    ),
+)
+# Training: the same loader, shuffled, without the last partial batch, with augmentation.
+train_dataloader = dict(
+    val_dataloader,
+    drop_last=True,
+    sampler=dict(type=DefaultSampler, shuffle=True),
+    collate_fn=dict(type=multitask_collate),
+    dataset=dict(
+        val_dataloader["dataset"], split="train", augment=True, scale_choices=(1.0, 1.2, 1.5)
     ),
 )
 test_dataloader = val_dataloader

@@ -12,26 +12,8 @@ data_root = "data/PASCAL_MT"
 tasks = ("semseg", "human_parts", "sal", "normals", "edge")
 img_size = (448, 448)
 
-train_dataloader = dict(
-    batch_size=32,  # per GPU; the official run used one GPU
-    num_workers=4,
-    persistent_workers=True,
-    pin_memory=True,
-    drop_last=True,
-    sampler=dict(type=DefaultSampler, shuffle=True),
-    collate_fn=dict(type=multitask_collate),
-    dataset=dict(
-        type=PascalContextMT,
-        data_root=data_root,
-        split="train",
-        tasks=tasks,
-        img_size=img_size,
-        augment=True,
-        pad_labels_with_ignore=False,  # official: rotated borders become background
-    ),
-)
 val_dataloader = dict(
-    batch_size=32,
+    batch_size=32,  # per GPU; the official run used one GPU
     num_workers=4,
     persistent_workers=True,
     pin_memory=True,
@@ -46,6 +28,19 @@ val_dataloader = dict(
         augment=False,
         keep_original_size=False,
         edge_labels="seg2bmap",  # the ground truth of the SEISM edge evaluation
+    ),
+)
+# Training: the same loader, shuffled, without the last partial batch, with augmentation.
+train_dataloader = dict(
+    val_dataloader,
+    drop_last=True,
+    sampler=dict(type=DefaultSampler, shuffle=True),
+    collate_fn=dict(type=multitask_collate),
+    dataset=dict(
+        val_dataloader["dataset"],
+        split="train",
+        augment=True,
+        pad_labels_with_ignore=False,  # official: rotated borders become background
     ),
 )
 test_dataloader = val_dataloader
