@@ -30,6 +30,32 @@ N = WINDOW[0] * WINDOW[1]  # tokens per window
 NUM_WIN, BATCH = 4, 2
 
 
+def attend(
+    prompt: TaskAdaptiveLowRankPrompt,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    qkv_bias: torch.Tensor | None = None,
+    tasks: str | tuple[str, ...] | None = None,
+    **kwargs: object,
+) -> torch.Tensor:
+    """Window attention with ``prompt``'s tokens, through the functional core (full softmax)."""
+    kv = prompt.prompt_kv(qkv_weight, qkv_bias, tasks)
+    return prompt_window_attention(
+        q,
+        k,
+        v,
+        task_k=kv.task_k,
+        task_v=kv.task_v,
+        task_gate=prompt._task_gate(),
+        shared_k=kv.shared_k,
+        shared_v=kv.shared_v,
+        shared_gate=prompt.prompt_gate_shared,
+        **kwargs,
+    )
+
+
 def make_prompt(**kwargs: object) -> TaskAdaptiveLowRankPrompt:
     options = {"num_tokens": TOKENS, "rank": RANK}
     options.update(kwargs)
@@ -129,7 +155,8 @@ def test_zero_gates_equal_timm_window_attention_exactly(compose: str, shared_fac
     mask = shift_mask()
     q, k, v = split_qkv(attn.qkv, x)
     with torch.no_grad():
-        out = prompt(
+        out = attend(
+            prompt,
             q,
             k,
             v,
@@ -149,15 +176,15 @@ def test_nonzero_gates_and_joint_mode_change_outputs() -> None:
     plain = prompt_window_attention(q, k, v)
     prompt = make_prompt()
     with torch.no_grad():
-        assert torch.equal(prompt(q, k, v, qkv.weight, qkv.bias), plain)
+        assert torch.equal(attend(prompt, q, k, v, qkv.weight, qkv.bias), plain)
         prompt.prompt_gate_task[1] = 0.5
-        gated = prompt(q, k, v, qkv.weight, qkv.bias)
+        gated = attend(prompt, q, k, v, qkv.weight, qkv.bias)
     assert torch.equal(gated[:, 0], plain[:, 0])  # gate of head 0 is still 0
     assert (gated[:, 1] - plain[:, 1]).abs().min() > 0
     joint = make_prompt(shared_mode="joint")
     assert joint.prompt_gate_shared is None
     with torch.no_grad():
-        assert (joint(q, k, v, qkv.weight, qkv.bias) - plain).abs().max() > 1e-3
+        assert (attend(joint, q, k, v, qkv.weight, qkv.bias) - plain).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(
@@ -179,11 +206,13 @@ def test_matches_naive_concatenated_attention(
     bias = torch.randn(HEADS, N, N, dtype=torch.float64)
     mask = shift_mask().double()
     with torch.no_grad():
-        ours = prompt(q, k, v, qkv.weight, qkv.bias, rel_pos_bias=bias, mask=mask)
+        ours = attend(prompt, q, k, v, qkv.weight, qkv.bias, rel_pos_bias=bias, mask=mask)
         expected = naive_prompt_attention(prompt, qkv, q, k, v, bias, mask, TASKS)
         torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
         reversed_tasks = TASKS[::-1]
-        ours = prompt(q, k, v, qkv.weight, qkv.bias, reversed_tasks, rel_pos_bias=bias, mask=mask)
+        ours = attend(
+            prompt, q, k, v, qkv.weight, qkv.bias, reversed_tasks, rel_pos_bias=bias, mask=mask
+        )
         expected = naive_prompt_attention(prompt, qkv, q, k, v, bias, mask, reversed_tasks)
         torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
 
@@ -229,7 +258,7 @@ def test_residual_added_to_fused_attention() -> None:
         prompt.prompt_gate_task.uniform_(-1, 1)
         prompt.prompt_gate_shared.uniform_(-1, 1)
         total = fused + prompt.residual(q, qkv.weight, qkv.bias)
-        explicit = prompt(q, k, v, qkv.weight, qkv.bias, rel_pos_bias=bias, mask=mask)
+        explicit = attend(prompt, q, k, v, qkv.weight, qkv.bias, rel_pos_bias=bias, mask=mask)
         torch.testing.assert_close(total, explicit, rtol=1e-5, atol=1e-5)
         assert (total - fused).abs().max() > 1e-3
         assert torch.equal(gated_prompt_attention(q), torch.zeros_like(q))
@@ -259,19 +288,19 @@ def test_stacked_windows_equal_single_task_calls() -> None:
     qkv = nn.Linear(DIM, 3 * DIM)
     q, k, v = torch.randn(3, len(TASKS) * 4, HEADS, N, DIM // HEADS).unbind(0)
     with torch.no_grad():
-        stacked = prompt(q, k, v, qkv.weight, qkv.bias)
+        stacked = attend(prompt, q, k, v, qkv.weight, qkv.bias)
         for pos, task in enumerate(TASKS):
             rows = slice(4 * pos, 4 * (pos + 1))
-            single = prompt(q[rows], k[rows], v[rows], qkv.weight, qkv.bias, task)
+            single = attend(prompt, q[rows], k[rows], v[rows], qkv.weight, qkv.bias, task)
             torch.testing.assert_close(stacked[rows], single, rtol=1e-6, atol=1e-6)
-        other_task = prompt(q[:4], k[:4], v[:4], qkv.weight, qkv.bias, TASKS[1])
+        other_task = attend(prompt, q[:4], k[:4], v[:4], qkv.weight, qkv.bias, TASKS[1])
         assert (stacked[:4] - other_task).abs().max() > 0
 
 
 def backward_once(prompt: TaskAdaptiveLowRankPrompt, qkv: nn.Linear) -> torch.Tensor:
     q, k, v = torch.randn(3, len(TASKS) * 2, HEADS, N, DIM // HEADS, requires_grad=True).unbind(0)
     prompt.zero_grad(set_to_none=True)
-    prompt(q, k, v, qkv.weight, qkv.bias).square().sum().backward()
+    attend(prompt, q, k, v, qkv.weight, qkv.bias).square().sum().backward()
     return q
 
 
@@ -368,8 +397,8 @@ def test_state_dict_round_trip() -> None:
     qkv = nn.Linear(DIM, 3 * DIM)
     q, k, v = torch.randn(3, len(TASKS), HEADS, N, DIM // HEADS).unbind(0)
     with torch.no_grad():
-        expected = prompt(q, k, v, qkv.weight, qkv.bias)
-        assert torch.equal(fresh(q, k, v, qkv.weight, qkv.bias), expected)
+        expected = attend(prompt, q, k, v, qkv.weight, qkv.bias)
+        assert torch.equal(attend(fresh, q, k, v, qkv.weight, qkv.bias), expected)
     with pytest.raises(RuntimeError, match="size mismatch"):
         make_prompt(rank=1).load_state_dict(state)
 
@@ -399,11 +428,11 @@ def test_bad_inputs_are_refused() -> None:
     qkv = nn.Linear(DIM, 3 * DIM)
     q, k, v = torch.randn(3, 3, HEADS, N, DIM // HEADS).unbind(0)
     with pytest.raises(KeyError, match="'edge'"):
-        prompt(q, k, v, qkv.weight, qkv.bias, "edge")
+        prompt.residual(q, qkv.weight, qkv.bias, "edge")
     with pytest.raises(ValueError, match="3 stacked windows cannot be split into 2"):
-        prompt(q, k, v, qkv.weight, qkv.bias)
+        prompt.residual(q, qkv.weight, qkv.bias)
     with pytest.raises(ValueError, match="2 heads"):
-        prompt(q[:, :1], k[:, :1], v[:, :1], qkv.weight, qkv.bias, "semseg")
+        prompt.residual(q[:, :1], qkv.weight, qkv.bias, "semseg")
     with pytest.raises(ValueError, match="task_k needs task_v and task_gate"):
         prompt_window_attention(q, k, v, task_k=torch.zeros(3, HEADS, 2, DIM // HEADS))
     with pytest.raises(ValueError, match="shared_k needs shared_v"):

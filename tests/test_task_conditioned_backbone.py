@@ -15,6 +15,7 @@ from mtlora_vision.adapters.config import build_adapter_config
 from mtlora_vision.adapters.mtl_lora import MTLLoRALinear, set_merge_at_inference
 from mtlora_vision.adapters.mtl_lora_merge import merge_task, task_merged_state_dict, unmerge_task
 from mtlora_vision.adapters.mtlora import MTLoRALinear
+from mtlora_vision.adapters.prompt_attention import prompt_window_attention
 from mtlora_vision.adapters.state_dict import adapter_state_dict, load_adapter_state_dict
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
 from mtlora_vision.models.backbones.swin import SwinBackbone
@@ -335,7 +336,20 @@ def test_joint_shared_prompt_matches_the_prompt_module(fused: bool) -> None:
         index = relative_position_index(geom.window, attn.window_size, windows.device)
         bias = attn.relative_position_bias_table[index].view(N, N, 2).permute(2, 0, 1)
         linear = attn.qkv
-        expected = prompt(q, k, v, linear.weight, linear.bias, TASKS, bias, geom.mask, attn.scale)
+        kv = prompt.prompt_kv(linear.weight, linear.bias, TASKS)
+        expected = prompt_window_attention(
+            q,
+            k,
+            v,
+            task_k=kv.task_k,
+            task_v=kv.task_v,
+            task_gate=prompt.prompt_gate_task,
+            shared_k=kv.shared_k,
+            shared_v=kv.shared_v,
+            rel_pos_bias=bias,
+            mask=geom.mask,
+            scale=attn.scale,
+        )
     assert_rel_close(ours, expected.transpose(1, 2).reshape(B_, N, C))
 
 

@@ -56,7 +56,6 @@ from mtlora_vision.adapters.prompt_attention import (
     compose_task_prompts,
     gated_prompt_attention,
     project_prompt_kv,
-    prompt_window_attention,
 )
 
 logger = logging.getLogger(__name__)
@@ -242,51 +241,6 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
         )
         return PromptKV(shared_k, shared_v, task_k, task_v)
 
-    def forward(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        qkv_weight: Tensor,
-        qkv_bias: Tensor | None = None,
-        tasks: str | Sequence[str] | None = None,
-        rel_pos_bias: Tensor | None = None,
-        mask: Tensor | None = None,
-        scale: float | None = None,
-    ) -> Tensor:
-        """Run window attention with this layer's prompts (see :func:`prompt_window_attention`).
-
-        Args:
-            q: Queries ``(T' * M, h, N, hd)``, task-major in the order of ``tasks``.
-            k: Image keys ``(T' * M, h, N, hd)``.
-            v: Image values ``(T' * M, h, N, hd)``.
-            qkv_weight: Frozen fused ``qkv`` weight ``(3 * h * hd, d)``.
-            qkv_bias: Frozen fused ``qkv`` bias ``(3 * h * hd,)`` or ``None``.
-            tasks: One task (every window), several stacked task-major, or ``None`` for all.
-            rel_pos_bias: Relative position bias ``(h, N, N)``, image pairs only.
-            mask: Shifted-window mask ``(nW, N, N)``, image pairs only.
-            scale: Logit scale; ``hd ** -0.5`` if ``None``.
-
-        Returns:
-            Attention output per head ``(T' * M, h, N, hd)``.
-        """
-        self._check_heads(q)
-        kv = self.prompt_kv(qkv_weight, qkv_bias, tasks)
-        return prompt_window_attention(
-            q,
-            k,
-            v,
-            task_k=kv.task_k,
-            task_v=kv.task_v,
-            task_gate=self._task_gate(),
-            shared_k=kv.shared_k,
-            shared_v=kv.shared_v,
-            shared_gate=self.prompt_gate_shared,
-            rel_pos_bias=rel_pos_bias,
-            mask=mask,
-            scale=scale,
-        )
-
     def residual(
         self,
         q: Tensor,
@@ -297,17 +251,24 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
     ) -> Tensor:
         """Return only the gated prompt branches, to add to the backbone's own window attention.
 
-        See :func:`gated_prompt_attention`; arguments as in :meth:`forward`. Only for
-        ``shared_mode="gated"``: in joint mode P0 must enter the image softmax (use
-        :meth:`forward`).
+        See :func:`gated_prompt_attention`. Only for ``shared_mode="gated"``: in joint mode P0
+        enters the image softmax (the backbone appends its keys, see
+        :meth:`~mtlora_vision.models.backbones.task_conditioned.WindowPrompt.joint_kv`).
+
+        Args:
+            q: Queries ``(T' * M, h, N, hd)``, task-major in the order of ``tasks``.
+            qkv_weight: Frozen fused ``qkv`` weight ``(3 * h * hd, d)``.
+            qkv_bias: Frozen fused ``qkv`` bias ``(3 * h * hd,)`` or ``None``.
+            tasks: One task (every window), several stacked task-major, or ``None`` for all.
+            scale: Logit scale; ``hd ** -0.5`` if ``None``.
 
         Returns:
             ``(T' * M, h, N, hd)``.
         """
         if self.shared_mode != "gated":
             raise ValueError(
-                "residual() needs shared_mode='gated'; with 'joint' P0 joins the image softmax, "
-                "so call the prompt module's forward() instead."
+                "residual() needs shared_mode='gated'; with 'joint' P0 joins the image softmax "
+                "(the backbone's window attention appends its keys and values)."
             )
         self._check_heads(q)
         kv = self.prompt_kv(qkv_weight, qkv_bias, tasks)
