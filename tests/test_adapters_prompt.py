@@ -41,19 +41,9 @@ def attend(
     **kwargs: object,
 ) -> torch.Tensor:
     """Window attention with ``prompt``'s tokens, through the functional core (full softmax)."""
-    kv = prompt.prompt_kv(qkv_weight, qkv_bias, tasks)
-    return prompt_window_attention(
-        q,
-        k,
-        v,
-        task_k=kv.task_k,
-        task_v=kv.task_v,
-        task_gate=prompt._task_gate(),
-        shared_k=kv.shared_k,
-        shared_v=kv.shared_v,
-        shared_gate=prompt.prompt_gate_shared,
-        **kwargs,
-    )
+    kv = prompt.prompt_kv(qkv_weight, qkv_bias, tasks)._asdict()
+    gates = {"task_gate": prompt._task_gate(), "shared_gate": prompt.prompt_gate_shared}
+    return prompt_window_attention(q, k, v, **kv, **gates, **kwargs)
 
 
 def make_prompt(**kwargs: object) -> TaskAdaptiveLowRankPrompt:

@@ -211,18 +211,8 @@ class MTLLoRALinear(nn.Module):
     @classmethod
     def from_spec(cls, base_layer: nn.Linear, spec: MTLLoRASpec) -> MTLLoRALinear:
         """Wrap ``base_layer`` with the settings of ``spec``."""
-        cfg = spec.config
-        return cls(
-            base_layer,
-            spec.tasks,
-            rank=cfg.rank,
-            alpha=cfg.alpha,
-            num_up=cfg.num_up,
-            temperature=cfg.temperature,
-            dropout=cfg.dropout,
-            diagonal=cfg.diagonal,
-            init=cfg.init,
-        )
+        names = ("rank", "alpha", "num_up", "temperature", "dropout", "diagonal", "init")
+        return cls(base_layer, spec.tasks, **{name: getattr(spec.config, name) for name in names})
 
     @property
     def in_features(self) -> int:

@@ -26,6 +26,7 @@ never the activations. Merging is documented in :mod:`mtlora_vision.adapters.mer
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -386,14 +387,4 @@ class MTLoRALinear(nn.Module):
     @classmethod
     def from_spec(cls, base_layer: nn.Linear, spec: AdapterSpec) -> MTLoRALinear:
         """Wrap ``base_layer`` with the settings of ``spec`` (always an ``MTLoRALinear``)."""
-        return MTLoRALinear(
-            base_layer,
-            shared_rank=spec.shared_rank,
-            tasks=spec.tasks,
-            task_rank=spec.task_rank,
-            shared_scale=spec.shared_scale,
-            task_scale=spec.task_scale,
-            dropout=spec.dropout,
-            mode=spec.mode,
-            trainable_scale=spec.trainable_scale,
-        )
+        return MTLoRALinear(base_layer, **dataclasses.asdict(spec))
