@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from functools import cache
 from typing import Any
 
 import albumentations as A
@@ -39,21 +38,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _KNOWN_TASKS = (*LABEL_MAP_TASKS, "normals", "depth")
 
 
-@cache
-def _normalisation_table() -> np.ndarray:
-    """``float32 (3, 256)``: the ImageNet-normalised value of every byte, per channel.
-
-    Computed with the same float32 torch operations as a direct ``(x / 255 - mean) / std`` over an
-    image, so looking values up gives bit-identical inputs at a fraction of the cost.
-    """
-    values = torch.arange(256, dtype=torch.float32).repeat(3, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None]
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None]
-    table = values.div_(255.0).sub_(mean).div_(std).numpy()
-    table.setflags(write=False)
-    return table
-
-
 def to_input_tensor(image: np.ndarray) -> Tensor:
     """Turn an RGB image on the 0..255 scale into the ImageNet-normalised network input.
 
@@ -69,11 +53,10 @@ def to_input_tensor(image: np.ndarray) -> Tensor:
     """
     if image.dtype != np.uint8:
         image = np.clip(image, 0.0, 255.0).astype(np.uint8)
-    table = _normalisation_table()
-    out = np.empty((3, *image.shape[:2]), np.float32)
-    for channel, plane in enumerate(cv2.split(np.ascontiguousarray(image))):
-        out[channel] = cv2.LUT(plane, table[channel])
-    return torch.from_numpy(out)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
+    inputs = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+    return inputs.div_(255.0).sub_(mean).div_(std)
 
 
 def ignore_empty_human_parts(parts: np.ndarray) -> np.ndarray:
