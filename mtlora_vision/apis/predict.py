@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mtlora_vision.datasets.transforms import to_input_tensor
 from mtlora_vision.models.postprocess import postprocess_outputs
-from mtlora_vision.visualization.colorize import IMAGENET_MEAN, IMAGENET_STD
 
 #: File name endings read as images when a folder is given.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -125,10 +125,7 @@ def preprocess_image(image: np.ndarray, size: tuple[int, int]) -> Tensor:
         ``float32 (3, size[0], size[1])``.
     """
     resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
-    tensor = torch.from_numpy(resized).float().div_(255).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    return (tensor - mean) / std
+    return to_input_tensor(resized)  # the training transform's normalisation
 
 
 @torch.no_grad()
