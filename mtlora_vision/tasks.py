@@ -2,8 +2,8 @@
 
 For each task: the kind of its prediction (which decides decoding, colours and file formats), its
 head outputs per dataset, its default loss weight, its metric keys and their direction, the key that
-stands for it in Delta-m, and the colour map of its pictures. Losses, metrics, postprocessing,
-visualisation and configs read them from here.
+stands for it in Delta-m, the colour map and the title of its pictures. Losses, metrics,
+postprocessing, visualisation and configs read them from here.
 
 The contract between datasets, models, losses and metrics (see ``docs/design.md``):
 
@@ -64,6 +64,7 @@ class TaskInfo:
         metrics: Metric key -> ``"higher"`` or ``"lower"`` (the better direction).
         delta_m_key: Metric key that stands for the task in Delta-m.
         colormap: Colour map of pictures: ``"palette"``, ``"grey"``, ``"normals"`` or ``"viridis"``.
+        title: Name of the task in pictures and reports.
     """
 
     kind: Kind
@@ -72,6 +73,7 @@ class TaskInfo:
     metrics: Mapping[str, str]
     delta_m_key: str
     colormap: str
+    title: str
 
 
 def _info(
@@ -81,9 +83,10 @@ def _info(
     metrics: dict[str, str],
     delta_m_key: str,
     colormap: str,
+    title: str,
 ) -> TaskInfo:
     outputs, metrics = MappingProxyType(outputs), MappingProxyType(metrics)
-    return TaskInfo(kind, outputs, loss_weight, metrics, delta_m_key, colormap)
+    return TaskInfo(kind, outputs, loss_weight, metrics, delta_m_key, colormap, title)
 
 
 #: The facts of every task (``docs/recipe.md`` for losses and metrics).
@@ -96,6 +99,7 @@ TASKS: Mapping[str, TaskInfo] = MappingProxyType(
             {"semseg/mIoU": HIGHER},
             "semseg/mIoU",
             "palette",
+            "semantic segmentation",
         ),
         "human_parts": _info(
             Kind.CLASSES,
@@ -104,6 +108,7 @@ TASKS: Mapping[str, TaskInfo] = MappingProxyType(
             {"human_parts/mIoU": HIGHER},
             "human_parts/mIoU",
             "palette",
+            "human parts",
         ),
         "sal": _info(
             Kind.PROBABILITY,
@@ -112,6 +117,7 @@ TASKS: Mapping[str, TaskInfo] = MappingProxyType(
             {"sal/mIoU": HIGHER, "sal/maxF": HIGHER, "sal/maxFbeta": HIGHER},
             "sal/mIoU",
             "grey",
+            "saliency",
         ),
         "normals": _info(
             Kind.VECTOR,
@@ -127,6 +133,7 @@ TASKS: Mapping[str, TaskInfo] = MappingProxyType(
             },
             "normals/mean",
             "normals",
+            "surface normals",
         ),
         "edge": _info(
             Kind.PROBABILITY,
@@ -135,6 +142,7 @@ TASKS: Mapping[str, TaskInfo] = MappingProxyType(
             {"edge/bce": LOWER, "edge/odsF": HIGHER, "edge/oisF": HIGHER, "edge/AP": HIGHER},
             "edge/odsF",
             "grey",
+            "edges",
         ),
         "depth": _info(
             Kind.SCALAR,
@@ -143,6 +151,7 @@ TASKS: Mapping[str, TaskInfo] = MappingProxyType(
             {"depth/rmse": LOWER, "depth/log_rmse": LOWER},
             "depth/rmse",
             "viridis",
+            "depth",
         ),
     }
 )

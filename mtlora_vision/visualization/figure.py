@@ -26,7 +26,7 @@ from matplotlib.patches import Patch
 from torch import Tensor
 
 from mtlora_vision.datasets.class_info import HUMAN_PART_CLASSES, NYUD_CLASSES, VOC_CLASSES
-from mtlora_vision.tasks import IGNORE_INDEX, Kind, task_kind
+from mtlora_vision.tasks import IGNORE_INDEX, TASKS, Kind, task_kind
 from mtlora_vision.visualization.colorize import (
     IGNORE_DARK,
     IGNORE_LIGHT,
@@ -37,14 +37,7 @@ from mtlora_vision.visualization.colorize import (
 )
 
 #: Row and panel names of the tasks.
-TASK_TITLES: Mapping[str, str] = {
-    "semseg": "semantic segmentation",
-    "human_parts": "human parts",
-    "sal": "saliency",
-    "normals": "surface normals",
-    "edge": "edges",
-    "depth": "depth",
-}
+TASK_TITLES: Mapping[str, str] = {task: info.title for task, info in TASKS.items()}
 COLUMN_TITLES = ("input", "ground truth", "prediction")
 IGNORED_LABEL = "ignored (no label)"
 
