@@ -51,10 +51,11 @@ def test_iou_and_miou_by_hand():
     assert mean_iou(conf) == pytest.approx((1 / 4 + 1 / 2 + 2 / 3) / 3)
 
 
-def test_absent_class_counts_zero():
+def test_absent_class_counts_zero_unless_ignored():
     conf = confusion_matrix(SEG_PRED, SEG_TARGET, num_classes=4)
     assert iou_from_confusion(conf)[3] == 0
     assert mean_iou(conf) == pytest.approx((1 / 4 + 1 / 2 + 2 / 3) / 4)  # official: over all K
+    assert mean_iou(conf, ignore_absent=True) == pytest.approx((1 / 4 + 1 / 2 + 2 / 3) / 3)
 
 
 def _set_based_iou(preds, targets, num_classes):

@@ -34,6 +34,7 @@ from mtlora_vision.evaluation.functional.saliency import (
     saliency_stats,
 )
 from mtlora_vision.evaluation.functional.segmentation import (
+    class_present,
     confusion_matrix,
     iou_from_confusion,
     mean_iou,
@@ -59,6 +60,7 @@ __all__ = [
     "boundary_pr_counts",
     "boundary_thresholds",
     "bsds_precision_recall",
+    "class_present",
     "confusion_matrix",
     "count_matches",
     "delta_m",

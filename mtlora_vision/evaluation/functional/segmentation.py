@@ -70,13 +70,32 @@ def iou_from_confusion(confusion: Tensor) -> Tensor:
     return tp / union.clamp_min(_UNION_EPS)
 
 
-def mean_iou(confusion: Tensor) -> float:
-    """Mean IoU over all ``K`` classes, absent ones included (the official protocol).
+def class_present(confusion: Tensor) -> Tensor:
+    """Whether each class occurs in the ground truth or the predictions.
+
+    Args:
+        confusion: ``(K, K)`` counts.
+
+    Returns:
+        ``bool (K,)``.
+    """
+    return (confusion.sum(dim=0) + confusion.sum(dim=1)) > 0
+
+
+def mean_iou(confusion: Tensor, ignore_absent: bool = False) -> float:
+    """Mean IoU over classes.
 
     Args:
         confusion: ``(K, K)`` counts summed over the dataset.
+        ignore_absent: Average only over classes present in ground truth or predictions. The
+            official protocol (``False``) averages over all ``K`` classes.
 
     Returns:
-        The mean IoU as a fraction.
+        The mean IoU as a fraction; 0 when ``ignore_absent`` and no class is present.
     """
-    return float(iou_from_confusion(confusion).mean())
+    iou = iou_from_confusion(confusion)
+    if ignore_absent:
+        iou = iou[class_present(confusion)]
+        if iou.numel() == 0:
+            return 0.0
+    return float(iou.mean())
