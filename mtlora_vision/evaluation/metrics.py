@@ -29,16 +29,11 @@ from mmengine.evaluator import BaseMetric
 from torch import Tensor
 
 from mtlora_vision.evaluation.edge_pool import EdgeCounter
-from mtlora_vision.evaluation.functional.boundary import (
-    average_precision,
-    boundary_thresholds,
-    bsds_precision_recall,
-    ods_f,
-    ois_f,
-)
+from mtlora_vision.evaluation.functional.boundary import boundary_thresholds
 from mtlora_vision.evaluation.functional.delta_m import delta_m
 from mtlora_vision.evaluation.functional.depth import depth_metrics, depth_stats
 from mtlora_vision.evaluation.functional.edge_loss import edge_loss, edge_loss_stats
+from mtlora_vision.evaluation.functional.edge_scores import edge_scores
 from mtlora_vision.evaluation.functional.normals import (
     angular_error,
     normals_metrics,
@@ -56,7 +51,6 @@ from mtlora_vision.evaluation.functional.segmentation import (
     iou_from_confusion,
     mean_iou,
 )
-from mtlora_vision.evaluation.functional.seism import seism_ods, seism_precision_recall
 from mtlora_vision.evaluation.metric_settings import (
     PAPER_SWIN_T_BASELINES,
     resolve_baselines,
@@ -64,6 +58,12 @@ from mtlora_vision.evaluation.metric_settings import (
     resolve_delta_m_keys,
     resolve_edge_max_dist,
     resolve_num_classes,
+)
+from mtlora_vision.evaluation.samples import (
+    label_map,
+    pred_and_targets,
+    prob_map,
+    squeeze_channel,
 )
 from mtlora_vision.tasks import (
     DEFAULT_DELTA_M_KEYS,
@@ -254,7 +254,7 @@ class MultiTaskMetric(BaseMetric):
                 "MultiTaskMetric has no tasks: give tasks=... or set dataset_meta to the "
                 "evaluated dataset's metainfo (mmengine's val and test loops do)."
             )
-        samples = [_pred_and_targets(sample, self.tasks) for sample in data_samples]
+        samples = [pred_and_targets(sample, self.tasks) for sample in data_samples]
         edge_counts = self._edge_counts(samples)
         for index, (pred, targets) in enumerate(samples):
             stats = {}
@@ -281,8 +281,8 @@ class MultiTaskMetric(BaseMetric):
             return []
         pairs = []
         for pred, targets in samples:
-            prob = _prob_map(pred["edge"], "edge").to("cpu", torch.float32).numpy()
-            pairs.append((prob, _squeeze(targets["edge"]).cpu().numpy()))
+            prob = prob_map(pred["edge"], "edge").to("cpu", torch.float32).numpy()
+            pairs.append((prob, squeeze_channel(targets["edge"]).cpu().numpy()))
         return self._edge_counter().count(pairs)
 
     def compute_metrics(self, results: list) -> dict[str, float]:
@@ -309,9 +309,9 @@ class MultiTaskMetric(BaseMetric):
 
     def _sample_stats(self, task: str, pred: Tensor, target: Tensor) -> Any:
         if task_kind(task) is Kind.CLASSES:
-            return confusion_matrix(_label_map(pred, task), target, self.num_classes[task])
+            return confusion_matrix(label_map(pred, task), target, self.num_classes[task])
         if task == "sal":
-            prob, target = _prob_map(pred, task), _squeeze(target)
+            prob, target = prob_map(pred, task), squeeze_channel(target)
             stats = {"pr": saliency_stats(prob, target)}
             if self.sal_fbeta:
                 stats["levels"] = saliency_level_histograms(prob, target)
@@ -319,7 +319,7 @@ class MultiTaskMetric(BaseMetric):
         if task == "normals":
             return normals_stats(angular_error(pred, target))
         if task == "edge":
-            return self._edge_stats(_prob_map(pred, task), _squeeze(target))
+            return self._edge_stats(prob_map(pred, task), squeeze_channel(target))
         if task == "depth":
             return depth_stats(pred.reshape(target.shape), target)
         raise ValueError(f"No metric for task {task!r}.")
@@ -396,77 +396,3 @@ class MultiTaskMetric(BaseMetric):
             return None
         logger.info("Delta-m over %s.", ", ".join(f"{k}={v}" for k, v in entered.items()))
         return delta_m(metrics, entered, self.lower_is_better)
-
-
-def _pred_and_targets(
-    sample: Mapping[str, Any], tasks: Sequence[str]
-) -> tuple[Mapping[str, Tensor], Mapping[str, Tensor]]:
-    for field in ("pred", "targets"):
-        if field not in sample:
-            raise KeyError(
-                f"Data sample has no {field!r} (keys: {list(sample)}); the model's "
-                "mode='predict' must return the input data samples plus 'pred'."
-            )
-    pred, targets = sample["pred"], sample["targets"]
-    for task in tasks:
-        for field, values in (("pred", pred), ("targets", targets)):
-            if task not in values:
-                raise KeyError(f"Task {task!r} missing from sample[{field!r}] ({list(values)}).")
-        value = pred[task]
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise FloatingPointError(
-                f"The {task} prediction of sample {sample.get('id', '?')!r} holds NaN or inf: the "
-                "model's weights have diverged. Lower the learning rate and resume from an earlier "
-                "checkpoint."
-            )
-    return pred, targets
-
-
-def _squeeze(tensor: Tensor) -> Tensor:
-    """Drop a leading singleton channel: ``(1, H, W)`` -> ``(H, W)``."""
-    return tensor[0] if tensor.ndim == 3 and tensor.shape[0] == 1 else tensor
-
-
-def _label_map(pred: Tensor, task: str) -> Tensor:
-    if pred.is_floating_point():
-        raise ValueError(
-            f"{task} prediction must hold integer class ids (argmax), got dtype {pred.dtype}."
-        )
-    return _squeeze(pred)
-
-
-def _prob_map(pred: Tensor, task: str) -> Tensor:
-    pred = _squeeze(pred).detach()
-    if pred.numel() and not (float(pred.min()) >= 0.0 and float(pred.max()) <= 1.0):
-        raise ValueError(
-            f"{task} prediction must be probabilities in [0, 1] (apply a sigmoid), got values in "
-            f"[{float(pred.min())}, {float(pred.max())}]."
-        )
-    return pred
-
-
-def edge_scores(per_image: np.ndarray, protocol: str) -> dict[str, float]:
-    """``edge/odsF``, ``edge/oisF`` and ``edge/AP`` (percent) from per-image counts.
-
-    Args:
-        per_image: ``(N, T, 4)`` counts of each image at each threshold.
-        protocol: ``"seism"`` (SEISM's conventions, ODS without interpolation) or ``"bsds"``
-            (BSDS's, ODS interpolated between thresholds).
-
-    Returns:
-        The three scores in percent.
-    """
-    total = per_image.sum(axis=0)
-    if protocol == "seism":
-        precision, recall = seism_precision_recall(total)
-        ods = seism_ods(total)
-        ois = ois_f(per_image, seism_precision_recall)
-    else:
-        precision, recall = bsds_precision_recall(total)
-        ods = ods_f(torch.from_numpy(total))
-        ois = ois_f(per_image, bsds_precision_recall)
-    return {
-        "edge/odsF": ods * _PERCENT,
-        "edge/oisF": ois * _PERCENT,
-        "edge/AP": average_precision(precision, recall) * _PERCENT,
-    }
