@@ -9,6 +9,7 @@ from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visua
 
 from mtlora_vision.engine.checkpoint import AtomicCheckpointHook, TrainableCheckpointHook
 from mtlora_vision.engine.hooks import DWAEpochHook, NonFiniteLossHook
+from mtlora_vision.engine.randomness import TrainingRandomnessHook
 from mtlora_vision.engine.visualization_hook import MultiTaskVisualizationHook
 
 default_hooks = dict(
@@ -21,6 +22,8 @@ default_hooks = dict(
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 custom_hooks = [
+    # Random state of each step a function of (seed, iteration, rank): kill + --resume is exact.
+    dict(type=TrainingRandomnessHook),
     # Checkpoints hold the trainable weights only (the frozen backbone reloads from its source);
     # set full_weights=True for a self-contained export. Loading checks the keys strictly.
     dict(type=TrainableCheckpointHook, full_weights=False),

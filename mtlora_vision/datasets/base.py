@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch.utils.data import Dataset
 
+from mtlora_vision.datasets.sampler import SampleKey, augmentation_seed
 from mtlora_vision.datasets.synthetic import ensure_synthetic_dataset
 from mtlora_vision.datasets.transforms import MultiTaskTransform
 from mtlora_vision.datasets.worker import configure_data_worker
@@ -143,11 +144,19 @@ class MultiTaskDataset(Dataset):
         """Decode image ``index`` and its targets at the original size (``MultiTaskTransform``)."""
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """Return sample ``index`` in the format of ``docs/design.md`` section 1."""
+    def __getitem__(self, index: int | SampleKey) -> dict[str, Any]:
+        """Return sample ``index`` in the format of ``docs/design.md`` section 1.
+
+        A :class:`SampleKey` (from ``EpochSeededSampler``) makes the random augmentation a pure
+        function of its ``(seed, epoch, index)``; a plain index draws it from Python's ``random``.
+        """
         configure_data_worker()
+        seed = None
+        if isinstance(index, SampleKey):
+            seed = augmentation_seed(index)
+            index = index.index
         image, targets = self.load_sample(index)
-        inputs, out_targets = self.transform(image, targets)
+        inputs, out_targets = self.transform(image, targets, seed=seed)
         return {
             "inputs": inputs,
             "data_samples": {

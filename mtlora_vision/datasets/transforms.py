@@ -171,7 +171,7 @@ class MultiTaskTransform:
         return affine((float(scale_range[0]), float(scale_range[1])))
 
     def __call__(
-        self, image: np.ndarray, targets: Mapping[str, np.ndarray]
+        self, image: np.ndarray, targets: Mapping[str, np.ndarray], seed: int | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Transform one sample.
 
@@ -180,6 +180,8 @@ class MultiTaskTransform:
             targets: Task -> raw target at the image's size: label maps ``uint8 (H, W)`` (255
                 ignore), ``normals`` ``float32 (H, W, 3)`` and ``depth`` ``float32 (H, W)`` with
                 255.0 where invalid.
+            seed: Seed (0 <= seed < 2**64) of this sample's random augmentation, which is then a
+                pure function of it; None draws one from Python's global ``random``.
 
         Returns:
             ``inputs`` ``float32 (3, h, w)`` and task -> target tensor in the formats of
@@ -204,7 +206,8 @@ class MultiTaskTransform:
             )
             return to_input_tensor(resized), targets_out
         data, layout = pack_targets(image, targets)
-        seed = random.getrandbits(64)
+        if seed is None:
+            seed = random.getrandbits(64)
         self._compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
         out = self._compose(**data)
         applied = dict(out["applied_transforms"])

@@ -6,6 +6,7 @@ from mmengine.dataset import DefaultSampler
 
 from mtlora_vision.datasets.collate import multitask_collate
 from mtlora_vision.datasets.pascal_context import PascalContextMT
+from mtlora_vision.datasets.sampler import EpochSeededSampler
 from mtlora_vision.evaluation.metrics import MultiTaskMetric
 
 data_root = "data/PASCAL_MT"
@@ -34,7 +35,7 @@ val_dataloader = dict(
 train_dataloader = dict(
     val_dataloader,
     drop_last=True,
-    sampler=dict(type=DefaultSampler, shuffle=True),
+    sampler=dict(type=EpochSeededSampler, shuffle=True),  # augmentation seeded per sample
     collate_fn=dict(type=multitask_collate),
     dataset=dict(
         val_dataloader["dataset"],

@@ -1,0 +1,42 @@
+"""A training sampler whose indices carry the epoch and seed, so augmentation is reproducible.
+
+Each sample's random augmentation is drawn from a generator seeded by ``(seed, epoch, index)``
+(:func:`augmentation_seed`), never from a worker's global random state. The same sample of the same
+epoch is therefore augmented identically whatever the number of data-loader workers, whether the
+workers persist, and whether the run was killed and resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from mmengine.dataset import DefaultSampler
+
+from mtlora_vision.seeding import derive_seed
+
+
+class SampleKey(NamedTuple):
+    """What the sampler hands the dataset: which sample, in which epoch, of which run seed."""
+
+    index: int
+    epoch: int
+    seed: int
+
+
+def augmentation_seed(key: SampleKey) -> int:
+    """The seed of one sample's augmentation: a pure function of ``(seed, epoch, index)``."""
+    return derive_seed(key.seed, key.epoch, key.index)
+
+
+class EpochSeededSampler(DefaultSampler):
+    """mmengine's ``DefaultSampler`` (same order, padding, rank split), yielding SampleKey.
+
+    The shuffle order of epoch ``e`` is a permutation seeded by ``seed + e``, as in
+    ``DefaultSampler``; ``seed`` must be the same on every process (``TrainingRandomnessHook``
+    sets it to the run's shared seed before every epoch).
+    """
+
+    def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
+        for index in super().__iter__():
+            yield SampleKey(int(index), int(self.epoch), int(self.seed))
