@@ -13,6 +13,7 @@ from mmengine.config import Config, ConfigDict
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
 from mtlora_vision.engine.amp import CPUAutocastOptimWrapper
+from mtlora_vision.engine.config_check import check_cfg_options, check_hook_args
 from mtlora_vision.engine.resume import (
     CheckpointProgress,
     checkpoint_progress,
@@ -204,10 +205,16 @@ def shutdown_distributed() -> None:
 
 
 def load_config(path: str, cfg_options: Mapping[str, Any] | None = None) -> Config:
-    """Load a config file and merge ``--cfg-options``; a missing file is a clear error."""
+    """Load a config file and merge ``--cfg-options``, refusing keys nothing would read.
+
+    A missing file, an unknown or misspelt ``--cfg-options`` key and an unknown hook argument are
+    errors here, before anything is built (:mod:`mtlora_vision.engine.config_check`).
+    """
     if not osp.isfile(path):
         raise FileNotFoundError(f"Config file {path!r} does not exist; see the configs/ folder.")
     cfg = Config.fromfile(path)
     if cfg_options:
+        check_cfg_options(cfg, cfg_options)
         cfg.merge_from_dict(dict(cfg_options))
+    check_hook_args(cfg)
     return cfg
