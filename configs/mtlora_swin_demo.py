@@ -14,8 +14,9 @@ with read_base():
 
 tasks = ("semseg", "human_parts", "sal", "normals", "edge")
 img_size = (128, 128)
-demo_data = dict(num_train=64, num_val=16, size=(96, 128), seed=0)
 data_root = "data/demo_pascal"  # every loader reads it; --data-root DIR moves them all
+# Synthetic data is written only there: any other data_root must exist already.
+demo_data = dict(root=data_root, num_train=64, num_val=16, size=(96, 128), seed=0)
 
 model.tasks = tasks
 model.backbone = dict(

@@ -52,6 +52,7 @@ def tiny_options(
             f"{loader}.persistent_workers=False",
             f"{loader}.dataset.data_root={data_root}",
             f"{loader}.dataset.img_size=(64,64)",
+            f"{loader}.dataset.synthesize_if_missing.root={data_root}",
             f"{loader}.dataset.synthesize_if_missing.num_train=4",
             f"{loader}.dataset.synthesize_if_missing.num_val=2",
             f"{loader}.dataset.synthesize_if_missing.size=(48,64)",

@@ -293,10 +293,17 @@ def test_synthesize_if_missing_writes_the_dataset(tmp_path):
         "val",
         img_size=(32, 32),
         use_cache=False,
-        synthesize_if_missing=dict(num_train=2, num_val=2, size=(32, 40), seed=1),
+        synthesize_if_missing=dict(root=root, num_train=2, num_val=2, size=(32, 40), seed=1),
     )
     assert len(ds) == 2
     assert (root / "JPEGImages").is_dir()
+    # Anywhere else (e.g. a mistyped data_root) nothing is written: an error with the commands.
+    typo = tmp_path / "demo_typo"
+    with pytest.raises(FileNotFoundError, match=r"demo_typo.*prepare_dataset\.py.*only at"):
+        PascalContextMT(typo, "val", synthesize_if_missing=dict(root=root, num_train=2))
+    assert not typo.exists()
+    with pytest.raises(ValueError, match="needs 'root'"):
+        PascalContextMT(typo, "val", synthesize_if_missing=dict(num_train=2))
     with pytest.raises(ValueError, match="Unknown synthesize_if_missing keys"):
         PascalContextMT(tmp_path / "other", synthesize_if_missing=dict(images=3))
 

@@ -226,6 +226,7 @@ def trained_runs(tmp_path_factory) -> dict[str, Path]:
             f"{loader}.dataset.img_size=(64,64)",
             f"{loader}.dataset.data_root={tmp / 'data'}",
             f"{loader}.dataset.cache_dir={tmp / 'cache'}",
+            f"{loader}.dataset.synthesize_if_missing.root={tmp / 'data'}",
             f"{loader}.dataset.synthesize_if_missing.num_train=4",
             f"{loader}.dataset.synthesize_if_missing.num_val=2",
             f"{loader}.dataset.synthesize_if_missing.size=(64,64)",

@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--amp", action="store_true", help="mixed precision (fp16 on GPU, bf16 on CPU)"
     )
+    parser.add_argument(
+        "--seed", type=int, help="random seed (randomness.seed); --resume keeps the checkpoint's"
+    )
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms (randomness.deterministic; slower on GPU)",
+    )
     add_cfg_options(parser)
     add_launcher(parser)
     return parser
@@ -65,6 +73,7 @@ def train(args: argparse.Namespace) -> None:
         resolve_cpu_threads,
         resolve_launcher,
         resolve_precision,
+        resolve_randomness,
         resolve_resume,
         resolve_work_dir,
         shutdown_distributed,
@@ -77,6 +86,7 @@ def train(args: argparse.Namespace) -> None:
     # work_dir is determined in this priority: CLI > segment in file > filename
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
     resolve_precision(cfg, amp=args.amp)
+    resolve_randomness(cfg, args.seed, args.deterministic)
     resolve_cpu_threads(cfg)
     resolve_launcher(cfg, args.launcher)
     init_cpu_distributed(args.launcher)

@@ -10,6 +10,7 @@ from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visua
 from mtlora_vision.engine.checkpoint import AtomicCheckpointHook, TrainableCheckpointHook
 from mtlora_vision.engine.hooks import DWAEpochHook, NonFiniteLossHook
 from mtlora_vision.engine.randomness import TrainingRandomnessHook
+from mtlora_vision.engine.resume_settings import ResumeSettingsHook
 from mtlora_vision.engine.visualization_hook import MultiTaskVisualizationHook
 
 default_hooks = dict(
@@ -22,8 +23,6 @@ default_hooks = dict(
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 custom_hooks = [
-    # Random state of each step a function of (seed, iteration, rank): kill + --resume is exact.
-    dict(type=TrainingRandomnessHook),
     # Checkpoints hold the trainable weights only (the frozen backbone reloads from its source);
     # set full_weights=True for a self-contained export. Loading checks the keys strictly.
     dict(type=TrainableCheckpointHook, full_weights=False),
@@ -33,6 +32,10 @@ custom_hooks = [
     # Closes the per-epoch loss windows of DWA weighting (model.losses.weighting.type="dwa");
     # does nothing for the other schemes.
     dict(type=DWAEpochHook),
+    # Random state of each step a function of (seed, iteration, rank): kill + --resume is exact.
+    dict(type=TrainingRandomnessHook),
+    # On --resume a changed lr/schedule/clipping takes effect (logged); a changed model is refused.
+    dict(type=ResumeSettingsHook),
 ]
 
 env_cfg = dict(

@@ -23,7 +23,7 @@ from mtlora_vision.tasks import NUM_OUTPUTS, check_tasks
 
 logger = logging.getLogger(__name__)
 
-_SYNTHESIZE_KEYS = ("num_train", "num_val", "size", "seed")
+_SYNTHESIZE_KEYS = ("root", "num_train", "num_val", "size", "seed")
 
 
 def read_split_ids(split_file: Path, split: str, splits_dir_hint: str) -> list[str]:
@@ -92,8 +92,9 @@ class MultiTaskDataset(Dataset):
         synthesize_if_missing: Mapping[str, Any] | None,
     ) -> None:
         self.data_root = Path(data_root).expanduser()
+        only_at = None
         if synthesize_if_missing is not None:
-            self._synthesize(synthesize_if_missing)
+            only_at = self._synthesize(synthesize_if_missing)
         if self.data_root.exists() and not self.data_root.is_dir():
             raise NotADirectoryError(
                 f"{type(self).__name__} data_root {str(self.data_root)!r} is a file, not a dataset "
@@ -105,18 +106,37 @@ class MultiTaskDataset(Dataset):
                 f"the dataset there with {self.prepare_command(self.data_root)} (--archive FILE or "
                 "--download), or write synthetic data with `python tools/make_synthetic_dataset.py "
                 f"{self.data_root} --dataset {self.dataset_name}`."
+                + (
+                    f" (The config writes synthetic data only at its own {str(only_at)!r}.)"
+                    if only_at is not None
+                    else ""
+                )
             )
         self.split = split
         # A single task may be given as a plain string (e.g. from --cfg-options ...tasks=sal).
         tasks = (tasks,) if isinstance(tasks, str) else tasks
         self.tasks = check_tasks(tasks, self.available_tasks, what=f"{type(self).__name__}")
 
-    def _synthesize(self, options: Mapping[str, Any]) -> None:
+    def _synthesize(self, options: Mapping[str, Any]) -> Path | None:
+        """Write a synthetic dataset if ``data_root`` is missing and is ``options["root"]``.
+
+        Returns:
+            ``options["root"]`` when ``data_root`` is elsewhere (nothing is written there, so a
+            mistyped path is an error rather than a new dataset), else None.
+        """
         unknown = sorted(set(options) - set(_SYNTHESIZE_KEYS))
         if unknown:
             raise ValueError(
                 f"Unknown synthesize_if_missing keys {unknown}; allowed: {list(_SYNTHESIZE_KEYS)}."
             )
+        if "root" not in options:
+            raise ValueError(
+                "synthesize_if_missing needs 'root': the one folder where synthetic data may be "
+                "written (the config's own data_root), so a changed data_root is never filled."
+            )
+        root = Path(options["root"]).expanduser()
+        if root.resolve() != self.data_root.resolve():
+            return root
         ensure_synthetic_dataset(
             self.data_root,
             self.dataset_name,
@@ -125,6 +145,7 @@ class MultiTaskDataset(Dataset):
             size=options.get("size"),
             seed=int(options.get("seed", 0)),
         )
+        return None
 
     @property
     def metainfo(self) -> dict[str, Any]:

@@ -76,8 +76,9 @@ class NYUDMT(MultiTaskDataset):
         keep_original_size: Original-resolution evaluation (targets keep their size on disk).
         flip_prob: Horizontal-flip probability of the augmentation.
         scale_choices: Zooms about the centre, one drawn uniformly per sample.
-        synthesize_if_missing: If given and ``data_root`` is missing, first write a synthetic
-            dataset there with these settings (``num_train``, ``num_val``, ``size``, ``seed``).
+        synthesize_if_missing: If given, ``data_root`` is missing and is its ``root``, first
+            write a synthetic dataset there with these settings (``num_train``, ``num_val``,
+            ``size``, ``seed``); any other missing ``data_root`` is an error.
     """
 
     dataset_name: ClassVar[str] = "nyud"

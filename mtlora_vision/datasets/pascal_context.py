@@ -90,8 +90,9 @@ class PascalContextMT(MultiTaskDataset):
             ASTMT training labels: ``|Laplacian| > 0``, thinned) or ``"seg2bmap"`` (the ground
             truth of the SEISM evaluation: BSDS ``seg2bmap``, thinned; see
             ``docs/edge_evaluation.md``).
-        synthesize_if_missing: If given and ``data_root`` is missing, first write a synthetic
-            dataset there with these settings (``num_train``, ``num_val``, ``size``, ``seed``).
+        synthesize_if_missing: If given, ``data_root`` is missing and is its ``root``, first
+            write a synthetic dataset there with these settings (``num_train``, ``num_val``,
+            ``size``, ``seed``); any other missing ``data_root`` is an error.
     """
 
     dataset_name: ClassVar[str] = "pascal_context"

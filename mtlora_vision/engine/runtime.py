@@ -204,6 +204,30 @@ def shutdown_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
+def resolve_randomness(cfg: Config, seed: int | None, deterministic: bool) -> None:
+    """Apply ``--seed`` and ``--deterministic`` to ``cfg.randomness`` (in place).
+
+    Args:
+        cfg: Config.
+        seed: The run's seed, 0 <= seed < 2**32 (numpy's limit), or None to keep the config's.
+        deterministic: Ask for deterministic algorithms (cuDNN deterministic, no benchmark,
+            ``torch.use_deterministic_algorithms``); on CUDA this needs
+            ``CUBLAS_WORKSPACE_CONFIG``, set here unless the environment has it.
+
+    Raises:
+        ValueError: If ``seed`` is out of range.
+    """
+    randomness = cfg.get("randomness") or ConfigDict()
+    if seed is not None:
+        if not 0 <= seed < 2**32:
+            raise ValueError(f"--seed must be in [0, 2**32), got {seed}.")
+        randomness["seed"] = seed
+    if deterministic:
+        randomness["deterministic"] = True
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cfg.randomness = randomness
+
+
 def load_config(path: str, cfg_options: Mapping[str, Any] | None = None) -> Config:
     """Load a config file and merge ``--cfg-options``, refusing keys nothing would read.
 

@@ -1,9 +1,10 @@
 # The official MTLoRA recipe (docs/recipe.md#optimizer): AdamW, 20 warm-up epochs then cosine per iteration,
 # 300 epochs at batch 32 on one GPU, fp16 AMP with gradient clipping at 5.0.
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
-from mmengine.runner import EpochBasedTrainLoop, TestLoop, ValLoop
+from mmengine.runner import TestLoop, ValLoop
 from torch.optim import AdamW
 
+from mtlora_vision.engine.loops import CheckedEpochBasedTrainLoop
 from mtlora_vision.engine.optim import OfficialOptimWrapperConstructor
 
 batch_size = 32  # total over all GPUs; the learning rate below assumes it
@@ -41,7 +42,8 @@ param_scheduler = [
         convert_to_iter_based=True,
     ),
 ]
-train_cfg = dict(type=EpochBasedTrainLoop, max_epochs=max_epochs, val_interval=5)
+# A train split smaller than one batch is an error when the loop is built.
+train_cfg = dict(type=CheckedEpochBasedTrainLoop, max_epochs=max_epochs, val_interval=5)
 val_cfg = dict(type=ValLoop)
 test_cfg = dict(type=TestLoop)
 # Set enable=True to rescale base_lr linearly when the real total batch differs from 32.
