@@ -31,18 +31,34 @@ ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 RANDOM_MODEL = ["model.adapter.dropout=0.05", "model.backbone.drop_path_rate=0.1"]
 
 
-def train_cmd(root: Path, work_dir: Path, epochs: int, workers: int, *extra: str) -> list[str]:
-    options = [*tiny_options(root / "data", epochs=epochs, workers=workers), *RANDOM_MODEL]
+def train_cmd(
+    root: Path, work_dir: Path, epochs: int, workers: int, *extra: str, options: tuple = ()
+) -> list[str]:
+    options = (
+        *tiny_options(root / "data", epochs=epochs, workers=workers),
+        *RANDOM_MODEL,
+        *options,
+    )
     return [
         sys.executable, "tools/train.py", DEMO, "--work-dir", str(work_dir), *extra,
         "--cfg-options", *options,
     ]  # fmt: skip
 
 
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
+def run(cmd: list[str], ok: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.returncode == 0) == ok, result.stderr[-3000:]
     return result
+
+
+def resume_from_first_epoch(
+    root: Path, work_dir: Path, *options: str
+) -> subprocess.CompletedProcess:
+    """Resume the reference run from its epoch-1 checkpoint (copied) with changed options."""
+    work_dir.mkdir()
+    shutil.copy(root / "full" / "epoch_1.pth", work_dir / "epoch_1.pth")
+    resume = ("--resume", str(work_dir / "epoch_1.pth"))
+    return run(train_cmd(root, work_dir, 3, 0, *resume, options=options))
 
 
 def assert_bit_identical(expected_path: Path, got_path: Path) -> None:
@@ -154,3 +170,53 @@ def test_two_gloo_processes_resume_bit_exactly(tmp_path):
     shutil.copy(tmp_path / "full" / "epoch_1.pth", tmp_path / "resumed" / "epoch_1.pth")
     run(ddp(tmp_path / "resumed", "--resume", str(tmp_path / "resumed" / "epoch_1.pth")))
     assert_bit_identical(tmp_path / "full" / "epoch_2.pth", tmp_path / "resumed" / "epoch_2.pth")
+
+
+def _lr(path: Path) -> float:
+    return torch.load(path, map_location="cpu", weights_only=False)["optimizer"]["param_groups"][0][
+        "lr"
+    ]
+
+
+def test_changed_lr_schedule_length_and_clipping_take_effect_on_resume(uninterrupted, tmp_path):
+    root, work_dir = uninterrupted, tmp_path / "changed"
+    changes = ("optim_wrapper.optimizer.lr=2e-4", "train_cfg.max_epochs=4")
+    result = resume_from_first_epoch(root, work_dir, *changes, "optim_wrapper.clip_grad.max_norm=1")
+    log = result.stdout + result.stderr
+    line = next(x for x in log.splitlines() if "Resume with changed settings" in x)
+    assert "optim_wrapper.optimizer.lr: 0.002 -> 0.0002" in line
+    assert "train_cfg.max_epochs: 3 -> 4" in line
+    assert "optim_wrapper.clip_grad.max_norm: 5.0 -> 1" in line
+    # Epoch 2 starts the cosine schedule at its base value, the new lr (mmengine kept 2e-3).
+    assert "lr now [0.0002]" in line
+    assert torch.load(work_dir / "epoch_4.pth", weights_only=False)["meta"]["epoch"] == 4
+    # Cosine from the base lr to eta_min: the reference's lr at iteration 6 gives the phase.
+    eta_min = 2e-5  # the demo's
+    phase = (_lr(root / "full" / "epoch_3.pth") - eta_min) / (2e-3 - eta_min)
+    assert _lr(work_dir / "epoch_3.pth") == pytest.approx(eta_min + (2e-4 - eta_min) * phase)
+
+
+def test_a_changed_model_shape_on_resume_is_an_error_naming_the_setting(uninterrupted, tmp_path):
+    work_dir = tmp_path / "reshaped"
+    work_dir.mkdir()
+    shutil.copy(uninterrupted / "full" / "epoch_1.pth", work_dir / "epoch_1.pth")
+    cmd = train_cmd(
+        uninterrupted, work_dir, 3, 0, "--resume", str(work_dir / "epoch_1.pth"),
+        options=("model.adapter.shared_rank=4", "model.adapter.dropout=0.1"),
+    )  # fmt: skip
+    result = run(cmd, ok=False)
+    assert "Cannot resume" in result.stderr
+    assert "model.adapter.shared_rank: 2 -> 4" in result.stderr
+    assert "dropout" not in result.stderr.splitlines()[-1]  # regularisation may change
+    assert sorted(p.name for p in work_dir.glob("*.pth")) == ["epoch_1.pth"]
+
+
+def test_seed_flag_seeds_the_run_and_deterministic_algorithms_run_on_cpu(uninterrupted, tmp_path):
+    work_dir = tmp_path / "seeded"
+    result = run(train_cmd(uninterrupted, work_dir, 3, 0, "--seed", "5", "--deterministic"))
+    assert "deterministic: True" in result.stdout + result.stderr
+    got = torch.load(work_dir / "epoch_3.pth", map_location="cpu", weights_only=False)
+    ref = torch.load(uninterrupted / "full" / "epoch_3.pth", map_location="cpu", weights_only=False)
+    assert (got["meta"]["seed"], ref["meta"]["seed"]) == (5, 0)
+    assert not torch.equal(got["state_dict"]["backbone.patch_embed.proj.weight"],
+                           ref["state_dict"]["backbone.patch_embed.proj.weight"])  # fmt: skip
