@@ -81,6 +81,7 @@ def build_dataset(
 def time_in_process(dataset: torch.utils.data.Dataset, runs: int, samples: int) -> dict[str, float]:
     import torch
 
+    from mtlora_vision.datasets.sampler import SampleKey
     from mtlora_vision.datasets.worker import configure_data_worker
 
     configure_data_worker(force=True)  # what every data-loader worker process gets
@@ -90,8 +91,8 @@ def time_in_process(dataset: torch.utils.data.Dataset, runs: int, samples: int) 
     wall, cpu = [], []
     for _ in range(runs):
         w0, c0 = time.perf_counter(), time.process_time()
-        for i in range(samples):
-            dataset[i % len(dataset)]
+        for i in range(samples):  # keyed like the train sampler's: augmentation seeded per sample
+            dataset[SampleKey(i % len(dataset), epoch=i // len(dataset), seed=0)]
         wall.append(samples / (time.perf_counter() - w0))
         cpu.append(samples / max(time.process_time() - c0, 1e-9))
     return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
@@ -103,11 +104,12 @@ def time_loader(
     from torch.utils.data import DataLoader
 
     from mtlora_vision.datasets.collate import multitask_collate
+    from mtlora_vision.datasets.sampler import EpochSeededSampler
 
     loader = DataLoader(
         dataset,
         batch_size=1,
-        shuffle=True,
+        sampler=EpochSeededSampler(dataset, shuffle=True, seed=0),
         num_workers=workers,
         collate_fn=multitask_collate,
         persistent_workers=True,
