@@ -21,6 +21,7 @@ from mtlora_vision.cli import add_cfg_options, parse_cfg_options
 if TYPE_CHECKING:
     from torch import nn
 
+
 BREAKDOWN = ("shared_adapters", "task_adapters", "other_backbone", "decoder")
 #: Name parts of per-task adapter parameters: MTLoRA task branches, MTL-LoRA task transforms and
 #: mixing weights, the prompt adapter's fast (per-task) factors. Other adapter parameters are

@@ -1,4 +1,7 @@
-"""mmengine's epoch-based training loop, refusing a train split too small for one batch."""
+"""mmengine's epoch-based training loop with two checks.
+
+A train split too small for one batch is an error; resuming inside an epoch is a warning.
+"""
 
 from __future__ import annotations
 
@@ -42,3 +45,17 @@ class CheckedEpochBasedTrainLoop(EpochBasedTrainLoop):
     def __init__(self, runner, dataloader, **kwargs) -> None:
         super().__init__(runner, dataloader, **kwargs)
         check_has_batches(self.dataloader, "train_dataloader")
+
+    def run(self):
+        """Warn when resuming inside an epoch; then run mmengine's loop."""
+        done_in_epoch = self._iter - self._epoch * len(self.dataloader)
+        if done_in_epoch != 0:
+            # mmengine's epoch loop restarts an epoch from its first batch whatever the iteration.
+            self.runner.logger.warning(
+                f"Resuming at iteration {self._iter}, {done_in_epoch:+d} iterations from the start "
+                f"of epoch {self._epoch + 1} ({len(self.dataloader)} per epoch now): that epoch "
+                "restarts from its first batch, so this run will not equal an uninterrupted one. "
+                "Resume from an end-of-epoch checkpoint (default_hooks.checkpoint.by_epoch=True) "
+                "with the same batch size and number of processes for an exact resume."
+            )
+        return super().run()
