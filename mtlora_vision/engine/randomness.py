@@ -33,19 +33,20 @@ def shared_seed(runner) -> int:
 class TrainingRandomnessHook(Hook):
     """Make the random state of every training iteration a function of (seed, iteration, rank).
 
-    Before each epoch the train sampler gets the shared seed (mmengine's resume may have replaced
-    the configured seed by the checkpoint's); before each iteration the global generators are
-    seeded from ``(runner.seed, runner.iter)``, where ``runner.seed`` already differs per rank
-    when ``randomness.diff_rank_seed`` is set.
+    Before each epoch the train sampler gets the shared seed unless ``train_dataloader.sampler``
+    sets one: mmengine builds the sampler before resume may replace the configured seed by the
+    checkpoint's (and, with ``diff_rank_seed``, seeds it from a random draw). Before each
+    iteration the global generators are seeded from ``(runner.seed, runner.iter)``, where
+    ``runner.seed`` already differs per rank when ``randomness.diff_rank_seed`` is set.
     """
 
     priority = "VERY_HIGH"
 
     def before_train_epoch(self, runner) -> None:
-        """Give the train sampler the shared seed (it must be equal on every process)."""
-        loader = runner.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "seed"):
+        """Give the train sampler the shared seed, unless its config sets its own."""
+        sampler = getattr(runner.train_dataloader, "sampler", None)
+        sampler_cfg = (runner.cfg.get("train_dataloader") or {}).get("sampler") or {}
+        if hasattr(sampler, "seed") and sampler_cfg.get("seed") is None:
             sampler.seed = shared_seed(runner)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
