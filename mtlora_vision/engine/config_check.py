@@ -40,8 +40,8 @@ _UNTYPED_SCHEMAS: dict[str, set[str]] = {
     "env_cfg": {"cudnn_benchmark", "mp_cfg", "dist_cfg", "resource_limit"},
     "env_cfg.mp_cfg": {"mp_start_method", "opencv_num_threads"},
     "auto_scale_lr": {"enable", "base_batch_size"},
-    "default_hooks": {"runtime_info", "timer", "sampler_seed", "logger", "param_scheduler"}
-    | {"checkpoint"},
+    "default_hooks": {"runtime_info", "timer", "sampler_seed", "logger"}
+    | {"param_scheduler", "checkpoint"},
 }
 # Keys mmengine's builders take out of a typed entry before calling the class.
 _BUILDER_KEYS: tuple[tuple[type, set[str]], ...] = (
