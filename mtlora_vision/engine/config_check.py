@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 # mmengine's Runner looks up in its cfg, and this project's own entries.
 _RUNNER_READS = {"model_wrapper_cfg", "compile", "activation_checkpointing", "sync_bn"}
 _RUNNER_READS |= {"efficient_conv_bn_eval", "find_unused_parameters", "runner_type"}
-_PROJECT_READS = {"cpu_threads", "method_name"}
+_PROJECT_READS = {"cpu_threads", "method_name", "data_root"}  # data_root: engine/data_root.py
 TOP_LEVEL_KEYS = (set(inspect.signature(Runner.__init__).parameters) - {"self", "cfg"}) | (
     _RUNNER_READS | _PROJECT_READS
 )

@@ -148,7 +148,8 @@ class ResumeSettingsHook(Hook):
             self._reschedule(runner, checkpoint)
             lrs = sorted({g["lr"] for g in runner.optim_wrapper.optimizer.param_groups})
             note = f" Schedule recomputed for the new settings: lr now {lrs}."
-        runner.logger.info(f"Resume with changed settings (checkpoint -> now): {shown}.{note}")
+        # WARNING: shown on the console, which is quiet until training starts (engine/runner.py).
+        runner.logger.warning(f"Resume with changed settings (checkpoint -> now): {shown}.{note}")
 
     @staticmethod
     def _reschedule(runner, checkpoint: dict) -> None:
