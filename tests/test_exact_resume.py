@@ -194,6 +194,8 @@ def test_changed_lr_schedule_length_and_clipping_take_effect_on_resume(uninterru
     eta_min = 2e-5  # the demo's
     phase = (_lr(root / "full" / "epoch_3.pth") - eta_min) / (2e-3 - eta_min)
     assert _lr(work_dir / "epoch_3.pth") == pytest.approx(eta_min + (2e-4 - eta_min) * phase)
+    optimizer = torch.load(work_dir / "epoch_3.pth", weights_only=False)["optimizer"]
+    assert optimizer["base_param_settings"]["lr"] == _lr(work_dir / "epoch_3.pth")  # logged base_lr
 
 
 def test_a_changed_model_shape_on_resume_is_an_error_naming_the_setting(uninterrupted, tmp_path):

@@ -12,6 +12,7 @@ change on resume and stop it with an error naming them.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -87,6 +88,12 @@ def replay_schedule(runner, iterations: int, epochs: int) -> None:
     groups = schedulers.values() if isinstance(schedulers, dict) else [schedulers]
     flat = [s for group in groups for s in group]
     per_epoch = max(len(runner.train_dataloader), 1)
+    with warnings.catch_warnings():  # no optimizer steps here, by design
+        warnings.filterwarnings("ignore", message="Detected call of `scheduler.step")
+        _step_schedulers(flat, iterations, epochs, per_epoch)
+
+
+def _step_schedulers(flat: list, iterations: int, epochs: int, per_epoch: int) -> None:
     for it in range(iterations):
         for scheduler in flat:
             if not scheduler.by_epoch:
@@ -165,4 +172,7 @@ class ResumeSettingsHook(Hook):
             )
         for saved_group, live_group in zip(saved, live, strict=True):
             saved_group.update({k: v for k, v in live_group.items() if k != "params"})
+        base = getattr(runner.optim_wrapper, "base_param_settings", None)
+        if base is not None and "base_param_settings" in checkpoint.get("optimizer", {}):
+            checkpoint["optimizer"]["base_param_settings"] = base  # the logged base_lr, replayed
         checkpoint.pop("param_schedulers", None)  # keep the replayed schedulers
