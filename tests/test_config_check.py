@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-from engine_utils import DEMO, REPO, tiny_options
+from engine_utils import DEMO, tiny_options
 from mmengine.config import Config
+from tool_loader import load_tool
 
 from mtlora_vision.engine.config_check import (
     UnknownConfigKeyError,
@@ -16,9 +15,7 @@ from mtlora_vision.engine.config_check import (
 )
 from mtlora_vision.engine.runtime import load_config, resolve_randomness
 
-spec = importlib.util.spec_from_file_location("mtlora_tool_train_cc", REPO / "tools" / "train.py")
-train_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_tool)
+train_tool = load_tool("train")
 
 
 @pytest.fixture(scope="module")
