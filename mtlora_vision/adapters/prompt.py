@@ -32,10 +32,15 @@ functions of :mod:`~.prompt_attention`.
 Fast and slow weights are told apart by parameter names: ``prompt_slow_*`` (P0 and the shared
 factor), ``prompt_fast_*`` (per-task factors) and ``prompt_gate_*``. With mmengine, give the fast
 ones their own learning rate by substring, e.g.
-``paramwise_cfg=dict(custom_keys={"prompt_fast": dict(lr_mult=10.0)})``. During warm-up epochs the
-task gate is either trained from 0 (``warmup_mode="learn_gate"``) or held where it is
-(``"frozen_gate"``), which keeps immature task tokens out; an engine hook toggles
-:meth:`TaskAdaptiveLowRankPrompt.set_warmup`.
+``paramwise_cfg=dict(custom_keys={"prompt_fast": dict(lr_mult=10.0)})``
+(``fast_slow="lr_ratio"``). The other two fast-slow mechanisms are driven by engine hooks
+(:mod:`mtlora_vision.engine.fast_slow`): ``"lookahead"`` (a Lookahead-style slow update of the slow
+weights) and ``"two_phase"`` (slow weights first, then the fast ones), the latter by holding a
+role's parameters out of the graph (:meth:`TaskAdaptiveLowRankPrompt.set_frozen_roles`).
+
+During warm-up epochs the task gate is either trained from 0 (``warmup_mode="learn_gate"``) or
+held where it is (``"frozen_gate"``), which keeps immature task tokens out; an engine hook
+toggles :meth:`TaskAdaptiveLowRankPrompt.set_warmup`.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ PROMPT_GATE_KEY = "prompt_gate"
 SharedMode: TypeAlias = Literal["gated", "joint"]
 WarmupMode: TypeAlias = Literal["frozen_gate", "learn_gate"]
 SlowInit: TypeAlias = Literal["svd", "normal"]
+FastSlow: TypeAlias = Literal["lr_ratio", "lookahead", "two_phase"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "compose": ("add", "hadamard"),
@@ -74,7 +80,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "shared_mode": ("gated", "joint"),
     "warmup_mode": ("frozen_gate", "learn_gate"),
     "slow_init": ("svd", "normal"),
+    "fast_slow": ("lr_ratio", "lookahead", "two_phase"),
 }
+#: Roles whose parameters :meth:`TaskAdaptiveLowRankPrompt.set_frozen_roles` can hold.
+FREEZABLE_ROLES = frozenset({"fast", "slow"})
 
 
 def _check_choices(**options: str) -> None:
@@ -117,6 +126,11 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
         slow_init: ``"svd"``: the shared factor spans P0's top-``r`` singular directions on its
             side; ``"normal"``: N(0, 1). Fast factors are N(0, 1/r) either way, so ``dP_t`` has
             unit-scale entries like P0, which is N(0, 1) as in peft's ``adaption_prompt``.
+        fast_slow: How fast and slow weights differ: ``"lr_ratio"`` (learning rates only, set by
+            the optimizer config), ``"lookahead"`` or ``"two_phase"``. The last two need their
+            engine hook (:class:`~mtlora_vision.engine.fast_slow.LookaheadHook`,
+            :class:`~mtlora_vision.engine.fast_slow.TwoPhaseHook`); training without it is an
+            error, not a silent fallback to plain training.
 
     Attributes:
         prompt_slow_shared: P0, ``(L, d)``.
@@ -125,6 +139,9 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
         prompt_gate_task: Task-branch gate per head, ``(h,)``, zeros.
         prompt_gate_shared: P0-branch gate per head, ``(h,)``, zeros (``"gated"`` mode only).
         warmup_active: Whether the layer is in its warm-up epochs.
+        frozen_roles: Roles (``"fast"``, ``"slow"``) whose parameters are held: detached in the
+            forward pass, so they get no gradient and the optimizer neither steps nor decays them.
+        fast_slow_driver: Name of the hook that drives ``fast_slow`` (set by the hook), or None.
     """
 
     def __init__(
@@ -139,6 +156,7 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
         shared_mode: SharedMode = "gated",
         warmup_mode: WarmupMode = "learn_gate",
         slow_init: SlowInit = "svd",
+        fast_slow: FastSlow = "lr_ratio",
     ) -> None:
         super().__init__()
         _check_choices(
@@ -147,6 +165,7 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
             shared_mode=shared_mode,
             warmup_mode=warmup_mode,
             slow_init=slow_init,
+            fast_slow=fast_slow,
         )
         check_int("dim", dim)
         check_int("num_heads", num_heads)
@@ -155,8 +174,10 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
         self.tasks = normalize_task_names(tasks, "TaskAdaptiveLowRankPrompt")
         self.dim, self.num_heads, self.num_tokens, self.rank = dim, num_heads, num_tokens, rank
         self.compose, self.shared_factor, self.shared_mode = compose, shared_factor, shared_mode
-        self.warmup_mode, self.slow_init = warmup_mode, slow_init
+        self.warmup_mode, self.slow_init, self.fast_slow = warmup_mode, slow_init, fast_slow
         self.warmup_active = False
+        self.frozen_roles: frozenset[str] = frozenset()
+        self.fast_slow_driver: str | None = None
         left = shared_factor == "left"
         num_tasks = len(self.tasks)
         self.prompt_slow_shared = nn.Parameter(torch.empty(num_tokens, dim))
@@ -196,6 +217,33 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
         """
         self.warmup_active = bool(active)
 
+    def set_frozen_roles(self, roles: Sequence[str]) -> None:
+        """Hold the parameters of ``roles`` out of the graph; an empty sequence trains every role.
+
+        Roles: ``"fast"`` (the per-task factors), ``"slow"`` (P0 and the shared factor).
+
+        A held parameter keeps ``requires_grad`` (so it stays in the optimizer and in trainable-only
+        checkpoints) but is detached wherever it is used: its ``.grad`` stays ``None``, which
+        AdamW and SGD treat as "skip" (no step, no decoupled weight decay, no moment update).
+
+        Raises:
+            ValueError: For a role outside ``FREEZABLE_ROLES``.
+        """
+        unknown = set(roles) - FREEZABLE_ROLES
+        if unknown:
+            roles_ok = sorted(FREEZABLE_ROLES)
+            raise ValueError(f"Unknown prompt role(s) {sorted(unknown)}; use {roles_ok}.")
+        self.frozen_roles = frozenset(roles)
+
+    def _role(self, param: Tensor, role: str) -> Tensor:
+        """``param``, detached while ``role`` is held (see :meth:`set_frozen_roles`)."""
+        return param.detach() if role in self.frozen_roles else param
+
+    def shared_prompt(self) -> Tensor:
+        """P0 ``(L, d)`` as the forward pass uses it (detached while the slow role is held)."""
+        self._check_fast_slow_driver()
+        return self._role(self.prompt_slow_shared, "slow")
+
     def task_indices(self, tasks: str | Sequence[str] | None) -> list[int]:
         """Return the positions of ``tasks`` (one name, several, or ``None`` for all).
 
@@ -211,9 +259,10 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
 
     def task_prompts(self, tasks: str | Sequence[str] | None = None) -> Tensor:
         """Return the task prompts ``P_t`` of ``tasks`` (``None``: all), ``(T', L, d)``."""
-        fast = self.prompt_fast_factor[self.task_indices(tasks)]
+        fast = self._role(self.prompt_fast_factor, "fast")[self.task_indices(tasks)]
+        slow = self._role(self.prompt_slow_factor, "slow")
         return compose_task_prompts(
-            self.prompt_slow_shared, self.prompt_slow_factor, fast, self.compose, self.shared_factor
+            self.shared_prompt(), slow, fast, self.compose, self.shared_factor
         )
 
     def prompt_kv(
@@ -234,7 +283,7 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
         """
         dtype = qkv_weight.dtype
         shared_k, shared_v = project_prompt_kv(
-            self.prompt_slow_shared.to(dtype), qkv_weight, qkv_bias, self.num_heads
+            self.shared_prompt().to(dtype), qkv_weight, qkv_bias, self.num_heads
         )
         task_k, task_v = project_prompt_kv(
             self.task_prompts(tasks).to(dtype), qkv_weight, qkv_bias, self.num_heads
@@ -289,6 +338,18 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
             return self.prompt_gate_task.detach()
         return self.prompt_gate_task
 
+    def _check_fast_slow_driver(self) -> None:
+        """Refuse to train a ``lookahead``/``two_phase`` layer that no hook drives."""
+        needs_hook = self.fast_slow != "lr_ratio" and self.fast_slow_driver is None
+        if needs_hook and self.training and torch.is_grad_enabled():
+            hook = "LookaheadHook" if self.fast_slow == "lookahead" else "TwoPhaseHook"
+            raise RuntimeError(
+                f"Prompt built with fast_slow={self.fast_slow!r} is training without its driver: "
+                f"add dict(type={hook}, ...) from mtlora_vision.engine.fast_slow to custom_hooks "
+                "(see configs/methods/ta-lora-*_swin-t_pascal.py), or set "
+                "model.adapter.fast_slow='lr_ratio'."
+            )
+
     def _check_heads(self, q: Tensor) -> None:
         if q.dim() != 4 or q.shape[1] != self.num_heads:
             raise ValueError(
@@ -302,5 +363,5 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
             f"dim={self.dim}, num_heads={self.num_heads}, num_tokens={self.num_tokens}, "
             f"rank={self.rank}, compose={self.compose!r}, shared_factor={self.shared_factor!r}, "
             f"shared_mode={self.shared_mode!r}, warmup_mode={self.warmup_mode!r}, "
-            f"tasks={list(self.tasks)}"
+            f"fast_slow={self.fast_slow!r}, tasks={list(self.tasks)}"
         )

@@ -109,6 +109,9 @@ class TALoRAPromptConfig:
         shared_mode: ``"gated"`` or ``"joint"`` (see above).
         warmup_mode: ``"learn_gate"`` or ``"frozen_gate"``.
         slow_init: ``"svd"`` or ``"normal"``.
+        fast_slow: ``"lr_ratio"`` (fast weights at their own learning rate, set by the optimizer
+            config), ``"lookahead"`` or ``"two_phase"`` (driven by the hooks of
+            :mod:`mtlora_vision.engine.fast_slow`; ``docs/methods.md`` explains the three).
         branch_stage: First stage with (task) prompts.
         num_stages: Number of backbone stages.
     """
@@ -120,6 +123,7 @@ class TALoRAPromptConfig:
     shared_mode: str = "gated"
     warmup_mode: str = "learn_gate"
     slow_init: str = "svd"
+    fast_slow: str = "lr_ratio"
     branch_stage: int = 2
     num_stages: int = 4
 
@@ -129,7 +133,7 @@ class TALoRAPromptConfig:
         check_int("rank", self.rank)
         if self.rank > self.num_tokens:
             raise ValueError(f"rank={self.rank} must not exceed num_tokens={self.num_tokens}.")
-        for name in ("compose", "shared_factor", "shared_mode", "warmup_mode", "slow_init"):
+        for name in _CHOICES:
             value = getattr(self, name)
             if value not in _CHOICES[name]:
                 raise ValueError(f"Unknown {name}={value!r}; choose from {list(_CHOICES[name])}.")

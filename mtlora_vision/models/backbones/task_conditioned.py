@@ -85,7 +85,7 @@ class WindowPrompt(TaskAdaptiveLowRankPrompt):
     def joint_kv(self, qkv: nn.Module) -> tuple[Tensor, Tensor]:
         """P0's keys and values ``(h, L, hd)``, which join the image keys in ``"joint"`` mode."""
         linear = getattr(qkv, "base_layer", qkv)
-        tokens = self.prompt_slow_shared.to(linear.weight.dtype)
+        tokens = self.shared_prompt().to(linear.weight.dtype)
         return project_prompt_kv(tokens, linear.weight, linear.bias, self.num_heads)
 
 
@@ -127,6 +127,7 @@ def _inject_prompts(backbone: nn.Module, cfg: TALoRAPromptConfig, tasks: Sequenc
                 shared_mode=cfg.shared_mode,
                 warmup_mode=cfg.warmup_mode,
                 slow_init=cfg.slow_init,
+                fast_slow=cfg.fast_slow,
             ).to(attn.qkv.weight.device)
             count += 1
     return count
