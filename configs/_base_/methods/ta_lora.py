@@ -18,6 +18,7 @@ method_adapter = dict(
     shared_mode="gated",  # "joint": P0's keys join the image softmax (changes outputs at step 0)
     warmup_mode="learn_gate",
     slow_init="svd",
+    fast_slow="lr_ratio",  # or "lookahead" / "two_phase": configs/methods/ta-lora-*_swin-t_pascal.py
     branch_stage=2,
 )
 method_trainable = dict()  # TrainablePolicy's defaults: what MTLoRA trains besides adapters

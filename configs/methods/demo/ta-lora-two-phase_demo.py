@@ -1,0 +1,19 @@
+# ta-lora with fast_slow="two_phase" on the CPU demo (small Swin, synthetic PASCAL-Context, five
+# tasks); see configs/methods/ta-lora-two-phase_swin-t_pascal.py for the real experiment.
+#   python tools/train.py configs/methods/demo/ta-lora-two-phase_demo.py
+from mmengine.config import read_base
+
+from mtlora_vision.engine.fast_slow import TwoPhaseHook
+from mtlora_vision.engine.prompt_warmup_hook import PromptWarmupHook
+
+with read_base():
+    from ..._base_.methods.ta_lora_two_phase import *
+    from ...mtlora_swin_demo import *
+
+model.adapter = method_adapter
+model.trainable = method_trainable
+optim_wrapper.paramwise_cfg = dict(custom_keys=method_custom_keys)
+# Prompt warm-up for the schedule's learning-rate warm-up epochs (METHODS 2.3.5).
+custom_hooks.append(dict(type=PromptWarmupHook, warmup_epochs=warmup_epochs))
+# Phase two from epoch 5 (0-based 4): the first third of the 12 epochs trains the slow weights.
+custom_hooks.append(dict(type=TwoPhaseHook, switch_epoch=4, slow_lr_mult=two_phase_slow_lr_mult))

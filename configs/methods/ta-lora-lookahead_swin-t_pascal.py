@@ -1,0 +1,19 @@
+# TA-LoRA-inspired prompts with fast_slow="lookahead" on Swin-T 448, five PASCAL-Context tasks, official
+# recipe. The method lives in configs/_base_/methods/ta_lora_lookahead.py; the demo twin is
+# configs/methods/demo/ta-lora-lookahead_demo.py.
+#   python tools/train.py configs/methods/ta-lora-lookahead_swin-t_pascal.py
+from mmengine.config import read_base
+
+from mtlora_vision.engine.fast_slow import LookaheadHook
+from mtlora_vision.engine.prompt_warmup_hook import PromptWarmupHook
+
+with read_base():
+    from .._base_.methods.ta_lora_lookahead import *
+    from ..mtlora_swin_pascal import *
+
+model.adapter = method_adapter
+model.trainable = method_trainable
+optim_wrapper.paramwise_cfg = dict(custom_keys=method_custom_keys)
+# Prompt warm-up for the schedule's learning-rate warm-up epochs (METHODS 2.3.5).
+custom_hooks.append(dict(type=PromptWarmupHook, warmup_epochs=warmup_epochs))
+custom_hooks.append(dict(type=LookaheadHook, **lookahead))
