@@ -1,4 +1,4 @@
-"""tools/compare.py on fake work dirs: metrics pick-up, Delta-m, table, CSV and Pareto plot."""
+"""tools/compare.py on fake work dirs: metrics pick-up, seeds, Delta-m, table, CSV, Pareto plot."""
 
 from __future__ import annotations
 
@@ -37,18 +37,28 @@ def model_kwargs(tasks: tuple[str, ...], trainable: dict) -> dict:
     )
 
 
-def dumped_config(name: str, tasks: tuple[str, ...], trainable: dict) -> str:
+def dumped_config(name: str, tasks: tuple[str, ...], trainable: dict, extra: str = "") -> str:
     """A config as mmengine dumps it: dotted type strings."""
     kwargs = model_kwargs(tasks, trainable)
     backbone = dict(kwargs["backbone"], type="mtlora_vision.models.backbones.swin.SwinBackbone")
     model = dict(kwargs, type="mtlora_vision.models.multitask.MultiTaskModel", backbone=backbone)
-    return f"method_name = {name!r}\nmodel = {model!r}\n"
+    return f"method_name = {name!r}\nmodel = {model!r}\n{extra}"
 
 
-def make_run(root: Path, name: str, tasks, trainable, validations, stamp="20250101_000000") -> Path:
+def seeded(seed: int, work_dir: str, epochs: int = 2) -> str:
+    """Config lines of a seeded run: what differs between seeds, and the schedule's length."""
+    return (
+        f"randomness = dict(seed={seed}, diff_rank_seed=True)\nwork_dir = {work_dir!r}\n"
+        f"train_cfg = dict(max_epochs={epochs}, val_interval=1)\n"
+    )
+
+
+def make_run(
+    root: Path, name: str, tasks, trainable, validations, stamp="20250101_000000", extra=""
+) -> Path:
     vis = root / name / stamp / "vis_data"
     vis.mkdir(parents=True)
-    (vis / "config.py").write_text(dumped_config(name, tuple(tasks), trainable))
+    (vis / "config.py").write_text(dumped_config(name, tuple(tasks), trainable, extra))
     lines = [{"lr": 1e-3, "loss": 2.0, "loss_semseg": 1.0, "epoch": 1, "step": 1}]
     for step, metrics in enumerate(validations, start=1):
         lines += [{**metrics, "data_time": 0.1, "time": 0.2, "step": step}]
@@ -94,12 +104,13 @@ def test_delta_m_from_single_task_runs(compare, runs, tmp_path: Path) -> None:
     assert rows["bad"].total > rows["bad"].trainable  # default policy freezes Swin weights
 
     table = (out / "comparison.md").read_text().splitlines()
-    header = "| method | config | trainable (M) | semseg/mIoU ↑ | normals/mean ↓ | Δm (%) |"
+    header = "| method | config | seeds | trainable (M) | semseg/mIoU ↑ | normals/mean ↓ | Δm (%) |"
     assert table[0] == header
     good_m = f"{rows['good'].trainable / 1e6:.2f}"
     # no top-level dumped config in these fake runs: the config is the run's vis_data/config.py
-    assert f"| good | `config.py` | {good_m} | 60.00 | 18.00 | 15.00 |" in table
-    assert f"| single-task | 2 runs, one per task | {single / 1e6:.2f} |" in "\n".join(table)
+    assert f"| good | `config.py` | 1 | {good_m} | 60.00 | 18.00 | 15.00 |" in table
+    single_m = f"{single / 1e6:.2f}"
+    assert f"| single-task | 2 configs, one per task | 1 | {single_m} |" in "\n".join(table)
     assert "| bad |" in "\n".join(table)
     with (out / "comparison.csv").open() as handle:
         records = {r["method"]: r for r in csv.DictReader(handle)}
@@ -133,7 +144,7 @@ def test_logged_delta_m_is_the_fallback(compare, tmp_path: Path) -> None:
     assert row.delta_m_source == "logged"
     assert "sal/mIoU" not in row.metrics
     assert "| x |" in compare.format_markdown([row])
-    assert compare.format_markdown([row]).splitlines()[2].endswith("| 3.00 | – | 1.50 |")
+    assert compare.format_markdown([row]).splitlines()[2].endswith("| 3.00 | – | 1.50 (logged) |")
 
 
 def test_title_heads_the_table(compare, runs, tmp_path: Path) -> None:
@@ -154,6 +165,8 @@ def test_clear_errors(compare, tmp_path: Path) -> None:
         json.dumps({"lr": 0.1, "loss": 1.0, "step": 1}) + "\n"
     )
     with pytest.raises(FileNotFoundError, match=r"No metrics in work dir .*empty.*tools/test\.py"):
+        compare.main([str(empty), "--out", str(tmp_path / "o"), "--strict"])
+    with pytest.raises(FileNotFoundError, match=r"None of the 1 work dir\(s\) holds a finished"):
         compare.main([str(empty), "--out", str(tmp_path / "o")])
 
 
@@ -167,3 +180,107 @@ def test_pure_helpers(compare) -> None:
         {"type": "mtlora_vision.models.backbones.swin.SwinBackbone", "x": [{"type": "plain"}]}
     )
     assert resolved == {"type": SwinBackbone, "x": [{"type": "plain"}]}
+
+
+def test_seeds_are_grouped_with_mean_and_std(compare, tmp_path: Path) -> None:
+    two = ("semseg", "normals")
+    runs = []
+    for seed, miou in ((0, 60.0), (1, 62.0), (2, 64.0)):
+        root = tmp_path / f"seed{seed}"
+        extra = seeded(seed, str(root / "good"))
+        val = {"semseg/mIoU": miou, "normals/mean": 18.0}
+        runs.append(make_run(root, "good", two, FROZEN, [val, val], extra=extra))
+    for seed, miou in ((0, 48.0), (1, 52.0)):
+        root = tmp_path / f"st{seed}"
+        extra = seeded(seed, str(root / "st_seg"), epochs=1)
+        val = {"semseg/mIoU": miou}
+        runs.append(make_run(root, "st_seg", ("semseg",), {"backbone": True}, [val], extra=extra))
+        extra = seeded(seed, str(root / "st_nrm"), epochs=1)
+        val = {"normals/mean": 20.0}
+        runs.append(make_run(root, "st_nrm", ("normals",), {"backbone": True}, [val], extra=extra))
+    out = tmp_path / "out"
+    rows = {r.name: r for r in compare.main([*map(str, runs), "--out", str(out)])}
+    assert set(rows) == {"good", "single-task"}
+    good, single = rows["good"], rows["single-task"]
+    assert good.seeds == [0, 1, 2]
+    assert good.metrics["semseg/mIoU"] == pytest.approx(62.0)
+    assert good.metrics_std["semseg/mIoU"] == pytest.approx(2.0)  # sample std of 60, 62, 64
+    assert good.metrics_std["normals/mean"] == 0.0
+    # Baselines: semseg mean(48, 52) = 50, normals 20. Per seed Delta-m: (20 + 10) / 2 = 15,
+    # (24 + 10) / 2 = 17, (28 + 10) / 2 = 19 -> 17 ± 2.
+    assert [run.delta_m for run in good.runs] == pytest.approx([15.0, 17.0, 19.0])
+    assert good.delta_m == pytest.approx(17.0)
+    assert good.delta_m_std == pytest.approx(2.0)
+    # Single-task row per seed: seed 0 (-4 + 0) / 2 = -2, seed 1 +2 -> mean 0, std 2 sqrt(2).
+    assert single.delta_m == pytest.approx(0.0, abs=1e-12)
+    assert single.delta_m_std == pytest.approx(2.0 * 2.0**0.5)
+    assert single.trainable == trainable_count(("semseg",), {"backbone": True}) + trainable_count(
+        ("normals",), {"backbone": True}
+    ), "one model per task, not per seed"
+    table = (out / "comparison.md").read_text()
+    assert "| good | `config.py` | 3 |" in table
+    assert "| 62.00 ± 2.00 | 18.00 ± 0.00 | 17.00 ± 2.00 |" in table
+    assert "| single-task | 2 configs, one per task | 2 |" in table
+    assert table.rstrip().endswith("| 0.00 ± 2.83 |")
+    with (out / "comparison.csv").open() as handle:
+        records = {r["method"]: r for r in csv.DictReader(handle)}
+    assert records["good"]["num_runs"] == "3"
+    assert records["good"]["seeds"] == "0 1 2"
+    assert float(records["good"]["semseg/mIoU std"]) == pytest.approx(2.0)
+    assert float(records["good"]["delta_m_std"]) == pytest.approx(2.0)
+    assert len(records["single-task"]["work_dirs"].split()) == 4
+
+
+def test_other_configs_stay_separate_rows(compare, tmp_path: Path, caplog) -> None:
+    val = {"semseg/mIoU": 60.0, "normals/mean": 18.0}
+    two = ("semseg", "normals")
+    a = make_run(tmp_path / "a", "m", two, FROZEN, [val, val], extra=seeded(0, "a"))
+    b = make_run(tmp_path / "b", "m", two, FROZEN, [val], extra=seeded(0, "b", epochs=1))
+    c = make_run(tmp_path / "c", "m", two, FROZEN, [val], extra=seeded(0, "c", epochs=1))
+    with caplog.at_level("WARNING", logger="compare"):
+        rows = compare.compare_runs([a, b, c])
+    assert [len(row.runs) for row in rows] == [1, 2]  # a has another schedule; b, c repeat seed 0
+    assert "share a seed ([0, 0])" in caplog.text
+    assert "Several configs are named 'm'" in caplog.text
+
+
+def test_failed_and_stopped_runs_are_skipped_unless_strict(compare, runs, tmp_path: Path, caplog):
+    failed = tmp_path / "failed"
+    (failed / "20250101_000000" / "vis_data").mkdir(parents=True)
+    (failed / "20250101_000000" / "vis_data" / "scalars.json").write_text(
+        json.dumps({"lr": 0.1, "loss": 1.0, "step": 1}) + "\n"
+    )
+    val = {"semseg/mIoU": 60.0, "normals/mean": 18.0}
+    # Validated at step 1 of a 2-epoch schedule, then killed.
+    stopped = make_run(
+        tmp_path, "stopped", ("semseg", "normals"), FROZEN, [val], extra=seeded(0, "x")
+    )
+    with caplog.at_level("WARNING", logger="compare"):
+        rows = compare.compare_runs([*runs, failed, stopped])
+    assert {r.name for r in rows} == {"good", "bad", "single-task"}
+    assert "Skipped: No metrics in work dir" in caplog.text
+    assert "stopped early: its last validation is at step 1 of 2" in caplog.text
+    for extra in (failed, stopped):
+        with pytest.raises(FileNotFoundError):
+            compare.compare_runs([*runs, extra], strict=True)
+
+
+def test_partial_delta_m_is_marked_in_the_table(compare, runs, tmp_path: Path) -> None:
+    rows = compare.compare_runs(runs[:2], {"semseg/mIoU": 50.0})
+    good = next(r for r in rows if r.name == "good")
+    assert good.delta_m == pytest.approx(20.0)  # semseg only
+    assert good.delta_m_keys == ["semseg/mIoU"]
+    line = next(x for x in compare.format_markdown(rows).splitlines() if x.startswith("| good"))
+    assert line.endswith("| 20.00 (1/2 tasks) |")
+
+
+def test_a_single_run_still_plots_its_point(compare, runs, tmp_path: Path) -> None:
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({"semseg/mIoU": 50.0, "normals/mean": 20.0}))
+    out = tmp_path / "one"
+    (row,) = compare.main([str(runs[0]), "--out", str(out), "--baselines", str(baselines)])
+    assert row.delta_m == pytest.approx(15.0)
+    assert compare.plot_pareto([row], out / "again.png") == 1
+    assert (
+        compare.plot_pareto([row, compare.Row("no-dm", [], ("semseg",), 1, 1)], out / "b.png") == 1
+    )
