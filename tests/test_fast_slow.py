@@ -357,3 +357,42 @@ def test_identity_at_step_zero_with_zero_gates(fast_slow) -> None:
             for ref, feat in zip(plain.eval()(images), model.eval()(images), strict=True):
                 for t in range(len(TASKS)):
                     torch.testing.assert_close(feat[t], ref[0], rtol=0, atol=1e-6)
+
+
+# --- DDP (2 gloo processes) --------------------------------------------------------------------
+
+
+def _ddp_worker(rank: int, init_file: str, result_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    model = _PromptModel("two_phase")
+    model.prompt.fast_slow_driver = "test"
+    with torch.no_grad():
+        model.prompt.prompt_gate_task.fill_(0.5)
+    ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    fast = model.prompt.prompt_fast_factor
+    log = []
+    for step, roles in enumerate((("fast",), ("fast",), ())):
+        model.prompt.set_frozen_roles(roles)
+        optimizer.zero_grad()
+        q = torch.randn(
+            2, HEADS, WINDOW_TOKENS, DIM // HEADS, generator=torch.Generator().manual_seed(rank)
+        )
+        ddp(q)["loss"].backward()
+        before = fast.detach().clone()
+        optimizer.step()
+        log.append((step, fast.grad is None, not torch.equal(before, fast.detach())))
+    if rank == 0:
+        torch.save(log, result_file)
+    dist.destroy_process_group()
+
+
+def test_held_fast_factors_under_ddp_get_no_gradient_and_do_not_move(tmp_path) -> None:
+    result = tmp_path / "log.pt"
+    args = (str(tmp_path / "init"), str(result))
+    torch.multiprocessing.start_processes(_ddp_worker, args, nprocs=2, start_method="fork")
+    # (step, grad is None, moved): held for two steps under weight decay, then trained.
+    assert torch.load(result) == [(0, True, False), (1, True, False), (2, False, True)]
