@@ -284,3 +284,11 @@ def test_a_single_run_still_plots_its_point(compare, runs, tmp_path: Path) -> No
     assert (
         compare.plot_pareto([row, compare.Row("no-dm", [], ("semseg",), 1, 1)], out / "b.png") == 1
     )
+
+
+def test_no_final_validation_expected_when_val_begin_is_late(compare, tmp_path: Path) -> None:
+    val = {"semseg/mIoU": 60.0, "normals/mean": 18.0}
+    extra = seeded(0, "x") + "train_cfg.update(val_begin=3)\n"
+    run = make_run(tmp_path, "late", ("semseg", "normals"), FROZEN, [val], extra=extra)
+    (row,) = compare.compare_runs([run], strict=True)
+    assert row.metrics == val

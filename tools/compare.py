@@ -218,10 +218,16 @@ def count_trainable(cfg: Config) -> tuple[int, int]:
 
 
 def final_step(cfg: Config) -> int | None:
-    """The step of a finished run's last validation: ``max_epochs`` (or ``max_iters``), or None."""
+    """The step of a finished run's last validation: ``max_epochs`` (or ``max_iters``).
+
+    mmengine's train loops validate at the end of training unless ``val_begin`` comes after it;
+    then (or without a schedule in the config) there is no final validation to expect: None.
+    """
     train_cfg = cfg.get("train_cfg") or {}
     value = train_cfg.get("max_epochs", train_cfg.get("max_iters"))
-    return None if value is None else int(value)
+    if value is None or train_cfg.get("val_begin", 1) > value:
+        return None
+    return int(value)
 
 
 def group_key(cfg: Config) -> str:
