@@ -14,6 +14,6 @@ with read_base():
 model.adapter = method_adapter
 model.trainable = method_trainable
 optim_wrapper.paramwise_cfg = dict(custom_keys=method_custom_keys)
-# Prompt warm-up for the schedule's learning-rate warm-up epochs (METHODS 2.3.5).
+# Prompt warm-up for the schedule's learning-rate warm-up epochs (docs/methods.md#ta-lora).
 custom_hooks.append(dict(type=PromptWarmupHook, warmup_epochs=warmup_epochs))
 custom_hooks.append(dict(type=LookaheadHook, **lookahead))

@@ -1,5 +1,5 @@
 # TA-LoRA-inspired prompts (configs/_base_/methods/ta_lora.py) with the Lookahead-style fast-slow
-# mechanism (fast_slow="lookahead", METHODS 2.3.3b; our design, docs/methods.md): every prompt
+# mechanism (fast_slow="lookahead"; our design, docs/methods.md#ta-lora): every prompt
 # weight trains at the base learning rate, and every k optimizer steps the slow weights (P0 and the
 # shared factor, parameter names containing "prompt_slow") move alpha of the way from their slow
 # copies to where the optimizer took them, and restart there. k and alpha are Lookahead's defaults.

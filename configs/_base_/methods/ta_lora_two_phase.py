@@ -1,5 +1,5 @@
 # TA-LoRA-inspired prompts (configs/_base_/methods/ta_lora.py) with the two-phase fast-slow schedule
-# (fast_slow="two_phase", METHODS 2.3.3c; our design, docs/methods.md). Phase one: P0, the shared
+# (fast_slow="two_phase"; our design, docs/methods.md#ta-lora). Phase one: P0, the shared
 # factor and the gates train on every task while the per-task fast factors are held at their
 # initial values. Phase two (from the leaf config's switch epoch): the fast factors train, and the
 # slow weights go on at two_phase_slow_lr_mult x their scheduled learning rate (None: held).

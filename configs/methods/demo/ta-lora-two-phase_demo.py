@@ -13,7 +13,7 @@ with read_base():
 model.adapter = method_adapter
 model.trainable = method_trainable
 optim_wrapper.paramwise_cfg = dict(custom_keys=method_custom_keys)
-# Prompt warm-up for the schedule's learning-rate warm-up epochs (METHODS 2.3.5).
+# Prompt warm-up for the schedule's learning-rate warm-up epochs (docs/methods.md#ta-lora).
 custom_hooks.append(dict(type=PromptWarmupHook, warmup_epochs=warmup_epochs))
 # Phase two from epoch 5 (0-based 4): the first third of the 12 epochs trains the slow weights.
 custom_hooks.append(dict(type=TwoPhaseHook, switch_epoch=4, slow_lr_mult=two_phase_slow_lr_mult))
