@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mtlora_vision.adapters.merge import merge_for_inference
+from mtlora_vision.engine.fast_slow import set_fast_slow_driver
 from mtlora_vision.engine.runtime import load_config
 
 #: Variant name -> function turning the config's model dict into the variant's.
@@ -140,7 +141,9 @@ def build_variant(cfg: Config, variant: str, img_size: int) -> nn.Module:
         model_cfg.backbone.img_size = img_size
     if variant not in VARIANTS:
         raise KeyError(f"Unknown variant {variant!r}; registered: {sorted(VARIANTS)}.")
-    return MODELS.build(VARIANTS[variant](model_cfg))
+    model = MODELS.build(VARIANTS[variant](model_cfg))
+    set_fast_slow_driver(model, "tools/benchmark.py")  # TA-LoRA lookahead/two_phase: step cost only
+    return model
 
 
 def surrogate_loss(outputs: dict[str, Tensor]) -> Tensor:

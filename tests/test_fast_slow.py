@@ -21,6 +21,7 @@ from mtlora_vision.engine.fast_slow import (
     LookaheadHook,
     TwoPhaseHook,
     lookahead_sync,
+    set_fast_slow_driver,
     slow_param_groups,
 )
 from mtlora_vision.models.backbones.swin import SwinBackbone
@@ -233,7 +234,12 @@ def test_training_without_the_driver_hook_is_an_error(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="add dict\\(type=TwoPhaseHook"):
         _runner(tmp_path, "two_phase", [], epochs=1).train()
     model = _PromptModel("lookahead").eval()  # inference needs no hook
-    model(torch.zeros(1, HEADS, WINDOW_TOKENS, DIM // HEADS))
+    q = torch.zeros(1, HEADS, WINDOW_TOKENS, DIM // HEADS)
+    model(q)
+    with pytest.raises(RuntimeError, match="add dict\\(type=LookaheadHook"):
+        model.train()(q)
+    assert set_fast_slow_driver(model, "a benchmark") == 1  # timing a step needs no schedule
+    model(q)["loss"].backward()
 
 
 # --- Two-phase -------------------------------------------------------------------------------

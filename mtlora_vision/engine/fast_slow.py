@@ -130,6 +130,18 @@ def prompt_layers(model: nn.Module) -> list[TaskAdaptiveLowRankPrompt]:
     return [m for m in _unwrap(model).modules() if isinstance(m, TaskAdaptiveLowRankPrompt)]
 
 
+def set_fast_slow_driver(model: nn.Module, driver: str) -> int:
+    """Let the prompts of ``model`` train without their fast-slow hook, ``driver`` taking charge.
+
+    For tools that time training steps (``tools/benchmark.py``): Lookahead and the two phases change
+    what happens between optimizer steps, not the cost of one. Returns the number of prompt layers.
+    """
+    layers = prompt_layers(model)
+    for layer in layers:
+        layer.fast_slow_driver = driver
+    return len(layers)
+
+
 def _claim_prompts(model: nn.Module, mode: str, hook: str, required: bool) -> int:
     """Mark the prompt layers as driven by ``hook``; check they were built for ``mode``.
 
