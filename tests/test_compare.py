@@ -292,3 +292,10 @@ def test_no_final_validation_expected_when_val_begin_is_late(compare, tmp_path: 
     run = make_run(tmp_path, "late", ("semseg", "normals"), FROZEN, [val], extra=extra)
     (row,) = compare.compare_runs([run], strict=True)
     assert row.metrics == val
+
+
+def test_points_sharing_a_parameter_count_are_dodged(compare) -> None:
+    same_x, dodge, rank = compare.dodge_same_x([(5.0, 3.0), (9.0, 1.0), (5.0, 1.0), (5.0, 2.0)])
+    assert same_x == {5.0: [2, 3, 0], 9.0: [1]}
+    assert rank == [2, 0, 0, 1]
+    assert dodge == pytest.approx([1.07, 1.0, 1 / 1.07, 1.0])

@@ -538,12 +538,34 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
+def dodge_same_x(
+    points: Sequence[tuple[float, float]],
+) -> tuple[dict[float, list[int]], list[float], list[int]]:
+    """Spread points that share an x (e.g. one adapter trained three ways) for drawing.
+
+    Returns:
+        The indices per x value (sorted by y), an x factor per point (1.07 steps around 1 on a
+        log axis; 1 for a lone point) and each point's rank by y among those sharing its x.
+    """
+    same_x: dict[float, list[int]] = {}
+    for i, (x, _) in enumerate(points):
+        same_x.setdefault(x, []).append(i)
+    dodge, rank = [1.0] * len(points), [0] * len(points)
+    for indices in same_x.values():
+        indices.sort(key=lambda i: points[i][1])
+        for j, i in enumerate(indices):
+            dodge[i] = 1.07 ** (j - (len(indices) - 1) / 2)
+            rank[i] = j
+    return same_x, dodge, rank
+
+
 def plot_pareto(rows: Sequence[Row], path: Path, title: str | None = None) -> int:
     """Draw trainable parameters (log x) against mean Delta-m, one labelled point per row.
 
-    A row over several seeds gets an error bar of one standard deviation; rows without a Delta-m
-    are named in a note under the axes. The dashed line joins the rows that no other row beats
-    (by mean Delta-m).
+    A row over several seeds gets an error bar of one standard deviation; rows with the same
+    parameter count are dodged apart in x (:func:`dodge_same_x`) with their labels stacked; rows
+    without a Delta-m are named in a note under the axes. The dashed line joins the rows that no
+    other row beats (by mean Delta-m).
 
     Args:
         rows: The comparison rows.
@@ -560,18 +582,36 @@ def plot_pareto(rows: Sequence[Row], path: Path, title: str | None = None) -> in
 
     shown = [r for r in rows if not math.isnan(r.delta_m)]
     missing = [r.name for r in rows if math.isnan(r.delta_m)]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     points = [(float(r.trainable), r.delta_m) for r in shown]
-    for row, (x, y) in zip(shown, points, strict=True):
+    same_x, dodge, rank = dodge_same_x(points)
+    for i, (row, (x, y)) in enumerate(zip(shown, points, strict=True)):
         err = None if math.isnan(row.delta_m_std) else row.delta_m_std
-        ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, ms=5)
+        ax.errorbar(x * dodge[i], y, yerr=err, fmt="o", capsize=3, ms=5)
+    if points:
+        ax.set_xscale("log")
+        ax.margins(x=0.2, y=0.08)
+    low, high = ax.get_ylim()
+    for i, (row, (x, y)) in enumerate(zip(shown, points, strict=True)):
         label = f"{row.name} (n={seeds_label(row)})"
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        group = same_x[x]
+        if len(group) == 1:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+            continue
+        centre = statistics.fmean(points[j][1] for j in group)
+        text_y = centre + 0.06 * (high - low) * (rank[i] - (len(group) - 1) / 2)
+        ax.annotate(
+            label,
+            (x * dodge[i], y),
+            xytext=(x * 1.3, text_y),
+            textcoords="data",
+            fontsize=7,
+            va="center",
+            arrowprops=dict(arrowstyle="-", lw=0.4, color="grey"),
+        )
     front = pareto_front(points)
     if len(front) > 1:
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=0.8)
-    if points:
-        ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel("Δm (%), mean ± std over seeds")
     ax.axhline(0.0, color="grey", lw=0.5)
