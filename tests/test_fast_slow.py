@@ -339,6 +339,10 @@ def test_two_phase_resume_lands_in_phase_two_and_is_exact(tmp_path) -> None:
         assert torch.equal(resumed.epochs[-1][name], value), name
     with pytest.raises(ValueError, match="trained with TwoPhaseHook"):
         _runner(tmp_path / "cut", "two_phase", [TwoPhaseHook(2)], 3, ckpt).train()
+    _runner(tmp_path / "plain", "lr_ratio", [], epochs=1).train()
+    ckpt = str(tmp_path / "plain" / "epoch_1.pth")
+    with pytest.raises(ValueError, match="run without TwoPhaseHook"):
+        _runner(tmp_path / "plain", "two_phase", [TwoPhaseHook(1)], 2, ckpt).train()
 
 
 # --- Identity at step 0 in the Swin backbone ---------------------------------------------------

@@ -313,7 +313,13 @@ class TwoPhaseHook(Hook):
                 f"TwoPhaseHook switch_epoch={self.switch_epoch} leaves no epoch for phase two "
                 f"(max_epochs={runner.max_epochs}); choose 1 <= switch_epoch < max_epochs."
             )
-        if runner.iter > 0 and self._restored is not None and self._restored != self.settings:
+        if runner.iter > 0 and self._restored is None:
+            raise ValueError(
+                f"Resuming at iteration {runner.iter} from a checkpoint of a run without "
+                "TwoPhaseHook: its phases cannot be continued. Resume that run with its own "
+                "config, or start a new run with load_from."
+            )
+        if runner.iter > 0 and self._restored != self.settings:
             raise ValueError(
                 f"The checkpoint was trained with TwoPhaseHook {dict(self._restored)}, the config "
                 f"asks for {self.settings}; resume with the run's own settings."
