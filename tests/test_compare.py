@@ -299,3 +299,12 @@ def test_points_sharing_a_parameter_count_are_dodged(compare) -> None:
     assert same_x == {5.0: [2, 3, 0], 9.0: [1]}
     assert rank == [2, 0, 0, 1]
     assert dodge == pytest.approx([1.07, 1.0, 1 / 1.07, 1.0])
+
+
+def test_labels_of_nearby_points_do_not_overlap(compare) -> None:
+    points = [(1e5, 10.0), (1.2e5, 10.5), (1.5e5, 11.0), (1e7, 0.0)]
+    layout = compare.label_layout(points, gap=2.0)
+    # One column right of the cluster's largest x, 2 apart, centred on the mean y (10.5).
+    assert [x for x, _ in layout[:3]] == pytest.approx([1.5e5 * 1.25] * 3)
+    assert [y for _, y in layout[:3]] == pytest.approx([8.5, 10.5, 12.5])
+    assert layout[3] == pytest.approx((1e7 * 1.12, 0.0))  # a lone point keeps its height

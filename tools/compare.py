@@ -559,6 +559,40 @@ def dodge_same_x(
     return same_x, dodge, rank
 
 
+def label_layout(
+    points: Sequence[tuple[float, float]], gap: float, cluster: float = 0.3
+) -> list[tuple[float, float]]:
+    """Label positions (data coordinates, log x) that do not overlap.
+
+    Points whose x lie within ``cluster`` decades of their neighbour form a cluster; its labels
+    stand in one column right of its largest x, in the order of the points' y, at least ``gap``
+    apart, centred on the points' mean y.
+
+    Returns:
+        ``(x, y)`` of each point's label.
+    """
+    order = sorted(range(len(points)), key=lambda i: points[i][0])
+    clusters: list[list[int]] = []
+    for i in order:
+        near = clusters and math.log10(points[i][0]) - math.log10(points[clusters[-1][-1]][0])
+        if clusters and near <= cluster:
+            clusters[-1].append(i)
+        else:
+            clusters.append([i])
+    out: list[tuple[float, float]] = [(0.0, 0.0)] * len(points)
+    for members in clusters:
+        members.sort(key=lambda i: points[i][1])
+        ys = [points[i][1] for i in members]
+        placed = list(ys)
+        for j in range(1, len(placed)):
+            placed[j] = max(placed[j], placed[j - 1] + gap)
+        shift = statistics.fmean(placed) - statistics.fmean(ys)
+        right = max(points[i][0] for i in members) * (1.25 if len(members) > 1 else 1.12)
+        for i, y in zip(members, placed, strict=True):
+            out[i] = (right, y - shift)
+    return out
+
+
 def plot_pareto(rows: Sequence[Row], path: Path, title: str | None = None) -> int:
     """Draw trainable parameters (log x) against mean Delta-m, one labelled point per row.
 
@@ -584,7 +618,7 @@ def plot_pareto(rows: Sequence[Row], path: Path, title: str | None = None) -> in
     missing = [r.name for r in rows if math.isnan(r.delta_m)]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     points = [(float(r.trainable), r.delta_m) for r in shown]
-    same_x, dodge, rank = dodge_same_x(points)
+    _, dodge, _ = dodge_same_x(points)
     for i, (row, (x, y)) in enumerate(zip(shown, points, strict=True)):
         err = None if math.isnan(row.delta_m_std) else row.delta_m_std
         ax.errorbar(x * dodge[i], y, yerr=err, fmt="o", capsize=3, ms=5)
@@ -592,18 +626,12 @@ def plot_pareto(rows: Sequence[Row], path: Path, title: str | None = None) -> in
         ax.set_xscale("log")
         ax.margins(x=0.2, y=0.08)
     low, high = ax.get_ylim()
-    for i, (row, (x, y)) in enumerate(zip(shown, points, strict=True)):
-        label = f"{row.name} (n={seeds_label(row)})"
-        group = same_x[x]
-        if len(group) == 1:
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
-            continue
-        centre = statistics.fmean(points[j][1] for j in group)
-        text_y = centre + 0.06 * (high - low) * (rank[i] - (len(group) - 1) / 2)
+    for i, (tx, ty) in enumerate(label_layout(points, gap=0.055 * (high - low))):
+        (x, y), label = points[i], f"{shown[i].name} (n={seeds_label(shown[i])})"
         ax.annotate(
             label,
             (x * dodge[i], y),
-            xytext=(x * 1.3, text_y),
+            xytext=(tx, ty),
             textcoords="data",
             fontsize=7,
             va="center",
