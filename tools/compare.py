@@ -42,14 +42,12 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mmengine.config import Config
-from mmengine.registry import MODELS
-from mmengine.utils import get_object_from_string
+from mtlora_vision.tasks import DEFAULT_DELTA_M_KEYS, LOWER_IS_BETTER_KEYS
 
-from mtlora_vision.evaluation.functional.delta_m import delta_m
-from mtlora_vision.evaluation.metrics import DEFAULT_DELTA_M_KEYS, LOWER_IS_BETTER_KEYS
+if TYPE_CHECKING:  # mmengine and torch are imported where used: --help answers without them
+    from mmengine.config import Config
 
 logger = logging.getLogger("compare")
 
@@ -197,6 +195,8 @@ def resolve_types(value: Any) -> Any:
         out = {k: resolve_types(v) for k, v in value.items()}
         kind = out.get("type")
         if isinstance(kind, str) and "." in kind:
+            from mmengine.utils import get_object_from_string
+
             obj = get_object_from_string(kind)
             if obj is None:
                 raise ValueError(f"Cannot import type {kind!r} named in the dumped config.")
@@ -209,6 +209,8 @@ def resolve_types(value: Any) -> Any:
 
 def count_trainable(cfg: Config) -> tuple[int, int]:
     """Trainable and total parameter counts of the config's model (no pretrained weights)."""
+    from mmengine.registry import MODELS
+
     model_cfg = resolve_types(cfg.model.to_dict())
     if "pretrained" in model_cfg.get("backbone", {}):
         model_cfg["backbone"]["pretrained"] = None
@@ -248,6 +250,8 @@ def load_run(work_dir: str | Path) -> RunResult:
     """
     work_dir = Path(work_dir)
     config_file, metrics, source = find_run(work_dir)
+    from mmengine.config import Config
+
     cfg = Config.fromfile(str(config_file))
     step, final = metrics.pop("step", None), final_step(cfg)
     if step is not None and final is not None and step < final:
@@ -327,6 +331,8 @@ def single_task_baselines(groups: Sequence[Sequence[RunResult]]) -> dict[str, fl
 
 def run_delta_m(run: RunResult, baselines: Mapping[str, float]) -> tuple[float, list[str], str]:
     """Delta-m of one run over the baselines of its tasks, else its logged value, else NaN."""
+    from mtlora_vision.evaluation.functional.delta_m import delta_m
+
     keys = [DEFAULT_DELTA_M_KEYS[t] for t in run.tasks if t in DEFAULT_DELTA_M_KEYS]
     used = {k: baselines[k] for k in keys if k in baselines and k in run.metrics}
     if used:
@@ -371,6 +377,8 @@ def single_task_row(
     Delta-m is computed per seed that every task has (that seed's five models against the
     baselines), then averaged; with baselines from these very runs its mean is 0.
     """
+    from mtlora_vision.evaluation.functional.delta_m import delta_m
+
     runs = [run for group in groups for run in group]
     tasks = tuple(group[0].tasks[0] for group in groups)
     row = Row(
