@@ -26,10 +26,14 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from torch import Tensor, nn
 
-from mtlora_vision.adapters.prompt import TaskAdaptiveLowRankPrompt, prompt_param_role
+from mtlora_vision.adapters.prompt import (
+    PROMPT_FAST_KEY,
+    PROMPT_SLOW_KEY,
+    TaskAdaptiveLowRankPrompt,
+)
+from mtlora_vision.engine.unwrap import unwrap_model
 
 #: Checkpoint entries of the hooks' state.
 LOOKAHEAD_KEY = "lookahead"
@@ -121,13 +125,9 @@ def check_lookahead_args(k: int, alpha: float) -> None:
         raise ValueError(f"Lookahead alpha must lie in (0, 1], got alpha={alpha!r}.")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
-
-
 def prompt_layers(model: nn.Module) -> list[TaskAdaptiveLowRankPrompt]:
     """Every prompt adapter of ``model`` (unwrapped from DDP)."""
-    return [m for m in _unwrap(model).modules() if isinstance(m, TaskAdaptiveLowRankPrompt)]
+    return [m for m in unwrap_model(model).modules() if isinstance(m, TaskAdaptiveLowRankPrompt)]
 
 
 def set_fast_slow_driver(model: nn.Module, driver: str) -> int:
@@ -205,7 +205,7 @@ class LookaheadHook(Hook):
 
     def before_train(self, runner) -> None:
         """Pick the parameters, restore or start the slow copies, attach to the optimizer."""
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         _claim_prompts(model, "lookahead", "LookaheadHook", required=False)
         params = {
             name: p
@@ -390,7 +390,10 @@ class TwoPhaseHook(Hook):
 
 
 def _role(name: str) -> str | None:
-    return prompt_param_role(name.rpartition(".")[2])
+    """``"fast"``/``"slow"`` for a prompt parameter's name, else None (a gate)."""
+    leaf = name.rpartition(".")[2]
+    roles = ((PROMPT_FAST_KEY, "fast"), (PROMPT_SLOW_KEY, "slow"))
+    return next((role for key, role in roles if leaf.startswith(key)), None)
 
 
 def slow_param_groups(model: nn.Module, param_groups: list[dict]) -> list[dict]:
