@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -10,6 +11,9 @@ import torch
 
 # One thread: on a shared 2-core machine, two threads per process make tiny-model steps 100x slower.
 torch.set_num_threads(1)
+# Tests pin fp32 (tools default to bf16 autocast on CPUs with native bf16): the same numbers on
+# every machine. Set at import so module-scoped fixtures and subprocesses see it too.
+os.environ["MTLORA_PRECISION"] = "fp32"
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,3 @@
-import logging
 from pathlib import Path
 
 import cv2
@@ -6,15 +5,11 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.optim import OptimWrapper, build_optim_wrapper
 from scipy.io import loadmat
-from torch.optim import SGD
 
-from mtlora_vision.engine.amp import CPUAutocastOptimWrapper
 from mtlora_vision.engine.runtime import (
     resolve_cpu_threads,
     resolve_launcher,
-    resolve_precision,
     resolve_work_dir,
 )
 from mtlora_vision.engine.visualization_hook import _resize_prediction, write_prediction
@@ -104,49 +99,6 @@ def test_resize_prediction_keeps_labels_and_unit_normals():
     assert torch.allclose(resized.norm(dim=0), torch.ones(5, 3), atol=1e-5)
 
 
-def test_precision_resolution_on_cpu_and_gpu(caplog):
-    cfg = Config(
-        dict(optim_wrapper=dict(type="AmpOptimWrapper", dtype="float16", optimizer=dict()))
-    )
-    with caplog.at_level(logging.INFO, logger="mtlora_vision"):
-        resolve_precision(cfg, amp=False, cuda=False)
-    assert cfg.optim_wrapper.type == "mmengine.optim.optimizer.optimizer_wrapper.OptimWrapper"
-    assert "dtype" not in cfg.optim_wrapper
-    assert [r.levelname for r in caplog.records] == ["WARNING"]  # fp16 asked, fp32 given
-    caplog.clear()
-    cfg = Config(dict(optim_wrapper=dict(type="OptimWrapper", optimizer=dict())))
-    with caplog.at_level(logging.INFO, logger="mtlora_vision"):
-        resolve_precision(cfg, amp=True, cuda=False)
-    assert cfg.optim_wrapper.type == "mtlora_vision.engine.amp.CPUAutocastOptimWrapper"
-    assert [r.levelname for r in caplog.records] == ["INFO"]  # --amp on a CPU: what was asked
-    cfg = Config(dict(optim_wrapper=dict(type="OptimWrapper", optimizer=dict())))
-    resolve_precision(cfg, amp=True, cuda=True)
-    assert cfg.optim_wrapper.type.endswith(".AmpOptimWrapper")
-    assert cfg.optim_wrapper.dtype == "float16"
-
-
-@pytest.mark.parametrize(
-    ("config", "amp", "cuda", "wrapper"),
-    [
-        ("mtlora_swin_pascal.py", False, False, OptimWrapper),  # fp16 config on a CPU
-        ("mtlora_swin_demo.py", True, False, CPUAutocastOptimWrapper),
-        ("mtlora_swin_demo.py", True, True, None),  # AmpOptimWrapper needs a GPU to build
-    ],
-)
-def test_resolved_real_configs_still_print_and_build(config, amp, cuda, wrapper, tmp_path):
-    cfg = Config.fromfile(str(Path(__file__).resolve().parents[1] / "configs" / config))
-    resolve_precision(cfg, amp=amp, cuda=cuda)
-    assert "optim_wrapper" in cfg.pretty_text  # the Runner logs it; a class object broke it
-    cfg.dump(str(tmp_path / "dumped.py"))  # the work-dir copy, re-read by test.py
-    dumped = Config.fromfile(str(tmp_path / "dumped.py")).optim_wrapper
-    resolve_precision(Config(dict(optim_wrapper=dumped)), amp=amp, cuda=cuda)  # idempotent
-    if wrapper is not None:
-        built = build_optim_wrapper(
-            torch.nn.Linear(2, 2), dict(type=cfg.optim_wrapper.type, optimizer=dict(type=SGD, lr=1))
-        )
-        assert type(built) is wrapper
-
-
 def test_cpu_threads_from_config_unless_cuda_or_environment(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     calls = []
@@ -173,11 +125,3 @@ def test_launcher_uses_gloo_without_cuda_and_work_dir_priority():
     assert resolve_work_dir(Config(dict()), "configs/x/exp.py", None).endswith("work_dirs/exp")
     assert resolve_work_dir(Config(dict(work_dir="w")), "configs/x/exp.py", None) == "w"
     assert resolve_work_dir(Config(dict(work_dir="w")), "configs/x/exp.py", "cli") == "cli"
-
-
-def test_cpu_autocast_wrapper_runs_in_bf16():
-    layer = torch.nn.Linear(4, 4)
-    wrapper = CPUAutocastOptimWrapper(optimizer=torch.optim.SGD(layer.parameters(), lr=0.1))
-    with wrapper.optim_context(layer):
-        out = layer(torch.randn(2, 4))
-    assert out.dtype == torch.bfloat16

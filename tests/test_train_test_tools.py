@@ -463,3 +463,15 @@ def test_without_pretrained_weights_checkpoints_hold_everything(tmp_path):
     ckpt = torch.load(work_dir / "epoch_1.pth", map_location="cpu", weights_only=False)
     assert ckpt["meta"]["state_dict_content"] == "full"
     assert any(k.endswith("base_layer.weight") for k in ckpt["state_dict"])
+
+
+def test_test_tool_evaluates_in_bf16_when_asked(trained, caplog):
+    root, work_dir, options = trained
+    args = [DEMO, str(work_dir / "epoch_1.pth"), "--cfg-options", *options]
+    fp32 = test_tool.main([*args, "--work-dir", str(root / "t32")])  # pinned by conftest.py
+    with caplog.at_level(logging.INFO, logger="mtlora_vision.engine.precision"):
+        bf16 = test_tool.main([*args, "--work-dir", str(root / "t16"), "--precision", "bf16"])
+    assert "Precision: bf16 autocast on cpu (asked" in caplog.text
+    assert bf16["normals/mean"] != fp32["normals/mean"]  # the forward ran in bf16 ...
+    assert bf16["normals/mean"] == pytest.approx(fp32["normals/mean"], abs=1.0)  # ... closely
+    assert bf16["sal/maxF"] == pytest.approx(fp32["sal/maxF"], abs=2.0)

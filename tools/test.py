@@ -16,6 +16,7 @@ import argparse
 import json
 
 from mtlora_vision.cli import add_cfg_options, add_launcher, parse_cfg_options
+from mtlora_vision.engine.precision import add_precision_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--show-dir", help="save labelled input / ground truth / prediction figures here"
     )
+    add_precision_argument(parser)
     add_cfg_options(parser)
     add_launcher(parser)
     return parser
@@ -74,6 +76,11 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
     from mtlora_vision.allocator import tune_cpu_allocator
     from mtlora_vision.engine.checkpoint import register_checkpoint_io
     from mtlora_vision.engine.data_root import apply_data_root
+    from mtlora_vision.engine.precision import (
+        apply_precision,
+        detect_precision,
+        requested_precision,
+    )
     from mtlora_vision.engine.progress_hook import ProgressBarHook
     from mtlora_vision.engine.runner import TestRunner, prepare_test_config
     from mtlora_vision.engine.runtime import (
@@ -93,6 +100,7 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
     cfg = load_config(args.config, args.cfg_options)
     apply_data_root(cfg, args.data_root, args.cfg_options)
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
+    apply_precision(cfg, detect_precision(requested_precision(args)))
     resolve_cpu_threads(cfg)
     resolve_launcher(cfg, args.launcher)
     init_cpu_distributed(args.launcher)

@@ -12,6 +12,7 @@ import argparse
 import logging
 
 from mtlora_vision.cli import add_cfg_options, add_launcher, parse_cfg_options
+from mtlora_vision.engine.precision import add_precision_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,9 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="resume from CKPT, or from the work dir's latest checkpoint if no path is given",
     )
-    parser.add_argument(
-        "--amp", action="store_true", help="mixed precision (fp16 on GPU, bf16 on CPU)"
-    )
+    add_precision_argument(parser)
     parser.add_argument(
         "--seed", type=int, help="random seed (randomness.seed); --resume keeps the checkpoint's"
     )
@@ -64,6 +63,11 @@ def train(args: argparse.Namespace) -> None:
     from mtlora_vision.allocator import tune_cpu_allocator
     from mtlora_vision.engine.checkpoint import register_checkpoint_io
     from mtlora_vision.engine.data_root import apply_data_root
+    from mtlora_vision.engine.precision import (
+        apply_precision,
+        detect_precision,
+        requested_precision,
+    )
     from mtlora_vision.engine.resume import latest_checkpoint_path
     from mtlora_vision.engine.runner import MultiTaskRunner
     from mtlora_vision.engine.runtime import (
@@ -72,7 +76,6 @@ def train(args: argparse.Namespace) -> None:
         load_config,
         resolve_cpu_threads,
         resolve_launcher,
-        resolve_precision,
         resolve_randomness,
         resolve_resume,
         resolve_work_dir,
@@ -85,7 +88,7 @@ def train(args: argparse.Namespace) -> None:
     apply_data_root(cfg, args.data_root, args.cfg_options)
     # work_dir is determined in this priority: CLI > segment in file > filename
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
-    resolve_precision(cfg, amp=args.amp)
+    apply_precision(cfg, detect_precision(requested_precision(args)))
     resolve_randomness(cfg, args.seed, args.deterministic)
     resolve_cpu_threads(cfg)
     resolve_launcher(cfg, args.launcher)

@@ -10,9 +10,7 @@ from typing import Any
 
 import torch
 from mmengine.config import Config, ConfigDict
-from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
-from mtlora_vision.engine.amp import CPUAutocastOptimWrapper
 from mtlora_vision.engine.config_check import check_cfg_options, check_hook_args
 from mtlora_vision.engine.resume import (
     CheckpointProgress,
@@ -30,15 +28,6 @@ def _type_name(value: Any) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-def _dotted(cls: type) -> str:
-    """A class as the dotted path mmengine builds from.
-
-    A class object put into a loaded pure-Python config breaks ``cfg.pretty_text`` (which the
-    Runner logs at start-up), while the dotted path is printed and built like the file's own types.
-    """
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def resolve_work_dir(cfg: Config, config_path: str, work_dir: str | None) -> str:
     """Pick the work dir: command line, else the config's ``work_dir``, else the config name."""
     if work_dir:
@@ -46,41 +35,6 @@ def resolve_work_dir(cfg: Config, config_path: str, work_dir: str | None) -> str
     if cfg.get("work_dir"):
         return cfg.work_dir
     return osp.join("./work_dirs", osp.splitext(osp.basename(config_path))[0])
-
-
-def resolve_precision(cfg: Config, amp: bool, cuda: bool | None = None) -> None:
-    """Choose the optimizer wrapper for the hardware at hand (in place).
-
-    On a GPU, ``--amp`` (or a config that asks for ``AmpOptimWrapper``) trains with fp16 autocast
-    and loss scaling. Without a GPU, ``--amp`` means bf16 autocast on the CPU (logged as INFO: it
-    is what was asked for), and a config's fp16 ``AmpOptimWrapper`` falls back to plain fp32 with
-    a warning, since fp16 autocast needs CUDA.
-
-    Args:
-        cfg: Config with an ``optim_wrapper`` entry.
-        amp: Whether the user asked for mixed precision.
-        cuda: Whether CUDA is usable; detected when None.
-    """
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    wrapper = cfg.optim_wrapper
-    asks_amp = _type_name(wrapper.get("type", "OptimWrapper")) == "AmpOptimWrapper"
-    if cuda:
-        if amp and not asks_amp:
-            wrapper.type = _dotted(AmpOptimWrapper)
-            wrapper.setdefault("dtype", "float16")
-            wrapper.setdefault("loss_scale", "dynamic")
-        return
-    if asks_amp or amp:
-        for key in ("dtype", "loss_scale", "use_fsdp"):
-            wrapper.pop(key, None)
-        wrapper.type = _dotted(CPUAutocastOptimWrapper if amp else OptimWrapper)
-        if amp:  # what was asked for, in the CPU's form: information, not a warning
-            logger.info("No CUDA device: --amp trains in bf16 autocast on the CPU.")
-        else:
-            logger.warning(
-                "No CUDA device: training in fp32 (the config's fp16 AMP needs CUDA; --amp gives "
-                "bf16 on the CPU)."
-            )
 
 
 def resolve_resume(cfg: Config, resume: str | None) -> CheckpointProgress | None:

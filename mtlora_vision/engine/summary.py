@@ -70,9 +70,10 @@ def startup_rows(runner, phase: str) -> list[tuple[str, str]]:
         ("log", f"{runner.logger.log_file} (full environment and config)"),
         ("device", f"{device}, {processes}{threads}"),
     ]
+    chosen = runner.cfg.get("precision")  # the tools' --precision, with the reason
+    if chosen or phase == "train":
+        rows.append(("precision", chosen or precision_of(runner.cfg.get("optim_wrapper"), device)))
     if phase == "train":
-        wrapper = runner.cfg.get("optim_wrapper")
-        rows.append(("precision", precision_of(wrapper, device)))
         randomness = runner.cfg.get("randomness") or {}
         rows.append(
             (

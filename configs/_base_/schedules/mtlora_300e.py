@@ -15,7 +15,7 @@ max_epochs = 300
 warmup_epochs = 20
 
 optim_wrapper = dict(
-    type=AmpOptimWrapper,  # fp16 on GPU; tools/train.py falls back to fp32 (or bf16 with --amp) on CPU
+    type=AmpOptimWrapper,  # fp16 on GPU; the tools switch it with --precision (default auto)
     dtype="float16",
     optimizer=dict(type=AdamW, lr=base_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05),
     clip_grad=dict(max_norm=5.0),
