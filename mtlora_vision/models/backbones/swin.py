@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from timm.layers import PatchEmbed, calculate_drop_path_rates, trunc_normal_
 from timm.models.swin_transformer import SwinTransformerStage
 from torch import Tensor, nn
@@ -120,6 +121,9 @@ class SwinBackbone(TaskConditionedForward, nn.Module):
         fused_attn: True: ``scaled_dot_product_attention``; False: explicit softmax; None
             (default): fused without autograd, explicit when gradients are recorded, the faster
             choice of each on this CPU (both give the same results and gradients).
+        grad_checkpointing: Activation checkpointing, one switch or one per stage: while
+            gradients are recorded, each block of a switched-on stage keeps only its input and
+            recomputes its forward in the backward pass (:meth:`set_grad_checkpointing`).
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class SwinBackbone(TaskConditionedForward, nn.Module):
         tasks: Sequence[str] = (),
         adapter: AdapterConfig | None = None,
         fused_attn: bool | None = None,
+        grad_checkpointing: bool | Sequence[bool] = False,
     ) -> None:
         super().__init__()
         spec = resolve_arch(arch)
@@ -180,6 +185,7 @@ class SwinBackbone(TaskConditionedForward, nn.Module):
             {"num_chs": c, "reduction": PATCH_SIZE * 2 ** min(i + 1, self.num_stages - 1)}
             for i, c in enumerate(out_dims)
         ]
+        self.set_grad_checkpointing(grad_checkpointing)
         self.adapter_config = adapter
         self.task_branching = False
         #: In eval mode, keep the task streams low-rank and merge them once (:mod:`.task_branch`);
@@ -291,6 +297,28 @@ class SwinBackbone(TaskConditionedForward, nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
 
+    def set_grad_checkpointing(self, enable: bool | Sequence[bool] = True) -> None:
+        """Switch activation checkpointing on or off, for all stages or one value per stage.
+
+        A checkpointed block stores only its input tokens; its forward pass (attention, MLP,
+        adapters, the task branch of a stage's last block and the next stage's patch merging) runs
+        again in the backward pass (``torch.utils.checkpoint``, non-reentrant, random state of
+        DropPath and dropout restored, so gradients are exactly those of the plain pass). It trades
+        about one more forward pass for the activation memory of all blocks but one: use it when
+        a batch does not fit otherwise (e.g. the paper's batch 32 at 448x448).
+
+        Raises:
+            ValueError: If a sequence does not have one value per stage.
+        """
+        switches = per_stage(enable, self.num_stages, "grad_checkpointing")
+        self.grad_checkpointing = tuple(bool(s) for s in switches)
+
+    def maybe_checkpoint(self, stage: int, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, checkpointed if ``stage`` is switched on and gradients are recorded."""
+        if self.grad_checkpointing[stage] and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
     def check_input_size(self, images: Tensor) -> None:
         """Raise a ValueError unless ``images`` is ``(B, 3, H, W)``, ``H, W`` multiples of 32."""
         if images.dim() != 4 or images.shape[1] != 3:
@@ -347,9 +375,9 @@ class SwinBackbone(TaskConditionedForward, nn.Module):
         feats = []
         for i, stage in enumerate(self.layers):
             for block in stage.blocks[:-1]:
-                x = block_forward(block, x, fused)
+                x = self.maybe_checkpoint(i, block_forward, block, x, fused)
             merge = self.layers[i + 1].downsample if i + 1 < self.num_stages else None
-            x, task_x = self._stage_end(stage.blocks[-1], merge, x, fused)
+            x, task_x = self.maybe_checkpoint(i, self._stage_end, stage.blocks[-1], merge, x, fused)
             feat = x.unsqueeze(0).expand(self.num_streams, *x.shape) if task_x is None else task_x
             feats.append(feat.permute(0, 1, 4, 2, 3))  # T, B, C, H, W
         return feats

@@ -208,8 +208,8 @@ class TaskConditionedForward:
         for i, stage in enumerate(self.layers):
             if i == branch:
                 x = replicate_task_major(x, num_tasks)  # T*B, H_s, W_s, C
-            for block in stage.blocks:
-                x = block_forward(block, x, fused)
+            for block in stage.blocks:  # the task layout set above holds until the backward
+                x = self.maybe_checkpoint(i, block_forward, block, x, fused)
             if i + 1 < self.num_stages:
                 x = patch_merge(self.layers[i + 1].downsample, x)
             if i < branch:
