@@ -45,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mtlora_vision.adapters.merge import merge_for_inference
 from mtlora_vision.engine.fast_slow import set_fast_slow_driver
+from mtlora_vision.engine.precision import Precision, autocast, detect_precision
 from mtlora_vision.engine.runtime import load_config
 
 #: Variant name -> function turning the config's model dict into the variant's.
@@ -52,11 +53,7 @@ VARIANTS: dict[str, Callable[[ConfigDict], ConfigDict]] = {}
 
 BACKBONE_GROUPS = ("adapters", "patch_embed", "norms", "rel_pos", "downsample", "backbone")
 
-
-#: Variant name -> function turning the config's model dict into the variant's.
-VARIANTS: dict[str, Callable[[ConfigDict], ConfigDict]] = {}
-
-BACKBONE_GROUPS = ("adapters", "patch_embed", "norms", "rel_pos", "downsample", "backbone")
+FP32 = Precision("fp32", "cpu", "asked")
 
 
 def register_variant(name: str) -> Callable:
@@ -86,6 +83,12 @@ def _frozen(model: ConfigDict) -> ConfigDict:
 @register_variant("no_adapter")
 def _no_adapter(model: ConfigDict) -> ConfigDict:
     model.adapter = None
+    return model
+
+
+@register_variant("checkpointed")
+def _checkpointed(model: ConfigDict) -> ConfigDict:
+    model.backbone.grad_checkpointing = True  # every stage's blocks recomputed in the backward
     return model
 
 
@@ -174,6 +177,30 @@ def prepare(model: nn.Module, phase: str) -> Callable[[Tensor], None]:
     return lambda images: infer_step(model, images)
 
 
+def in_precision(step: Callable[[Tensor], None], precision: Precision) -> Callable[[Tensor], None]:
+    """``step`` run under :func:`~mtlora_vision.engine.precision.autocast` of ``precision``."""
+
+    def run(images: Tensor) -> None:
+        with autocast(precision):
+            step(images)
+
+    return run
+
+
+def resolve_precisions(requested: list[str]) -> list[Precision]:
+    """The distinct precisions ``requested`` gives on this machine (``auto`` and its mode once)."""
+    chosen: dict[str, Precision] = {}
+    for name in requested:
+        precision = detect_precision(name)
+        chosen.setdefault(precision.mode, precision)
+    return list(chosen.values())
+
+
+def timed_name(variant: str, precision: Precision, several: bool) -> str:
+    """Report key of a variant: its name, with ``@mode`` when several precisions are timed."""
+    return f"{variant}@{precision.mode}" if several else variant
+
+
 def inplace_addmm_flops(
     self_shape: torch.Size, a_shape: torch.Size, b_shape: torch.Size, *args: Any, **kwargs: Any
 ) -> int:
@@ -212,21 +239,22 @@ def time_interleaved(
 
 
 def summarize(
-    times: dict[str, list[float]], reference: str, prefix: str = ""
+    times: dict[str, list[float]], reference: str, prefix: str = "", label: str | None = None
 ) -> dict[str, dict[str, Any]]:
     """Medians and ratios against ``reference`` (of medians and median of per-round ratios).
 
-    Keys are ``{prefix}median_s``, ``{prefix}all_s``, ``{prefix}ratio_vs_<reference>`` and
-    ``{prefix}round_ratio_vs_<reference>``.
+    Keys are ``{prefix}median_s``, ``{prefix}all_s``, ``{prefix}ratio_vs_<label>`` and
+    ``{prefix}round_ratio_vs_<label>`` (``label`` defaults to ``reference``).
     """
     out: dict[str, dict[str, Any]] = {}
     ref = times.get(reference)
+    label = label or reference
     for name, values in times.items():
         median = statistics.median(values)
         entry = {f"{prefix}median_s": median, f"{prefix}all_s": [round(v, 4) for v in values]}
         if ref is not None and name != reference:
-            entry[f"{prefix}ratio_vs_{reference}"] = median / statistics.median(ref)
-            entry[f"{prefix}round_ratio_vs_{reference}"] = statistics.median(
+            entry[f"{prefix}ratio_vs_{label}"] = median / statistics.median(ref)
+            entry[f"{prefix}round_ratio_vs_{label}"] = statistics.median(
                 v / r for v, r in zip(values, ref, strict=True)
             )
         out[name] = entry
@@ -255,14 +283,16 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def _memory_child(connection, cfg: Config, spec: VariantSpec, phase: str, size: tuple) -> None:
+def _memory_child(
+    connection, cfg: Config, spec: VariantSpec, phase: str, size: tuple, precision: Precision
+) -> None:
     """Body of a forked child: build one variant, run two steps, send the RSS figures."""
     try:
         img_size, batch_size = size
         reset = reset_peak_rss()  # a fork starts with the parent's peak
         model = build_variant(cfg, spec.transform, img_size)
         images = torch.randn(batch_size, 3, img_size, img_size)
-        step = prepare(model, phase)
+        step = in_precision(prepare(model, phase), precision)
         before = rss_mb()
         for _ in range(2):
             step(images)
@@ -282,9 +312,14 @@ def _memory_child(connection, cfg: Config, spec: VariantSpec, phase: str, size: 
 
 
 def measure_memory(
-    cfg: Config, spec: VariantSpec, phase: str, img_size: int, batch_size: int
+    cfg: Config,
+    spec: VariantSpec,
+    phase: str,
+    img_size: int,
+    batch_size: int,
+    precision: Precision = FP32,
 ) -> dict[str, float]:
-    """Peak RSS of one variant and phase, in a child forked from this process.
+    """Peak RSS of one variant and phase in ``precision``, in a child forked from this process.
 
     Call it before this process has built models or run parallel torch operations (a forked
     child inherits the parent's memory and OpenMP state).
@@ -295,7 +330,8 @@ def measure_memory(
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     child = context.Process(
-        target=_memory_child, args=(send, cfg, spec, phase, (img_size, batch_size))
+        target=_memory_child,
+        args=(send, cfg, spec, phase, (img_size, batch_size), precision),
     )
     child.start()
     send.close()
@@ -320,16 +356,58 @@ def phases(merged: bool) -> list[str]:
     return ["train", "infer"] + (["infer_merged"] if merged else [])
 
 
+def summarize_precision(
+    wall: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    names: dict[str, str],
+    flops: dict[str, int],
+    mode: str,
+    several: bool,
+) -> dict[str, dict[str, Any]]:
+    """Summaries of the timed keys ``names`` (key -> variant) of one precision ``mode``.
+
+    Medians and ratios against ``frozen`` of the same precision (:func:`summarize`, wall and CPU
+    seconds), GFLOPs, the FLOP ratio against ``frozen`` (the floor of the measured ratio),
+    ``over_floor`` (measured ratio / floor) and, with several precisions, ``ratio_vs_fp32``
+    against the same variant in fp32 timed in the same rounds.
+    """
+    ref = next((k for k, v in names.items() if v == "frozen"), "")
+    summary = summarize({n: wall[n] for n in names}, ref, label="frozen")
+    for name, entry in summarize({n: cpu[n] for n in names}, ref, "cpu_", "frozen").items():
+        summary[name].update(entry)
+    for name, variant in names.items():
+        entry = summary[name]
+        entry["precision"] = mode
+        entry["gflops"] = flops[variant] / 1e9
+        if "frozen" in flops and variant != "frozen":
+            floor = entry["flop_ratio_vs_frozen"] = flops[variant] / flops["frozen"]
+            if "ratio_vs_frozen" in entry:
+                entry["over_floor"] = entry["ratio_vs_frozen"] / floor
+                entry["round_over_floor"] = entry["round_ratio_vs_frozen"] / floor
+        fp32 = f"{variant}@fp32"
+        if several and name != fp32 and fp32 in wall:
+            pair = summarize({fp32: wall[fp32], name: wall[name]}, fp32, label="fp32")
+            entry.update({k: v for k, v in pair[name].items() if "_vs_" in k})
+    return summary
+
+
 def run(args: argparse.Namespace, progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Benchmark every variant and phase; return the report.
+    """Benchmark every variant and phase in every precision; return the report.
+
+    With several precisions every (variant, precision) pair is timed in the same interleaved
+    rounds, keyed ``variant@mode``; ratios against ``frozen`` and the FLOP floor are taken within
+    a precision, and ``ratio_vs_fp32`` compares a variant with itself in fp32.
 
     Args:
         args: ``config``, ``variants``, ``methods``, ``img_size``, ``batch_size``, ``iters``,
-            ``warmup``, ``merged``, ``no_memory``, ``cfg_options`` (as ``tools/benchmark.py``).
+            ``warmup``, ``merged``, ``no_memory``, ``cfg_options``, ``precision`` (a list of
+            names, as ``tools/benchmark.py``).
         progress: Called with a short line before each stage (the tool prints it on stderr).
     """
     torch.manual_seed(0)
     specs = variant_specs(args)
+    precisions = resolve_precisions(args.precision)
+    several = len(precisions) > 1
     configs = {
         path: load_cfg(path, args.cfg_options) for path in dict.fromkeys(s.config for s in specs)
     }
@@ -340,15 +418,21 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = lambda _: No
         "batch_size": args.batch_size,
         "iters": args.iters,
         "threads": torch.get_num_threads(),
+        "precisions": {p.mode: p.describe() for p in precisions},
     }
     memory: dict[tuple[str, str], dict[str, float]] = {}
     if not args.no_memory:  # first: the children must fork from a parent without models
-        jobs = [(phase, s) for phase in phases(args.merged) for s in phase_specs(specs, phase)]
-        for index, (phase, spec) in enumerate(jobs, start=1):
-            progress(f"memory {index}/{len(jobs)}: {spec.name}, {phase}")
-            cfg = configs[spec.config]
-            memory[phase, spec.name] = measure_memory(
-                cfg, spec, phase, args.img_size, args.batch_size
+        jobs = [
+            (phase, s, p)
+            for phase in phases(args.merged)
+            for s in phase_specs(specs, phase)
+            for p in precisions
+        ]
+        for index, (phase, spec, precision) in enumerate(jobs, start=1):
+            name = timed_name(spec.name, precision, several)
+            progress(f"memory {index}/{len(jobs)}: {name}, {phase}")
+            memory[phase, name] = measure_memory(
+                configs[spec.config], spec, phase, args.img_size, args.batch_size, precision
             )
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     for phase in phases(args.merged):
@@ -360,20 +444,22 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = lambda _: No
         trainable = {name: count_trainable(m) for name, m in models.items()}
         progress(f"{phase}: counting FLOPs")
         flops = {name: count_flops(m, images, phase) for name, m in models.items()}
-        steps = {name: prepare(m, phase) for name, m in models.items()}
+        plain = {name: prepare(m, phase) for name, m in models.items()}
+        steps = {
+            timed_name(name, p, several): in_precision(step, p)
+            for p in precisions
+            for name, step in plain.items()
+        }
         progress(f"{phase}: timing {args.warmup} + {args.iters} rounds of {len(steps)} variants")
         wall, cpu = time_interleaved(steps, images, args.iters, args.warmup)
-        summary = summarize(wall, "frozen")
-        for name, entry in summarize(cpu, "frozen", prefix="cpu_").items():
-            summary[name].update(entry)
-        for spec in chosen:
-            entry = summary[spec.name]
-            entry["trainable_params"] = trainable[spec.name]
-            entry["gflops"] = flops[spec.name] / 1e9
-            if "frozen" in flops and spec.name != "frozen":
-                entry["flop_ratio_vs_frozen"] = flops[spec.name] / flops["frozen"]
-            if (phase, spec.name) in memory:
-                entry["memory"] = memory[phase, spec.name]
+        summary: dict[str, dict[str, Any]] = {}
+        for p in precisions:
+            names = {timed_name(s.name, p, several): s.name for s in chosen}
+            summary.update(summarize_precision(wall, cpu, names, flops, p.mode, several))
+        for name, entry in summary.items():
+            entry["trainable_params"] = trainable[name.partition("@")[0]]
+            if (phase, name) in memory:
+                entry["memory"] = memory[phase, name]
         report[phase] = summary
-        del models, steps
+        del models, steps, plain
     return report

@@ -17,6 +17,7 @@ from mtlora_vision.engine.precision import (
     Precision,
     add_precision_argument,
     apply_precision,
+    autocast,
     choose_precision,
     cpu_bf16_flags,
     requested_precision,
@@ -169,3 +170,11 @@ def test_cpu_autocast_wrapper_runs_in_bf16():
     with wrapper.optim_context(layer):
         out = layer(torch.randn(2, 4))
     assert out.dtype == torch.bfloat16
+
+
+def test_autocast_context_of_a_precision():
+    layer = torch.nn.Linear(4, 4)
+    with autocast(Precision("bf16", "cpu", "asked")):
+        assert layer(torch.randn(2, 4)).dtype == torch.bfloat16
+    with autocast(Precision("fp32", "cpu", "asked")):
+        assert layer(torch.randn(2, 4)).dtype == torch.float32

@@ -218,9 +218,10 @@ def test_benchmark_prints_a_table_progress_on_stderr_and_json_on_request(tmp_pat
     out, err = capsys.readouterr()
     assert "training step" in out
     assert "inference" in out
-    assert out.splitlines()[3].split() == ["variant", "trainable", "median", "s", "x", "frozen",
+    assert out.splitlines()[1] == "  fp32: fp32 (asked)"  # MTLORA_PRECISION=fp32 (conftest.py)
+    assert out.splitlines()[4].split() == ["variant", "trainable", "median", "s", "x", "frozen",
                                            "round", "x", "cpu", "s", "GFLOPs", "FLOP", "x",
-                                           "+MB"]  # fmt: skip
+                                           "x", "floor", "+MB"]  # fmt: skip
     assert "memory 1/4: model, train" in err  # progress on stderr, not in the table
     assert "train: timing 0 + 1 rounds of 2 variants" in err
     report = tool.main([*argv, "--json", "--no-memory"])
@@ -270,3 +271,28 @@ def test_benchmark_times_other_methods_side_by_side(tmp_path) -> None:
         benchmarking.variant_specs(tool.parse_args([config, "--methods", mtl, mtl]))
     with pytest.raises(KeyError, match="Unknown variants"):
         benchmarking.variant_specs(tool.parse_args([config, "--variants", "nope"]))
+
+
+def test_benchmark_times_precisions_side_by_side_against_the_flop_floor(tmp_path):
+    tool = load_tool("benchmark")
+    argv = [tiny_config(tmp_path), "--img-size", "64", "--iters", "2", "--no-memory", "--threads",
+            "1", "--variants", "model", "frozen", "checkpointed", "--precision", "fp32", "bf16",
+            "--json"]  # fmt: skip
+    report = tool.main(argv)
+    train = report["train"]
+    assert set(train) == {f"{v}@{p}" for v in ("model", "frozen", "checkpointed")
+                          for p in ("fp32", "bf16")}  # fmt: skip
+    assert report["precisions"] == {"fp32": "fp32 (asked)", "bf16": "bf16 autocast on cpu (asked)"}
+    for precision in ("fp32", "bf16"):
+        model, frozen = train[f"model@{precision}"], train[f"frozen@{precision}"]
+        assert model["precision"] == precision
+        assert model["ratio_vs_frozen"] == pytest.approx(model["median_s"] / frozen["median_s"])
+        assert model["over_floor"] == pytest.approx(
+            model["ratio_vs_frozen"] / model["flop_ratio_vs_frozen"]
+        )
+    bf16, fp32 = train["model@bf16"], train["model@fp32"]
+    assert bf16["ratio_vs_fp32"] == pytest.approx(bf16["median_s"] / fp32["median_s"])
+    assert "ratio_vs_fp32" not in fp32
+    assert bf16["gflops"] == fp32["gflops"]  # FLOPs do not depend on the precision
+    # Checkpointing runs the blocks' forward again: more FLOPs for the same step.
+    assert train["checkpointed@fp32"]["gflops"] > fp32["gflops"]

@@ -4,12 +4,15 @@
         --img-size 448 --batch-size 2 --iters 5 --merged
     python tools/benchmark.py configs/mtlora_swin_pascal.py --merged \
         --methods configs/methods/*_swin-t_pascal.py      # every method, side by side
+    python tools/benchmark.py configs/mtlora_swin_pascal.py --precision fp32 bf16 \
+        --variants model frozen checkpointed               # precisions and checkpointing
 
 Prints a table (``--json``: one JSON object instead); progress goes to stderr. What is measured
 and how: :mod:`mtlora_vision.benchmarking`. Each ``--methods`` config adds one more variant, named
 by its file stem, built as that config is. Merged inference (``--merged``) times every as-is
 variant after :func:`~mtlora_vision.adapters.merge.merge_for_inference` against the frozen
-reference. The CPU allocator is tuned as in the train and test tools (``MTLORA_MALLOC_TUNING=0``
+reference. ``--precision`` takes several values: every variant is then timed in each, keyed
+``variant@mode``, in the same interleaved rounds. The CPU allocator is tuned as in the train and test tools (``MTLORA_MALLOC_TUNING=0``
 times glibc's defaults).
 """
 
@@ -22,13 +25,16 @@ import time
 from typing import Any
 
 from mtlora_vision.cli import add_cfg_options, parse_cfg_options
+from mtlora_vision.engine.precision import add_precision_argument, default_precision
 
 #: Built-in variants (mtlora_vision.benchmarking.VARIANTS), listed in --help without importing it.
 VARIANT_HELP = {
     "model": "the config as is",
     "frozen": "adapters removed, whole Swin frozen (the reference of every ratio)",
     "no_adapter": "adapters removed, other backbone parts trainable as in the config",
+    "checkpointed": "the config with activation checkpointing in every stage (not by default)",
 }
+DEFAULT_VARIANTS = ["model", "frozen", "no_adapter"]
 
 PHASE_NAMES = {"train": "training step", "infer": "inference", "infer_merged": "merged inference"}
 
@@ -49,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=list(VARIANT_HELP),
+        default=DEFAULT_VARIANTS,
         metavar="NAME",
-        help=f"variants of CONFIG to time (default: all of {', '.join(VARIANT_HELP)})",
+        help=f"variants of CONFIG to time (default: {', '.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument(
         "--methods", nargs="+", metavar="CONFIG", help="more configs, timed side by side as is"
@@ -65,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, help="torch threads (default: torch's); 1 is steadier on shared CPUs"
     )
+    add_precision_argument(parser, several=True)
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
     add_cfg_options(parser, help="config overrides, applied to CONFIG and every --methods config")
     return parser
@@ -73,18 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.cfg_options = parse_cfg_options(args.cfg_options)
+    args.precision = args.precision or [default_precision()]
     return args
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The report as one table per phase: time, ratios against frozen, FLOPs, memory."""
+    """The report as one table per phase: time, ratios against frozen and the FLOP floor, memory."""
     lines = [
         f"{report['config']}: {report['img_size']}x{report['img_size']}, batch "
-        f"{report['batch_size']}, {report['iters']} timed steps, {report['threads']} thread(s)"
+        f"{report['batch_size']}, {report['iters']} timed steps, {report['threads']} thread(s)",
+        *(f"  {mode}: {text}" for mode, text in report["precisions"].items()),
     ]
+    width = max([14, *(len(n) for phase in PHASE_NAMES for n in report.get(phase, {}))])
     header = (
-        f"{'variant':<14} {'trainable':>10} {'median s':>9} {'x frozen':>8} {'round x':>8} "
-        f"{'cpu s':>7} {'GFLOPs':>8} {'FLOP x':>7} {'+MB':>7}"
+        f"{'variant':<{width}} {'trainable':>10} {'median s':>9} {'x frozen':>8} {'round x':>8} "
+        f"{'cpu s':>7} {'GFLOPs':>8} {'FLOP x':>7} {'x floor':>8} {'+MB':>7}"
     )
     for phase, title in PHASE_NAMES.items():
         if phase not in report:
@@ -93,15 +103,24 @@ def format_report(report: dict[str, Any]) -> str:
         for name, entry in report[phase].items():
             memory = entry.get("memory", {}).get("peak_minus_before_mb")
             lines.append(
-                f"{name:<14} {entry['trainable_params'] / 1e6:>9.2f}M "
+                f"{name:<{width}} {entry['trainable_params'] / 1e6:>9.2f}M "
                 f"{entry['median_s']:>9.3f} {_ratio(entry.get('ratio_vs_frozen'))} "
                 f"{_ratio(entry.get('round_ratio_vs_frozen'))} {entry['cpu_median_s']:>7.3f} "
                 f"{entry['gflops']:>8.1f} {_ratio(entry.get('flop_ratio_vs_frozen'), 7)} "
+                f"{_ratio(entry.get('over_floor'))} "
                 f"{'-' if memory is None else f'{memory:.0f}':>7}"
             )
+        speedups = [
+            f"{name}: {entry['ratio_vs_fp32']:.2f}x (round {entry['round_ratio_vs_fp32']:.2f}x)"
+            for name, entry in report[phase].items()
+            if "ratio_vs_fp32" in entry
+        ]
+        if speedups:
+            lines.append("time against the same variant in fp32: " + "; ".join(speedups))
     lines += [
         "",
         "x frozen: ratio of medians; round x: median of per-round ratios (steadier under load);",
+        "FLOP x: the FLOP ratio against frozen, the floor of x frozen; x floor: x frozen / FLOP x;",
         "+MB: peak RSS of two steps above the RSS before them, in a forked child (--json: both).",
     ]
     return "\n".join(lines)

@@ -22,6 +22,7 @@ their heavy imports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -128,6 +129,16 @@ def choose_precision(
     return Precision(requested, device, reason)
 
 
+def autocast(precision: Precision) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` of a mixed ``precision`` on its device; a null context for fp32."""
+    import torch
+
+    if not precision.mixed:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision.mode == "bf16" else torch.float16
+    return torch.autocast(precision.device, dtype=dtype)
+
+
 def detect_precision(requested: str) -> Precision:
     """:func:`choose_precision` for this machine (CUDA and CPU flags detected)."""
     import torch
@@ -210,27 +221,35 @@ def apply_precision(cfg: Any, precision: Precision) -> None:
     logger.info("Precision: %s.", cfg.precision)
 
 
-def add_precision_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``--precision`` (default ``$MTLORA_PRECISION`` or ``auto``) and its alias ``--amp``."""
+def add_precision_argument(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """Add ``--precision`` (default ``$MTLORA_PRECISION`` or ``auto``) and its alias ``--amp``.
+
+    With ``several``, ``--precision`` takes one or more values (``tools/benchmark.py`` times them
+    side by side; ``args.precision`` is then a list or None).
+    """
+    what = "one or more precisions, timed side by side (e.g. fp32 bf16)" if several else "precision"
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
+        nargs="+" if several else None,
         default=None,
-        help=(
-            "numeric precision; auto (default, or $MTLORA_PRECISION): fp16 autocast with loss "
-            "scaling on CUDA, bf16 autocast on CPUs with native bf16 (avx512_bf16 or AMX), fp32 "
-            "elsewhere"
-        ),
+        help=f"{what}; auto (default, or $MTLORA_PRECISION): fp16 autocast with loss scaling on "
+        "CUDA, bf16 autocast on CPUs with native bf16 (avx512_bf16 or AMX), fp32 elsewhere",
     )
     parser.add_argument(
         "--amp",
         dest="precision",
         action="store_const",
-        const="amp",
+        const=["amp"] if several else "amp",
         help="alias of the hardware's mixed precision (fp16 on CUDA, bf16 on the CPU)",
     )
 
 
+def default_precision() -> str:
+    """The precision used when none is given: ``$MTLORA_PRECISION``, else ``auto``."""
+    return os.environ.get(PRECISION_ENV) or "auto"
+
+
 def requested_precision(args: argparse.Namespace) -> str:
-    """The precision asked for: the flag, else ``$MTLORA_PRECISION``, else ``auto``."""
-    return args.precision or os.environ.get(PRECISION_ENV) or "auto"
+    """The precision asked for: ``--precision`` (or ``--amp``), else :func:`default_precision`."""
+    return args.precision or default_precision()
