@@ -54,6 +54,8 @@ VARIANTS: dict[str, Callable[[ConfigDict], ConfigDict]] = {}
 BACKBONE_GROUPS = ("adapters", "patch_embed", "norms", "rel_pos", "downsample", "backbone")
 
 FP32 = Precision("fp32", "cpu", "asked")
+#: Suffix of the ``torch.compile`` twin of a variant (``--compile``).
+COMPILED = "+compiled"
 
 
 def register_variant(name: str) -> Callable:
@@ -175,6 +177,33 @@ def prepare(model: nn.Module, phase: str) -> Callable[[Tensor], None]:
     if phase == "infer_merged":
         merge_for_inference(model)
     return lambda images: infer_step(model, images)
+
+
+def compiled_step(
+    model: nn.Module, phase: str, precision: Precision, images: Tensor
+) -> tuple[Callable[[Tensor], None], dict[str, float]]:
+    """The step of ``torch.compile(model)`` (a prepared ``model``), compiled on ``images`` now.
+
+    Returns:
+        The step and ``compile_s`` (seconds of the first, compiling call) and, for inference
+        phases, ``max_rel_diff``: the largest ``max|compiled - eager| / max|eager|`` over the task
+        outputs (training outputs differ by their dropout draws, so they are not compared).
+    """
+    compiled = torch.compile(model)
+    run = train_step if phase == "train" else infer_step
+    step = in_precision(lambda x: run(compiled, x), precision)
+    start = time.perf_counter()
+    step(images)
+    report = {"compile_s": time.perf_counter() - start}
+    if phase == "train":
+        return step, report
+    with torch.inference_mode(), autocast(precision):
+        eager, fast = model(images, mode="tensor"), compiled(images, mode="tensor")
+    diff = max(
+        float((fast[k].float() - v.float()).abs().max() / v.float().abs().max().clamp_min(1e-12))
+        for k, v in eager.items()
+    )
+    return step, {**report, "max_rel_diff": diff}
 
 
 def in_precision(step: Callable[[Tensor], None], precision: Precision) -> Callable[[Tensor], None]:
@@ -368,8 +397,8 @@ def summarize_precision(
 
     Medians and ratios against ``frozen`` of the same precision (:func:`summarize`, wall and CPU
     seconds), GFLOPs, the FLOP ratio against ``frozen`` (the floor of the measured ratio),
-    ``over_floor`` (measured ratio / floor) and, with several precisions, ``ratio_vs_fp32``
-    against the same variant in fp32 timed in the same rounds.
+    ``over_floor`` (measured ratio / floor), with several precisions ``ratio_vs_fp32`` against
+    the same variant in fp32, and for compiled twins ``ratio_vs_eager`` against the eager one.
     """
     ref = next((k for k, v in names.items() if v == "frozen"), "")
     summary = summarize({n: wall[n] for n in names}, ref, label="frozen")
@@ -384,10 +413,12 @@ def summarize_precision(
             if "ratio_vs_frozen" in entry:
                 entry["over_floor"] = entry["ratio_vs_frozen"] / floor
                 entry["round_over_floor"] = entry["round_ratio_vs_frozen"] / floor
-        fp32 = f"{variant}@fp32"
-        if several and name != fp32 and fp32 in wall:
-            pair = summarize({fp32: wall[fp32], name: wall[name]}, fp32, label="fp32")
-            entry.update({k: v for k, v in pair[name].items() if "_vs_" in k})
+        base, _, _ = name.partition("@")
+        others = {"fp32": f"{base}@fp32" if several else "", "eager": name.replace(COMPILED, "")}
+        for label, other in others.items():  # the same variant in fp32 / not compiled
+            if other != name and other in wall:
+                pair = summarize({other: wall[other], name: wall[name]}, other, label=label)
+                entry.update({k: v for k, v in pair[name].items() if "_vs_" in k})
     return summary
 
 
@@ -450,14 +481,26 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = lambda _: No
             for p in precisions
             for name, step in plain.items()
         }
+        compile_info: dict[str, dict[str, float]] = {}
+        for p in precisions if getattr(args, "compile", False) else ():
+            for name, model in models.items():
+                key = timed_name(name + COMPILED, p, several)
+                progress(f"{phase}: compiling {key}")
+                steps[key], compile_info[key] = compiled_step(model, phase, p, images)
         progress(f"{phase}: timing {args.warmup} + {args.iters} rounds of {len(steps)} variants")
         wall, cpu = time_interleaved(steps, images, args.iters, args.warmup)
         summary: dict[str, dict[str, Any]] = {}
         for p in precisions:
-            names = {timed_name(s.name, p, several): s.name for s in chosen}
+            names = {
+                timed_name(s.name + twin, p, several): s.name
+                for twin in ("", COMPILED)
+                for s in chosen
+                if timed_name(s.name + twin, p, several) in steps
+            }
             summary.update(summarize_precision(wall, cpu, names, flops, p.mode, several))
         for name, entry in summary.items():
-            entry["trainable_params"] = trainable[name.partition("@")[0]]
+            entry["trainable_params"] = trainable[name.partition("@")[0].replace(COMPILED, "")]
+            entry.update(compile_info.get(name, {}))
             if (phase, name) in memory:
                 entry["memory"] = memory[phase, name]
         report[phase] = summary

@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, help="torch threads (default: torch's); 1 is steadier on shared CPUs"
     )
     add_precision_argument(parser, several=True)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time a torch.compile twin of every variant (NAME+compiled): its first call "
+        "(compilation), time against the eager variant and, for inference, its largest "
+        "relative output difference; compilation takes minutes per variant on a small CPU",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
     add_cfg_options(parser, help="config overrides, applied to CONFIG and every --methods config")
     return parser
@@ -117,6 +124,15 @@ def format_report(report: dict[str, Any]) -> str:
         ]
         if speedups:
             lines.append("time against the same variant in fp32: " + "; ".join(speedups))
+        for name, entry in report[phase].items():
+            if "compile_s" in entry:
+                diff = entry.get("max_rel_diff")
+                lines.append(
+                    f"{name}: first call {entry['compile_s']:.0f} s, "
+                    f"{entry['ratio_vs_eager']:.2f}x the eager time (round "
+                    f"{entry['round_ratio_vs_eager']:.2f}x)"
+                    + ("" if diff is None else f", outputs within {diff:.1e} (relative)")
+                )
     lines += [
         "",
         "x frozen: ratio of medians; round x: median of per-round ratios (steadier under load);",
