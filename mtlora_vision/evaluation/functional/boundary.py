@@ -189,7 +189,8 @@ def nested_threshold_order(
     return ascending[::-1].astype(np.int64), sizes.astype(np.int64)
 
 
-def _f1(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+def f_measure(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    """F = 2PR / (P + R) elementwise, 0 where P + R = 0."""
     denom = precision + recall
     return 2.0 * precision * recall / np.where(denom > 0, denom, 1.0)
 
@@ -207,12 +208,12 @@ def ods_f(counts: Tensor, interpolate: bool = True) -> float:
     cnt_r, sum_r, cnt_p, sum_p = counts.to(torch.float64).numpy().T
     recall = cnt_r / np.where(sum_r > 0, sum_r, 1.0)
     precision = cnt_p / np.where(sum_p > 0, sum_p, 1.0)
-    best = float(_f1(precision, recall).max())
+    best = float(f_measure(precision, recall).max())
     if interpolate and len(recall) > 1:
         step = np.linspace(0.0, 1.0, _INTERP_STEPS)[None, :]  # (1, S)
         r = recall[1:, None] * step + recall[:-1, None] * (1.0 - step)  # (T-1, S)
         p = precision[1:, None] * step + precision[:-1, None] * (1.0 - step)
-        best = max(best, float(_f1(p, r).max()))
+        best = max(best, float(f_measure(p, r).max()))
     return best
 
 
@@ -248,10 +249,10 @@ def ois_f(
     if per_image.ndim != 3 or per_image.shape[-1] != 4:
         raise ValueError(f"per_image must be (N, T, 4), got {per_image.shape}.")
     precision, recall = precision_recall(per_image)
-    best = _f1(precision, recall).argmax(axis=1)  # first maximum, as MATLAB's max
+    best = f_measure(precision, recall).argmax(axis=1)  # first maximum, as MATLAB's max
     chosen = per_image[np.arange(len(per_image)), best].sum(axis=0)
     p, r = precision_recall(chosen)
-    return float(_f1(np.asarray(p), np.asarray(r)))
+    return float(f_measure(np.asarray(p), np.asarray(r)))
 
 
 def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:

@@ -29,7 +29,7 @@ import torch
 from skimage.morphology import thin
 from torch import Tensor
 
-from mtlora_vision.evaluation.functional.boundary import nested_threshold_order
+from mtlora_vision.evaluation.functional.boundary import f_measure, nested_threshold_order
 from mtlora_vision.evaluation.functional.edge_kernels import pr_counts_all_thresholds
 from mtlora_vision.tasks import IGNORE_INDEX
 
@@ -168,7 +168,4 @@ def seism_ods(counts: np.ndarray) -> float:
     Returns:
         ODS F as a fraction.
     """
-    precision, recall = seism_precision_recall(counts)
-    denom = precision + recall
-    f = np.where(denom > 0, 2.0 * precision * recall / np.where(denom > 0, denom, 1.0), 0.0)
-    return float(f.max())
+    return float(f_measure(*seism_precision_recall(counts)).max())
