@@ -176,10 +176,6 @@ def test_pure_helpers(compare) -> None:
     # (1, 5) and (10, 8) trade off; (20, 7) is beaten by (10, 8); (1, 2) by (1, 5).
     points = [(20.0, 7.0), (1.0, 5.0), (10.0, 8.0), (1.0, 2.0)]
     assert compare.pareto_front(points) == [1, 2]
-    resolved = compare.resolve_types(
-        {"type": "mtlora_vision.models.backbones.swin.SwinBackbone", "x": [{"type": "plain"}]}
-    )
-    assert resolved == {"type": SwinBackbone, "x": [{"type": "plain"}]}
 
 
 def test_seeds_are_grouped_with_mean_and_std(compare, tmp_path: Path) -> None:

@@ -189,29 +189,12 @@ def find_run(work_dir: Path) -> tuple[Path, dict[str, float], str]:
     return config, metrics, source
 
 
-def resolve_types(value: Any) -> Any:
-    """Turn dotted ``type`` strings of a dumped config (``'pkg.mod.Class'``) back into objects."""
-    if isinstance(value, Mapping):
-        out = {k: resolve_types(v) for k, v in value.items()}
-        kind = out.get("type")
-        if isinstance(kind, str) and "." in kind:
-            from mmengine.utils import get_object_from_string
-
-            obj = get_object_from_string(kind)
-            if obj is None:
-                raise ValueError(f"Cannot import type {kind!r} named in the dumped config.")
-            out["type"] = obj
-        return out
-    if isinstance(value, (list, tuple)):
-        return type(value)(resolve_types(v) for v in value)
-    return value
-
-
 def count_trainable(cfg: Config) -> tuple[int, int]:
     """Trainable and total parameter counts of the config's model (no pretrained weights)."""
     from mmengine.registry import MODELS
 
-    model_cfg = resolve_types(cfg.model.to_dict())
+    # Dumped configs name types by dotted path; mmengine's registry and our builders import them.
+    model_cfg = cfg.model.to_dict()
     if "pretrained" in model_cfg.get("backbone", {}):
         model_cfg["backbone"]["pretrained"] = None
     model = MODELS.build(model_cfg)
