@@ -251,10 +251,40 @@ def load_checkpoint_safely(
     if path.endswith(".safetensors"):
         return _load_safetensors(path)
     check_checkpoint_integrity(path)
+    checkpoint = _restricted_load(path, map_location, extra_safe_globals, mmap=False)
+    return _replace_stand_ins(checkpoint)
+
+
+def peek_checkpoint(filename: str | Path) -> Any:
+    """Unpickle a checkpoint's structure cheaply, for its ``meta``: no integrity check.
+
+    Torch's zip files are memory-mapped, so tensor data is not read; a file in torch's legacy
+    format is loaded in full. The same restricted unpickler as :func:`load_checkpoint_safely`
+    applies. Whatever is chosen from the result must still pass :func:`check_checkpoint_integrity`
+    before it is trusted (``--resume`` does: :func:`mtlora_vision.engine.resume.latest_checkpoint`).
+
+    Raises:
+        DamagedCheckpointError: If the file's structure cannot be read.
+        UnsafeCheckpointError: If it holds a type outside the allow-list.
+    """
+    path = osp.expanduser(str(filename))
+    mmap = zipfile.is_zipfile(path)
+    if not mmap:
+        check_checkpoint_integrity(path)  # empty, truncated zip or unknown format: say which
+    return _replace_stand_ins(_restricted_load(path, "cpu", (), mmap=mmap))
+
+
+def _restricted_load(
+    path: str,
+    map_location: str | torch.device | Callable | None,
+    extra_safe_globals: Iterable[Callable | tuple[Callable, str]],
+    mmap: bool,
+) -> Any:
+    """``torch.load`` with the restricted unpickler and :func:`checkpoint_safe_globals`."""
     allowed = checkpoint_safe_globals() + list(extra_safe_globals)
     with torch.serialization.safe_globals(allowed):
         try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as err:
             if "Unsupported operand" in str(err):  # not a pickle opcode: damage, not a refusal
                 raise _damaged(path, "its pickle data cannot be read") from None
@@ -263,4 +293,3 @@ def load_checkpoint_safely(
             if _is_damage(err):
                 raise _damaged(path, f"torch cannot read it ({err})") from None
             raise
-    return _replace_stand_ins(checkpoint)

@@ -80,8 +80,27 @@ def test_damaged_newest_checkpoint_is_skipped_naming_it_and_why(tmp_path, caplog
         assert latest_checkpoint(str(tmp_path)) == CheckpointProgress(six, 6, 24)
     assert f"--resume skips {tmp_path / 'epoch_12.pth'}, it is damaged: " in caplog.text
     (tmp_path / "epoch_6.pth").write_bytes(b"")
-    with pytest.raises(DamagedCheckpointError, match=r"No complete checkpoint.*epoch_12.*epoch_6"):
+    with pytest.raises(DamagedCheckpointError, match=r"No complete checkpoint") as err:
         latest_checkpoint(str(tmp_path))
+    assert "epoch_12.pth is damaged" in str(err.value)
+    assert "epoch_6.pth is damaged" in str(err.value)
+
+
+def test_only_the_most_advanced_candidates_are_checksummed(tmp_path, monkeypatch):
+    # Progress is read through a memory map; checksums (which read every byte) stop at the first
+    # complete candidate from the top, so a work dir of many checkpoints is not read in full.
+    import mtlora_vision.engine.resume as resume
+
+    for epoch in (2, 4, 6, 8):
+        _save(tmp_path / f"epoch_{epoch}.pth", epoch)
+    (tmp_path / "epoch_8.pth").write_bytes((tmp_path / "epoch_8.pth").read_bytes()[:-1] + b"x")
+    checked = []
+    real_check = resume.check_checkpoint_integrity
+    monkeypatch.setattr(
+        resume, "check_checkpoint_integrity", lambda p: checked.append(p) or real_check(p)
+    )
+    assert latest_checkpoint(str(tmp_path)).epoch == 6
+    assert [os.path.basename(p) for p in checked] == ["epoch_8.pth", "epoch_6.pth"]
 
 
 def test_checkpoint_without_record_is_still_used(tmp_path):

@@ -13,6 +13,9 @@
 * **Damage survived.** A candidate that fails its integrity check (see
   :mod:`mtlora_vision.fileio`) is skipped with a warning naming it and why; the next most advanced
   complete one is used. Only when every candidate is damaged is it an error.
+* **Cheap.** Each candidate's ``meta`` is read through a memory map (no tensor data), and only
+  the most advanced ones are checksummed, from the top down until one is complete: a work dir of
+  many large checkpoints is not read in full.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from mtlora_vision.fileio import atomic_write_bytes
 from mtlora_vision.safe_load import (
     DamagedCheckpointError,
     UnsafeCheckpointError,
-    load_checkpoint_safely,
+    check_checkpoint_integrity,
+    peek_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,14 +78,20 @@ def read_pointer(work_dir: str) -> str | None:
 
 
 def checkpoint_progress(path: str) -> CheckpointProgress:
-    """Read a checkpoint (integrity checked, safely) and return the progress in its ``meta``.
+    """Check a checkpoint's integrity and return the progress in its ``meta``.
 
     Raises:
         DamagedCheckpointError: If the file is damaged.
         UnsafeCheckpointError: If it holds a type outside the allow-list.
         ValueError: If it records no ``meta.epoch`` / ``meta.iter`` (not a training checkpoint).
     """
-    checkpoint = load_checkpoint_safely(path, map_location="cpu")
+    check_checkpoint_integrity(path)
+    return _recorded_progress(path)
+
+
+def _recorded_progress(path: str) -> CheckpointProgress:
+    """The progress in a checkpoint's ``meta``, read without checking the file's integrity."""
+    checkpoint = peek_checkpoint(path)
     meta = checkpoint.get("meta") if isinstance(checkpoint, Mapping) else None
     if not isinstance(meta, Mapping) or "epoch" not in meta or "iter" not in meta:
         raise ValueError(f"{path!r} records no training progress (meta.epoch, meta.iter).")
@@ -114,20 +124,29 @@ def latest_checkpoint(work_dir: str) -> CheckpointProgress | None:
     Raises:
         DamagedCheckpointError: If there are checkpoints but every one is damaged.
     """
-    complete, skipped = [], []
+    recorded, skipped = [], []
+
+    def skip(path: str, reason: str) -> None:
+        skipped.append(f"{path} is damaged: {reason}.")
+        logger.warning("--resume skips %s, it is damaged: %s.", path, reason)
+
     for path in checkpoint_candidates(work_dir):
         try:
-            complete.append(checkpoint_progress(path))
+            recorded.append(_recorded_progress(path))
         except UnsafeCheckpointError:
             raise  # never skipped quietly: a refused file in a work dir needs a look
         except DamagedCheckpointError as err:
-            skipped.append(f"{path} is damaged: {err.reason}.")
-            logger.warning("--resume skips %s, it is damaged: %s.", path, err.reason)
+            skip(path, err.reason)
         except ValueError as err:
             skipped.append(str(err))
             logger.warning("--resume skips %s: %s", path, err)
-    if complete:
-        return max(complete, key=lambda c: (c.iter, c.epoch))
+    for point in sorted(recorded, key=lambda c: (c.iter, c.epoch), reverse=True):
+        try:
+            check_checkpoint_integrity(point.path)
+        except DamagedCheckpointError as err:
+            skip(point.path, err.reason)
+            continue
+        return point
     if skipped:
         raise DamagedCheckpointError(
             f"No complete checkpoint to resume in {work_dir!r}: {' '.join(skipped)} Start "
