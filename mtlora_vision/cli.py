@@ -8,7 +8,10 @@ turned into a dict by mmengine's own ``DictAction`` once the arguments are known
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 CFG_OPTIONS_HELP = (
     "override config entries as KEY=VALUE, e.g. train_cfg.max_epochs=10 data_root=data/PASCAL_MT; "
@@ -41,3 +44,28 @@ def add_launcher(parser: argparse.ArgumentParser) -> None:
         help="how the processes were started: none (one process), pytorch (torchrun), slurm",
     )
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def run_tool(main: Callable[[], int | None]) -> NoReturn:
+    """Run a tool's ``main`` and exit; an input error ends it with its message alone.
+
+    An error that marks the user's input as wrong (:class:`mtlora_vision.errors.InputError`, or a
+    missing file or folder) is printed as ``<tool>: error: <message>`` with exit status 2, like
+    argparse's own errors, instead of a traceback through mmengine. Other errors keep their
+    traceback; ``MTLORA_TRACEBACK=1`` shows it for input errors too.
+    """
+    try:
+        status = main()
+    except Exception as err:
+        if not _is_input_error(err) or os.environ.get("MTLORA_TRACEBACK") == "1":
+            raise
+        prog = os.path.basename(sys.argv[0]) or "mtlora_vision"
+        sys.stderr.write(f"{prog}: error: {err}\n(MTLORA_TRACEBACK=1 shows where it was raised)\n")
+        sys.exit(2)
+    sys.exit(status or 0)
+
+
+def _is_input_error(err: BaseException) -> bool:
+    from mtlora_vision.errors import InputError
+
+    return isinstance(err, InputError | FileNotFoundError | NotADirectoryError)

@@ -26,6 +26,8 @@ import secrets
 import zipfile
 from pathlib import Path
 
+from mtlora_vision.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
@@ -35,7 +37,7 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _CHUNK = 1 << 20
 
 
-class DamagedFileError(ValueError):
+class DamagedFileError(InputError, ValueError):
     """A file is truncated, altered or not in the expected format (it was not loaded)."""
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
+from mtlora_vision.errors import InputError
 from mtlora_vision.fileio import DamagedFileError, check_file_integrity
 
 #: Foreign classes known to occur in checkpoints people load, read as :class:`ForeignObject`.
@@ -58,7 +59,7 @@ _NUMPY_DTYPES = (
 )
 
 
-class UnsafeCheckpointError(ValueError, pickle.UnpicklingError):
+class UnsafeCheckpointError(InputError, ValueError, pickle.UnpicklingError):
     """A checkpoint holds a type outside the allow-list; it was not unpickled."""
 
 

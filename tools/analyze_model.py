@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from mtlora_vision.cli import add_cfg_options, parse_cfg_options
+from mtlora_vision.cli import add_cfg_options, parse_cfg_options, run_tool
 
 if TYPE_CHECKING:
     from torch import nn
@@ -119,4 +119,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mtlora_vision.cli import run_tool
+
 if TYPE_CHECKING:  # torch is imported where it is used: --help answers without it
     from torch import Tensor
 
@@ -161,4 +163,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -18,6 +18,7 @@ import json
 import logging
 from pathlib import Path
 
+from mtlora_vision.cli import run_tool
 from mtlora_vision.tasks import DATASETS, EDGE_PROTOCOLS
 
 
@@ -88,4 +89,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -11,6 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from mtlora_vision.cli import run_tool
 from mtlora_vision.tasks import NUM_OUTPUTS
 
 
@@ -49,4 +50,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mtlora_vision.cli import add_cfg_options, parse_cfg_options
+from mtlora_vision.cli import add_cfg_options, parse_cfg_options, run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,4 +80,4 @@ def write_figure(model, result: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
+from mtlora_vision.cli import run_tool
 from mtlora_vision.tasks import NUM_OUTPUTS
 
 
@@ -79,4 +79,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)

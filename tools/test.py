@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mtlora_vision.cli import add_cfg_options, add_launcher, parse_cfg_options
+from mtlora_vision.cli import add_cfg_options, add_launcher, parse_cfg_options, run_tool
 from mtlora_vision.engine.precision import add_precision_argument
 
 
@@ -122,4 +122,4 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mtlora_vision.cli import add_cfg_options, add_launcher, parse_cfg_options
+from mtlora_vision.cli import add_cfg_options, add_launcher, parse_cfg_options, run_tool
 from mtlora_vision.engine.precision import add_precision_argument
 
 
@@ -113,4 +113,4 @@ def train(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

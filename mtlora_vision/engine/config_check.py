@@ -21,6 +21,8 @@ from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 from mmengine.runner import Runner
 from torch.utils.data import DataLoader
 
+from mtlora_vision.errors import InputError
+
 # Top-level entries something reads after the file is evaluated: the Runner's arguments, what
 # mmengine's Runner looks up in its cfg, and this project's own entries.
 _RUNNER_READS = {"model_wrapper_cfg", "compile", "activation_checkpointing", "sync_bn"}
@@ -116,7 +118,7 @@ def _dotted_paths(node: Any, prefix: str = "") -> Iterator[str]:
         yield from _dotted_paths(value, path + ".")
 
 
-class UnknownConfigKeyError(KeyError):
+class UnknownConfigKeyError(InputError, KeyError):
     """A config key that nothing would read; the message names the closest existing keys."""
 
     def __str__(self) -> str:

@@ -9,6 +9,8 @@ from mmengine.dist import get_world_size
 from mmengine.runner import EpochBasedTrainLoop
 from torch.utils.data import DataLoader
 
+from mtlora_vision.errors import ConfigError
+
 
 def check_has_batches(loader: DataLoader, name: str) -> None:
     """Raise if ``loader`` yields no batch (fewer samples per process than one batch, drop_last).
@@ -26,7 +28,7 @@ def check_has_batches(loader: DataLoader, name: str) -> None:
     split = getattr(dataset, "split", "?")
     per_process, world = len(loader.sampler), get_world_size()
     share = f", {per_process} per process over {world} processes" if world > 1 else ""
-    raise ValueError(
+    raise ConfigError(
         f"{name}: split {split!r} of {type(dataset).__name__} has {len(dataset)} samples{share}, "
         f"fewer than one batch of {loader.batch_size} (drop_last={loader.drop_last}), so training "
         f"would do nothing. Set {name}.batch_size to at most {max(per_process, 1)} or use a "

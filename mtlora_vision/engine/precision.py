@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mtlora_vision.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -103,7 +105,7 @@ def choose_precision(
     """
     device = "cuda" if cuda else "cpu"
     if requested not in (*PRECISIONS, "amp"):
-        raise ValueError(
+        raise ConfigError(
             f"Unknown precision {requested!r} (--precision or ${PRECISION_ENV}); choose one of "
             f"{', '.join(PRECISIONS)}."
         )
@@ -117,12 +119,12 @@ def choose_precision(
         flags = ", ".join(NATIVE_BF16_FLAGS)
         return Precision("fp32", device, f"auto: CPU without native bf16 (none of {flags})")
     if requested == "fp16" and not cuda:
-        raise ValueError(
+        raise ConfigError(
             "--precision fp16 needs CUDA (fp16 autocast with loss scaling); on the CPU use bf16 "
             "(fast where the CPU has native bf16) or fp32."
         )
     if requested == "bf16" and cuda and not cuda_bf16:
-        raise ValueError("--precision bf16: this GPU has no bf16 support; use fp16 or fp32.")
+        raise ConfigError("--precision bf16: this GPU has no bf16 support; use fp16 or fp32.")
     reason = "asked"
     if requested == "bf16" and not cuda and not cpu_flags:
         reason = "asked; this CPU has no native bf16, so bf16 is emulated and likely slower"
@@ -163,7 +165,7 @@ def _apply_to_wrapper(wrapper: Any, precision: Precision) -> None:
     kind = _type_name(wrapper.get("type", "OptimWrapper"))
     if kind not in _WRAPPERS:
         if precision.mixed:
-            raise ValueError(
+            raise ConfigError(
                 f"optim_wrapper.type={kind!r}: --precision {precision.mode} can only switch "
                 f"{', '.join(_WRAPPERS)}; use --precision fp32 or one of those wrappers."
             )
@@ -190,7 +192,7 @@ def _apply_to_loop(key: str, loop: Any, precision: Precision) -> None:
     if kind in _LOOPS:
         loop.fp16 = precision.mixed
     elif precision.mixed:
-        raise ValueError(
+        raise ConfigError(
             f"{key}.type={kind!r}: --precision {precision.mode} sets fp16 on mmengine's "
             f"{' and '.join(_LOOPS)} only; use --precision fp32 or one of those loops."
         )

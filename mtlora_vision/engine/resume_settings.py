@@ -18,6 +18,8 @@ from typing import Any
 
 from mmengine.hooks import Hook
 
+from mtlora_vision.errors import ConfigError
+
 SETTINGS_KEY = "resume_settings"
 # What the record holds: config entries, plain values only (safe to load, easy to compare).
 RECORDED = ("model", "optim_wrapper", "param_scheduler", "train_cfg", "auto_scale_lr")
@@ -142,7 +144,7 @@ class ResumeSettingsHook(Hook):
         allowed, refused = split_changes(old, record_settings(runner.cfg))
         if refused:
             shown = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in refused)
-            raise ValueError(
+            raise ConfigError(
                 "Cannot resume: settings that shape the model differ from the checkpoint's "
                 f"(checkpoint -> now: {shown}). Set them back to resume, or start a new run in "
                 "another --work-dir (load_from=CHECKPOINT starts it from these weights)."
@@ -166,7 +168,7 @@ class ResumeSettingsHook(Hook):
         saved = checkpoint.get("optimizer", {}).get("param_groups", [])
         live = runner.optim_wrapper.optimizer.param_groups
         if len(saved) != len(live):
-            raise ValueError(
+            raise ConfigError(
                 f"Cannot resume: the optimizer has {len(live)} parameter groups, the checkpoint "
                 f"{len(saved)}; the optimizer constructor or paramwise_cfg changed the grouping."
             )

@@ -18,6 +18,7 @@ from mtlora_vision.engine.resume import (
     latest_checkpoint,
     training_finished,
 )
+from mtlora_vision.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def resolve_cpu_threads(cfg: Config, cuda: bool | None = None) -> int | None:
     if threads is None or cuda or "OMP_NUM_THREADS" in os.environ:
         return None
     if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"cpu_threads must be a positive integer, got {threads!r} in the config.")
+        raise ConfigError(f"cpu_threads must be a positive integer, got {threads!r} in the config.")
     torch.set_num_threads(threads)
     logger.info("CPU run: %d torch thread(s) (config cpu_threads).", threads)
     return threads
@@ -174,7 +175,7 @@ def resolve_randomness(cfg: Config, seed: int | None, deterministic: bool) -> No
     randomness = cfg.get("randomness") or ConfigDict()
     if seed is not None:
         if not 0 <= seed < 2**32:
-            raise ValueError(f"--seed must be in [0, 2**32), got {seed}.")
+            raise ConfigError(f"--seed must be in [0, 2**32), got {seed}.")
         randomness["seed"] = seed
     if deterministic:
         randomness["deterministic"] = True
