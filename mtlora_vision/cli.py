@@ -46,13 +46,14 @@ def add_launcher(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
 
 
-def run_tool(main: Callable[[], int | None]) -> NoReturn:
+def run_tool(main: Callable[[], Any]) -> NoReturn:
     """Run a tool's ``main`` and exit; an input error ends it with its message alone.
 
     An error that marks the user's input as wrong (:class:`mtlora_vision.errors.InputError`, or a
     missing file or folder) is printed as ``<tool>: error: <message>`` with exit status 2, like
     argparse's own errors, instead of a traceback through mmengine. Other errors keep their
-    traceback; ``MTLORA_TRACEBACK=1`` shows it for input errors too.
+    traceback; ``MTLORA_TRACEBACK=1`` shows it for input errors too. An integer that ``main``
+    returns is the exit status; anything else it returns (e.g. ``tools/test.py``'s metrics) means 0.
     """
     try:
         status = main()
@@ -62,7 +63,7 @@ def run_tool(main: Callable[[], int | None]) -> NoReturn:
         prog = os.path.basename(sys.argv[0]) or "mtlora_vision"
         sys.stderr.write(f"{prog}: error: {err}\n(MTLORA_TRACEBACK=1 shows where it was raised)\n")
         sys.exit(2)
-    sys.exit(status or 0)
+    sys.exit(status if isinstance(status, int) and not isinstance(status, bool) else 0)
 
 
 def _is_input_error(err: BaseException) -> bool:
