@@ -155,6 +155,10 @@ def test_test_tool_writes_metrics_json_predictions_and_pictures(trained, capsys)
     captured = capsys.readouterr()
     assert "test: 100%" in captured.err  # progress bar over the 1 test batch
     assert "human_parts  mIoU" in captured.out  # per-task table
+    # mmengine prints its "Loads checkpoint by ..." line; the runner puts it in the log instead.
+    assert "Loads checkpoint by" not in captured.out
+    test_log = next((root / "test").glob("*/*.log")).read_text()
+    assert f"checkpoint by local_safe backend from path: {work_dir / 'epoch_1.pth'}" in test_log
     # Offline-evaluation formats at the original image size (synthetic images are 48 x 64).
     for task in ("semseg", "human_parts", "sal", "normals", "edge"):
         files = sorted((root / "preds" / task).glob("*.png"))
@@ -252,6 +256,7 @@ def test_train_kill_resume_and_finish(tmp_path, caplog):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # The console's start-up summary names the source; mmengine's own line is in the log file.
     assert "weights:    resumed from " in resumed.stdout
+    assert "Loads checkpoint by" not in resumed.stdout
     newest_log = sorted(work_dir.glob("*/*.log"))[-1]
     assert "resumed epoch: " in newest_log.read_text()
     final = torch.load(work_dir / "epoch_3.pth", map_location="cpu", weights_only=False)

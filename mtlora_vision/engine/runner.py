@@ -10,11 +10,15 @@
   says ``GPU number: 1`` and ``backend: nccl`` on a CPU machine);
 * the package's own log records go through this run's logger
   (:mod:`mtlora_vision.engine.run_logging`);
-* mmengine's warnings about its own internal use of deprecated APIs are dropped.
+* mmengine's warnings about its own internal use of deprecated APIs are dropped;
+* the line mmengine prints to stdout when it loads a checkpoint (``Loads checkpoint by ...``,
+  ``print_log`` without a logger) goes to the run's log instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os.path as osp
 from collections import OrderedDict
@@ -81,6 +85,16 @@ class MultiTaskRunner(Runner):
         self._quiet = quiet_run_logger(logger)
         attach_run_logger(logger)
         return logger
+
+    def load_checkpoint(self, filename: str, *args, **kwargs) -> dict:
+        """Load as mmengine does; what it prints goes to the run's log."""
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                return super().load_checkpoint(filename, *args, **kwargs)
+        finally:
+            for line in printed.getvalue().splitlines():
+                self.logger.info(line)
 
     def _log_env(self, env_cfg: dict) -> None:
         """Log the system and runtime environment and the config (to the log file)."""
