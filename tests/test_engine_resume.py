@@ -18,6 +18,7 @@ from mtlora_vision.engine.resume import (
     training_finished,
     write_pointer,
 )
+from mtlora_vision.engine.resume_settings import record_settings, split_changes
 from mtlora_vision.engine.runtime import finished_run_message, resolve_resume
 from mtlora_vision.safe_load import DamagedCheckpointError
 
@@ -145,3 +146,18 @@ def test_training_finished_by_epochs_or_iterations():
     assert training_finished({"max_iters": 80}, point)
     assert not training_finished({"max_iters": 81}, point)
     assert not training_finished({}, point)
+
+
+def test_samples_per_step_are_recorded_and_may_not_change_on_resume():
+    cfg = {"train_dataloader": {"batch_size": 8}, "model": {"type": "M"}}
+    old = record_settings(cfg, processes=2)
+    assert old["batch"] == {"train_dataloader.batch_size": 8, "processes": 2}
+    assert split_changes(old, record_settings(cfg, processes=2)) == ([], [])
+    _, refused = split_changes(old, record_settings(cfg, processes=1))
+    assert refused == [("processes", 2, 1)]
+    smaller = {**cfg, "train_dataloader": {"batch_size": 4}}
+    _, refused = split_changes(old, record_settings(smaller, processes=2))
+    assert refused == [("train_dataloader.batch_size", 8, 4)]
+    # A record written before the samples per step were recorded is not checked for them.
+    older = {k: v for k, v in old.items() if k != "batch"}
+    assert split_changes(older, record_settings(smaller, processes=1)) == ([], [])

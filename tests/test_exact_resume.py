@@ -204,11 +204,15 @@ def test_a_changed_model_shape_on_resume_is_an_error_naming_the_setting(uninterr
     shutil.copy(uninterrupted / "full" / "epoch_1.pth", work_dir / "epoch_1.pth")
     cmd = train_cmd(
         uninterrupted, work_dir, 3, 0, "--resume", str(work_dir / "epoch_1.pth"),
-        options=("model.adapter.shared_rank=4", "model.adapter.dropout=0.1"),
+        options=(
+            "model.adapter.shared_rank=4", "model.adapter.dropout=0.1",
+            "train_dataloader.batch_size=1",  # iterations and schedule counted in batches of 2
+        ),
     )  # fmt: skip
     result = run(cmd, ok=False)
     assert "Cannot resume" in result.stderr
     assert "model.adapter.shared_rank: 2 -> 4" in result.stderr
+    assert "train_dataloader.batch_size: 2 -> 1" in result.stderr
     assert "dropout" not in result.stderr.splitlines()[-1]  # regularisation may change
     assert sorted(p.name for p in work_dir.glob("*.pth")) == ["epoch_1.pth"]
 

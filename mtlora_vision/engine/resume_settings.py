@@ -6,7 +6,9 @@ rate or schedule in the config is silently replaced by the old one. :class:`Resu
 fixes that on our side: every checkpoint records its settings, and on resume a changed optimizer
 or schedule is recomputed from the new config at the resumed iteration (as if the run had used it
 from the start) before mmengine applies the checkpoint. Settings that shape the model cannot
-change on resume and stop it with an error naming them.
+change on resume and stop it with an error naming them; so can't the samples per step (batch
+size per process, number of processes): the checkpoint's iteration count, the schedule's
+position and the order of the samples are counted in steps of the old size.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ RESCHEDULED += ("auto_scale_lr",)
 # Model settings that do not change its parameters: these may change on resume.
 MODEL_CHANGEABLE = ("model.adapter.dropout", "model.backbone.drop_path_rate", "model.losses")
 MODEL_CHANGEABLE += ("model.backbone.pretrained",)
+# Samples per step: recorded beside the config entries, refused when changed on resume.
+BATCH = "batch"
 _UNSET = "<unset>"
 
 
@@ -45,9 +49,13 @@ def plain(value: Any) -> Any:
     return repr(value)
 
 
-def record_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings of a run that a checkpoint records (see ``RECORDED``)."""
-    return {key: plain(cfg.get(key)) for key in RECORDED}
+def record_settings(cfg: Mapping[str, Any], processes: int = 1) -> dict[str, Any]:
+    """The settings of a run that a checkpoint records: ``RECORDED`` and the samples per step."""
+    record = {key: plain(cfg.get(key)) for key in RECORDED}
+    loader = cfg.get("train_dataloader") or {}
+    batch_size = loader.get("batch_size")
+    record[BATCH] = {"train_dataloader.batch_size": batch_size, "processes": processes}
+    return record
 
 
 def diff_settings(old: Any, new: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
@@ -70,12 +78,21 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 def split_changes(
     old: Mapping[str, Any], new: Mapping[str, Any]
 ) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
-    """Changes between two records: ``(allowed, refused)``; refused ones shape the model."""
+    """Changes between two records: ``(allowed, refused)``.
+
+    Refused: what shapes the model, and the samples per step (shown without the ``batch.``
+    prefix). A record from before the samples per step were recorded is not checked for them.
+    """
     allowed, refused = [], []
-    for change in diff_settings(dict(old), dict(new)):
-        key = change[0]
+    old, new = dict(old), dict(new)
+    if BATCH not in old:
+        new.pop(BATCH, None)
+    for key, before, after in diff_settings(old, new):
+        if _under(key, (BATCH,)):
+            refused.append((key[len(BATCH) + 1 :], before, after))
+            continue
         shapes_model = _under(key, ("model",)) and not _under(key, MODEL_CHANGEABLE)
-        (refused if shapes_model else allowed).append(change)
+        (refused if shapes_model else allowed).append((key, before, after))
     return allowed, refused
 
 
@@ -116,14 +133,16 @@ class ResumeSettingsHook(Hook):
     Changed optimizer, schedule or schedule-length settings (``optim_wrapper``,
     ``param_scheduler``, ``train_cfg``, ``auto_scale_lr``) and the model's regularisation
     (dropout, DropPath, losses) take effect, with one log line naming each change (old -> new).
-    Any other model setting (architecture, ranks, adapter type, tasks...) is an error.
+    Any other model setting (architecture, ranks, adapter type, tasks...) is an error, and so is
+    a changed batch size per process or number of processes.
     """
 
     priority = "VERY_HIGH"
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         """Store the run's settings as plain data in ``checkpoint["meta"]``."""
-        checkpoint.setdefault("meta", {})[SETTINGS_KEY] = record_settings(runner.cfg)
+        record = record_settings(runner.cfg, runner.world_size)
+        checkpoint.setdefault("meta", {})[SETTINGS_KEY] = record
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """On resume: refuse model changes; make new optimizer/schedule settings take effect.
@@ -141,13 +160,14 @@ class ResumeSettingsHook(Hook):
                 "changed settings are neither checked nor applied to the optimizer and schedule."
             )
             return
-        allowed, refused = split_changes(old, record_settings(runner.cfg))
+        allowed, refused = split_changes(old, record_settings(runner.cfg, runner.world_size))
         if refused:
             shown = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in refused)
             raise ConfigError(
-                "Cannot resume: settings that shape the model differ from the checkpoint's "
-                f"(checkpoint -> now: {shown}). Set them back to resume, or start a new run in "
-                "another --work-dir (load_from=CHECKPOINT starts it from these weights)."
+                "Cannot resume: settings that shape the model or the samples per step differ "
+                f"from the checkpoint's (checkpoint -> now: {shown}). Set them back to resume, or "
+                "start a new run in another --work-dir (load_from=CHECKPOINT starts it from these "
+                "weights)."
             )
         if not allowed:
             return
