@@ -109,3 +109,34 @@ def test_nyud_classes_and_unknown_counts_are_named():
     assert names == ["0 wall", "1 floor", "39 otherprop", IGNORED_LABEL]
     generic = [label for label, _ in legend_entries("semseg", [labels], num_classes=50)]
     assert generic[:2] == ["class 0", "class 1"]
+
+
+def test_the_datasets_class_names_win_over_the_count():
+    # A custom dataset with 21 classes that are not VOC's: its own names, not VOC's.
+    labels = torch.tensor([[0, 2], [1, 255]])
+    own = ("road", "car", "tree", *(f"c{i}" for i in range(3, 21)))
+    names = [label for label, _ in legend_entries("semseg", [labels], 21, names=own)]
+    assert names == ["0 road", "1 car", "2 tree", IGNORED_LABEL]
+    fig = prediction_figure(
+        np.zeros((8, 8, 3), np.uint8), {"semseg": labels}, num_classes={"semseg": 21},
+        names={"semseg": own},
+    )  # fmt: skip
+    assert _legend_texts(fig) == [["0 road", "1 car", "2 tree", IGNORED_LABEL]]
+
+
+def test_class_names_come_from_the_dataset_of_the_run_or_of_the_config():
+    from types import SimpleNamespace
+
+    from mtlora_vision.apis.predict import model_class_names
+    from mtlora_vision.datasets.class_info import HUMAN_PART_CLASSES, NYUD_CLASSES, VOC_CLASSES
+    from mtlora_vision.engine.runtime import load_config
+    from mtlora_vision.engine.visualization_hook import dataset_class_names
+
+    dataset = SimpleNamespace(metainfo={"classes": {"semseg": ["a", "b"], "human_parts": []}})
+    assert dataset_class_names(dataset) == {"semseg": ("a", "b")}
+    assert dataset_class_names(object()) == {}
+    pascal = SimpleNamespace(cfg=load_config("configs/mtlora_swin_demo.py"))
+    assert model_class_names(pascal) == {"semseg": VOC_CLASSES, "human_parts": HUMAN_PART_CLASSES}
+    nyud = SimpleNamespace(cfg=load_config("configs/_base_/datasets/nyud_mt.py"))
+    assert model_class_names(nyud) == {"semseg": NYUD_CLASSES}
+    assert model_class_names(SimpleNamespace()) == {}

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_figure(model, result: dict, path: Path) -> None:
+    from mtlora_vision.apis.predict import model_class_names
     from mtlora_vision.visualization.figure import prediction_figure, save_figure
 
     fig = prediction_figure(
@@ -74,6 +75,7 @@ def write_figure(model, result: dict, path: Path) -> None:
         result["pred"],
         num_classes=getattr(model, "num_outputs", None),
         title=result["path"].name,
+        names=model_class_names(model),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, path)

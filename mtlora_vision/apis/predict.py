@@ -88,6 +88,21 @@ def default_input_size(model: nn.Module) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+def model_class_names(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Class names per segmentation task of the dataset in the model's config ({} if unknown).
+
+    The names are the ``classes`` of the dataset class that ``model.cfg``'s test loader names
+    (e.g. the 21 VOC classes of ``PascalContextMT``), for the legends of ``tools/predict.py``.
+    """
+    from mtlora_vision.config_types import resolve_type
+
+    cfg = getattr(model, "cfg", None)
+    dataset = (cfg.get("test_dataloader") or {}).get("dataset") or {} if cfg is not None else {}
+    kind = resolve_type(dataset.get("type"), {}) if dataset.get("type") else None
+    classes = getattr(kind, "classes", None) or {}
+    return {task: tuple(names) for task, names in classes.items() if names}
+
+
 def check_input_size(model: nn.Module, size: Sequence[int], flag: str = "size") -> None:
     """Refuse an input size the backbone cannot take, naming ``flag`` as what to change.
 

@@ -60,6 +60,7 @@ class MultiTaskVisualizationHook(Hook):
                 ori_shape=sample.get("ori_shape"),
                 num_classes=model_num_outputs(runner),
                 title=str(sample["id"]),
+                names=dataset_class_names(runner.val_loop.dataloader.dataset),
             )
             runner.visualizer.add_image(f"val/{sample['id']}", figure_to_rgb(fig), step=step)
 
@@ -75,6 +76,12 @@ def model_num_outputs(runner) -> dict[str, int]:
     """Output channels per task of the runner's model (classes of the segmentation tasks)."""
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     return dict(getattr(model, "num_outputs", {}) or {})
+
+
+def dataset_class_names(dataset) -> dict[str, tuple[str, ...]]:
+    """Class names per segmentation task from a dataset's ``metainfo["classes"]`` ({} if none)."""
+    metainfo = getattr(dataset, "metainfo", None) or {}
+    return {task: tuple(names) for task, names in (metainfo.get("classes") or {}).items() if names}
 
 
 def _make_local_image_dirs(visualizer: Visualizer, group: str) -> None:
@@ -183,6 +190,7 @@ class PredictionWriterHook(Hook):
             ori_shape=sample.get("ori_shape"),
             num_classes=model_num_outputs(runner),
             title=str(sample["id"]),
+            names=dataset_class_names(runner.test_loop.dataloader.dataset),
         )
         self.show_dir.mkdir(parents=True, exist_ok=True)
         save_figure(fig, self.show_dir / f"{sample['id']}.png")

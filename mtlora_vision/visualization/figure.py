@@ -50,17 +50,23 @@ _PALETTE = label_palette()
 _FONT = 9
 
 
-def class_names(task: str, num_classes: int | None) -> tuple[str, ...] | None:
+def class_names(
+    task: str, num_classes: int | None, names: Sequence[str] | None = None
+) -> tuple[str, ...] | None:
     """Class names of a segmentation task with ``num_classes`` classes, or None if unknown.
 
-    PASCAL-Context semseg has the 21 VOC classes, human parts 7 classes, NYUD-v2 semseg 40.
+    ``names`` (the dataset's ``metainfo["classes"][task]``) wins when given. Without them the
+    count decides: PASCAL-Context semseg has the 21 VOC classes, human parts 7 classes, NYUD-v2
+    semseg 40.
     """
+    if names:
+        return tuple(names)
     if task == "human_parts" and num_classes in (None, len(HUMAN_PART_CLASSES)):
         return HUMAN_PART_CLASSES
     if task == "semseg":
-        for names in (VOC_CLASSES, NYUD_CLASSES):
-            if num_classes == len(names):
-                return names
+        for candidates in (VOC_CLASSES, NYUD_CLASSES):
+            if num_classes == len(candidates):
+                return candidates
         if num_classes is None:
             return VOC_CLASSES
     return None
@@ -74,7 +80,10 @@ def display_size(shape: Sequence[int], max_side: int = _MAX_DISPLAY_SIDE) -> tup
 
 
 def legend_entries(
-    task: str, shown: Sequence[Tensor], num_classes: int | None = None
+    task: str,
+    shown: Sequence[Tensor],
+    num_classes: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[tuple[str, tuple[int, int, int] | None]]:
     """Legend of one task: ``(label, RGB)`` per class present, ``(IGNORED_LABEL, None)`` last.
 
@@ -82,6 +91,7 @@ def legend_entries(
         task: Task name.
         shown: The targets / predictions drawn for it.
         num_classes: Classes of a segmentation task (names from :func:`class_names`).
+        names: The dataset's class names of the task, if known (they win over the count).
     """
     entries: list[tuple[str, tuple[int, int, int] | None]] = []
     kind = task_kind(task)
@@ -90,7 +100,7 @@ def legend_entries(
             {int(v) for value in shown for v in torch.unique(value.long()).tolist()}
             - {IGNORE_INDEX}
         )
-        names = class_names(task, num_classes)
+        names = class_names(task, num_classes, names)
         for label in present:
             known = names is not None and label < len(names)
             text = f"{label} {names[label]}" if known else f"class {label}"
@@ -186,6 +196,7 @@ def comparison_figure(
     ori_shape: Sequence[int] | None = None,
     num_classes: Mapping[str, int] | None = None,
     title: str | None = None,
+    names: Mapping[str, Sequence[str]] | None = None,
 ) -> Figure:
     """One row per task: input, ground truth and prediction, with a legend.
 
@@ -198,6 +209,7 @@ def comparison_figure(
             (the model input may have been resized to a square); default the input's size.
         num_classes: Classes per segmentation task, for the class names of the legend.
         title: Figure title (e.g. the image id).
+        names: Class names per segmentation task (the dataset's ``metainfo["classes"]``).
 
     Returns:
         The figure; :func:`figure_to_rgb` renders it.
@@ -211,8 +223,8 @@ def comparison_figure(
         target = resize_value(task, target, size, labels=True) if target is not None else None
         pred = resize_value(task, preds[task], size, labels=False)
         shown = [pred] if target is None else [target, pred]
-        count = (num_classes or {}).get(task)
-        rows.append((task, target, pred, legend_entries(task, shown, count)))
+        count, task_names = (num_classes or {}).get(task), (names or {}).get(task)
+        rows.append((task, target, pred, legend_entries(task, shown, count, task_names)))
     panel_w, panel_h = _panel_inches(size)
     legend_w = _legend_width([r[3] for r in rows])
     left, top = 0.35, 0.45 + (0.3 if title else 0.0)
@@ -254,6 +266,7 @@ def prediction_figure(
     tasks: Sequence[str] | None = None,
     num_classes: Mapping[str, int] | None = None,
     title: str | None = None,
+    names: Mapping[str, Sequence[str]] | None = None,
 ) -> Figure:
     """The input once, beside one panel per task, each with its legend below.
 
@@ -264,13 +277,15 @@ def prediction_figure(
         tasks: Panels, in order; default every task of ``preds``.
         num_classes: Classes per segmentation task, for the class names of the legend.
         title: Figure title (e.g. the file name).
+        names: Class names per segmentation task (the dataset's ``metainfo["classes"]``).
     """
     tasks = list(tasks or preds)
     size = display_size(_shape_of(image))
     panels = []
     for task in tasks:
         pred = resize_value(task, preds[task], size, labels=False)
-        panels.append((task, pred, legend_entries(task, [pred], (num_classes or {}).get(task))))
+        count, task_names = (num_classes or {}).get(task), (names or {}).get(task)
+        panels.append((task, pred, legend_entries(task, [pred], count, task_names)))
     panel_w, panel_h = _panel_inches(size)
     legend_rows = max((min(len(p[2]), _LEGEND_ROWS) for p in panels), default=0)
     legend_h = 0.05 + 0.16 * legend_rows
