@@ -1,4 +1,5 @@
-"""CheckedEpochBasedTrainLoop: a split without one batch is an error, a mid-epoch resume warns."""
+"""CheckedEpochBasedTrainLoop: a split without one batch is an error; a mid-epoch resume with a
+sampler that cannot skip (mmengine's DefaultSampler) warns (the exact one: test_exact_resume.py)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def test_a_split_without_one_batch_stops_before_training(tmp_path):
     assert not list(tmp_path.glob("*.pth"))
 
 
-def test_resuming_inside_an_epoch_warns_that_it_is_not_exact(tmp_path):
+def test_resuming_inside_an_epoch_with_a_default_sampler_warns_that_it_is_not_exact(tmp_path):
     register_checkpoint_io()  # the project's checkpoint loading, as tools/train.py uses it
     full, part = tmp_path / "full", tmp_path / "part"
     _runner(full, size=4, name="loop_full").train()  # iter_1.pth: in the middle of epoch 1

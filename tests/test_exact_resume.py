@@ -157,6 +157,28 @@ def test_kill_9_at_a_random_moment_then_resume_with_workers_is_bit_exact(uninter
     assert_bit_identical(root / "full" / "epoch_3.pth", work_dir / "epoch_3.pth")
 
 
+def test_resume_from_a_checkpoint_inside_an_epoch_is_bit_exact(uninterrupted, tmp_path):
+    # Checkpoints every iteration (2 per epoch); iter_3.pth is written inside epoch 2. mmengine's
+    # loop would restart epoch 2 and train its first batch twice; ours skips it.
+    root = uninterrupted
+    by_iter = (
+        "default_hooks.checkpoint.by_epoch=False",
+        "default_hooks.checkpoint.interval=1",
+        "default_hooks.checkpoint.max_keep_ckpts=-1",
+    )
+    run(train_cmd(root, tmp_path / "by_iter", 3, 0, options=by_iter))
+    middle = torch.load(tmp_path / "by_iter" / "iter_3.pth", weights_only=False)["meta"]
+    assert (middle["epoch"], middle["iter"]) == (1, 3)  # one epoch done, one batch into epoch 2
+    work_dir = tmp_path / "resumed"
+    work_dir.mkdir()
+    shutil.copy(tmp_path / "by_iter" / "iter_3.pth", work_dir / "iter_3.pth")
+    resume = ("--resume", str(work_dir / "iter_3.pth"))
+    resumed = run(train_cmd(root, work_dir, 3, 2, *resume, options=by_iter))  # with 2 workers
+    assert "first 1 of 2 batches were trained before the checkpoint" in resumed.stdout
+    assert not (work_dir / "iter_7.pth").exists()  # 6 iterations in all, as planned
+    assert_bit_identical(root / "full" / "epoch_3.pth", work_dir / "iter_6.pth")
+
+
 def test_two_gloo_processes_resume_bit_exactly(tmp_path):
     def ddp(work_dir: Path, *extra: str) -> list[str]:
         cmd = train_cmd(tmp_path, work_dir, 2, 0, "--launcher", "pytorch", *extra)

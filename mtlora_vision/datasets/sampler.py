@@ -35,8 +35,21 @@ class EpochSeededSampler(DefaultSampler):
     The shuffle order of epoch ``e`` is a permutation seeded by ``seed + e``, as in
     ``DefaultSampler``; ``seed`` must be the same on every process (``TrainingRandomnessHook``
     sets it to the run's shared seed before every epoch).
+
+    :meth:`skip_next` makes the next pass start later in the same order: a run resumed inside
+    an epoch continues with the samples the interrupted run had not reached.
     """
 
+    _skip = 0
+
+    def skip_next(self, count: int) -> None:
+        """Leave out the first ``count`` samples (of this process) of the next pass only."""
+        if count < 0:
+            raise ValueError(f"skip_next needs a count >= 0, got {count}.")
+        self._skip = count
+
     def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
-        for index in super().__iter__():
-            yield SampleKey(int(index), int(self.epoch), int(self.seed))
+        skip, self._skip = self._skip, 0
+        for position, index in enumerate(super().__iter__()):
+            if position >= skip:
+                yield SampleKey(int(index), int(self.epoch), int(self.seed))

@@ -1,6 +1,11 @@
-"""mmengine's epoch-based training loop with two checks.
+"""mmengine's epoch-based training loop: a split too small is an error; mid-epoch resume is exact.
 
-A train split too small for one batch is an error; resuming inside an epoch is a warning.
+mmengine's ``EpochBasedTrainLoop`` restarts an epoch from its first batch when a run resumes
+from a checkpoint written inside it (``default_hooks.checkpoint.by_epoch=False``), so those
+batches are trained twice and the epoch runs longer than planned. The loop here continues the
+epoch where the checkpoint left it instead: the sampler
+(:class:`~mtlora_vision.datasets.sampler.EpochSeededSampler`) leaves out the samples already
+trained, in the same order, and the iteration numbers carry on.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from mmengine.dist import get_world_size
 from mmengine.runner import EpochBasedTrainLoop
 from torch.utils.data import DataLoader
 
+from mtlora_vision.datasets.sampler import EpochSeededSampler
 from mtlora_vision.errors import ConfigError
 
 
@@ -37,27 +43,48 @@ def check_has_batches(loader: DataLoader, name: str) -> None:
 
 
 class CheckedEpochBasedTrainLoop(EpochBasedTrainLoop):
-    """``EpochBasedTrainLoop`` that checks the split holds one batch before anything runs.
+    """``EpochBasedTrainLoop`` that checks the split holds one batch and resumes mid-epoch exactly.
 
-    mmengine would otherwise fail later with an unrelated scheduler error (an epoch of zero
-    iterations) or train nothing; the check runs when the Runner builds the loop, before the
-    optimizer, the schedulers and any hook.
+    Without the check mmengine would fail later with an unrelated scheduler error (an epoch of
+    zero iterations) or train nothing; it runs when the Runner builds the loop, before the
+    optimizer, the schedulers and any hook. A run resumed inside an epoch skips that epoch's
+    trained batches (see the module docstring).
     """
 
     def __init__(self, runner, dataloader, **kwargs) -> None:
         super().__init__(runner, dataloader, **kwargs)
         check_has_batches(self.dataloader, "train_dataloader")
 
-    def run(self):
-        """Warn when resuming inside an epoch; then run mmengine's loop."""
+    def run_epoch(self) -> None:
+        """Iterate one epoch; a resumed one starts at the first batch not yet trained."""
         done_in_epoch = self._iter - self._epoch * len(self.dataloader)
-        if done_in_epoch != 0:
-            # mmengine's epoch loop restarts an epoch from its first batch whatever the iteration.
-            self.runner.logger.warning(
-                f"Resuming at iteration {self._iter}, {done_in_epoch:+d} iterations from the start "
-                f"of epoch {self._epoch + 1} ({len(self.dataloader)} per epoch now): that epoch "
-                "restarts from its first batch, so this run will not equal an uninterrupted one. "
-                "Resume from an end-of-epoch checkpoint (default_hooks.checkpoint.by_epoch=True) "
-                "with the same batch size and number of processes for an exact resume."
+        if done_in_epoch == 0:
+            return super().run_epoch()
+        self.runner.call_hook("before_train_epoch")  # sets the sampler's epoch and seed
+        skipped = self._skip_trained_batches(done_in_epoch)
+        self.runner.model.train()
+        for idx, data_batch in enumerate(self.dataloader, start=skipped):
+            self.run_iter(idx, data_batch)
+        self.runner.call_hook("after_train_epoch")
+        self._epoch += 1
+        return None
+
+    def _skip_trained_batches(self, done_in_epoch: int) -> int:
+        """Make the sampler leave out the epoch's trained batches; return how many it skips."""
+        sampler, batch_size = self.dataloader.sampler, self.dataloader.batch_size
+        per_epoch = len(self.dataloader)
+        if isinstance(sampler, EpochSeededSampler) and batch_size and 0 < done_in_epoch < per_epoch:
+            sampler.skip_next(done_in_epoch * batch_size)
+            self.runner.logger.info(
+                f"Resuming inside epoch {self._epoch + 1}: its first {done_in_epoch} of "
+                f"{per_epoch} batches were trained before the checkpoint and are skipped."
             )
-        return super().run()
+            return done_in_epoch
+        self.runner.logger.warning(
+            f"Resuming at iteration {self._iter}, {done_in_epoch:+d} iterations from the start "
+            f"of epoch {self._epoch + 1} ({per_epoch} per epoch now) with a "
+            f"{type(sampler).__name__}: that epoch restarts from its first batch, so this run will "
+            "not equal an uninterrupted one. Use the configs' EpochSeededSampler, or resume from "
+            "an end-of-epoch checkpoint, for an exact resume."
+        )
+        return 0
