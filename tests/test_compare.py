@@ -1,4 +1,5 @@
-"""tools/compare.py on fake work dirs: metrics pick-up, seeds, Delta-m, table, CSV, Pareto plot."""
+"""mtlora_vision.comparison and tools/compare.py on fake work dirs: metrics pick-up, seeds,
+Delta-m, table, CSV, Pareto plot."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from mtlora_vision.comparison.pareto import dodge_same_x, label_layout, pareto_front, plot_pareto
+from mtlora_vision.comparison.rows import Row, compare_runs
+from mtlora_vision.comparison.runs import find_run, is_validation_record
+from mtlora_vision.comparison.table import format_markdown
 from mtlora_vision.models.backbones.swin import SwinBackbone
 from mtlora_vision.models.multitask import MultiTaskModel
 
@@ -123,11 +128,11 @@ def test_delta_m_from_single_task_runs(compare, runs, tmp_path: Path) -> None:
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_baselines_file_and_test_metrics_take_precedence(compare, runs, tmp_path: Path) -> None:
+def test_baselines_file_and_test_metrics_take_precedence(runs, tmp_path: Path) -> None:
     (runs[1] / "metrics.json").write_text(json.dumps({"semseg/mIoU": 55.0, "normals/mean": 22.0}))
     baselines = tmp_path / "baselines.json"
     baselines.write_text(json.dumps({"semseg/mIoU": 40.0, "normals/mean": 20.0}))
-    rows = compare.compare_runs(runs[:2], json.loads(baselines.read_text()))
+    rows = compare_runs(runs[:2], json.loads(baselines.read_text()))
     by_name = {r.name: r for r in rows}
     assert by_name["bad"].metrics_source.endswith("metrics.json")
     assert by_name["bad"].delta_m == pytest.approx((37.5 - 10.0) / 2)
@@ -135,16 +140,16 @@ def test_baselines_file_and_test_metrics_take_precedence(compare, runs, tmp_path
     assert by_name["good"].delta_m_source == "--baselines"
 
 
-def test_logged_delta_m_is_the_fallback(compare, tmp_path: Path) -> None:
+def test_logged_delta_m_is_the_fallback(tmp_path: Path) -> None:
     run = make_run(
         tmp_path, "x", ("semseg", "sal"), {}, [{"semseg/mIoU": 3.0, "multitask/delta_m": 1.5}]
     )
-    (row,) = compare.compare_runs([run])
+    (row,) = compare_runs([run])
     assert row.delta_m == 1.5
     assert row.delta_m_source == "logged"
     assert "sal/mIoU" not in row.metrics
-    assert "| x |" in compare.format_markdown([row])
-    assert compare.format_markdown([row]).splitlines()[2].endswith("| 3.00 | – | 1.50 (logged) |")
+    assert "| x |" in format_markdown([row])
+    assert format_markdown([row]).splitlines()[2].endswith("| 3.00 | – | 1.50 (logged) |")
 
 
 def test_title_heads_the_table(compare, runs, tmp_path: Path) -> None:
@@ -158,7 +163,7 @@ def test_title_heads_the_table(compare, runs, tmp_path: Path) -> None:
 
 def test_clear_errors(compare, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        compare.find_run(tmp_path / "missing")
+        find_run(tmp_path / "missing")
     empty = tmp_path / "empty"
     (empty / "20250101_000000" / "vis_data").mkdir(parents=True)
     (empty / "20250101_000000" / "vis_data" / "scalars.json").write_text(
@@ -170,12 +175,12 @@ def test_clear_errors(compare, tmp_path: Path) -> None:
         compare.main([str(empty), "--out", str(tmp_path / "o")])
 
 
-def test_pure_helpers(compare) -> None:
-    assert compare.is_validation_record({"semseg/mIoU": 1.0, "step": 3})
-    assert not compare.is_validation_record({"loss": 1.0, "lr": 0.1, "step": 3})
+def test_pure_helpers() -> None:
+    assert is_validation_record({"semseg/mIoU": 1.0, "step": 3})
+    assert not is_validation_record({"loss": 1.0, "lr": 0.1, "step": 3})
     # (1, 5) and (10, 8) trade off; (20, 7) is beaten by (10, 8); (1, 2) by (1, 5).
     points = [(20.0, 7.0), (1.0, 5.0), (10.0, 8.0), (1.0, 2.0)]
-    assert compare.pareto_front(points) == [1, 2]
+    assert pareto_front(points) == [1, 2]
 
 
 def test_seeds_are_grouped_with_mean_and_std(compare, tmp_path: Path) -> None:
@@ -227,20 +232,20 @@ def test_seeds_are_grouped_with_mean_and_std(compare, tmp_path: Path) -> None:
     assert len(records["single-task"]["work_dirs"].split()) == 4
 
 
-def test_other_configs_stay_separate_rows(compare, tmp_path: Path, caplog) -> None:
+def test_other_configs_stay_separate_rows(tmp_path: Path, caplog) -> None:
     val = {"semseg/mIoU": 60.0, "normals/mean": 18.0}
     two = ("semseg", "normals")
     a = make_run(tmp_path / "a", "m", two, FROZEN, [val, val], extra=seeded(0, "a"))
     b = make_run(tmp_path / "b", "m", two, FROZEN, [val], extra=seeded(0, "b", epochs=1))
     c = make_run(tmp_path / "c", "m", two, FROZEN, [val], extra=seeded(0, "c", epochs=1))
-    with caplog.at_level("WARNING", logger="compare"):
-        rows = compare.compare_runs([a, b, c])
+    with caplog.at_level("WARNING", logger="mtlora_vision.comparison"):
+        rows = compare_runs([a, b, c])
     assert [len(row.runs) for row in rows] == [1, 2]  # a has another schedule; b, c repeat seed 0
     assert "share a seed ([0, 0])" in caplog.text
     assert "Several configs are named 'm'" in caplog.text
 
 
-def test_failed_and_stopped_runs_are_skipped_unless_strict(compare, runs, tmp_path: Path, caplog):
+def test_failed_and_stopped_runs_are_skipped_unless_strict(runs, tmp_path: Path, caplog):
     failed = tmp_path / "failed"
     (failed / "20250101_000000" / "vis_data").mkdir(parents=True)
     (failed / "20250101_000000" / "vis_data" / "scalars.json").write_text(
@@ -251,22 +256,22 @@ def test_failed_and_stopped_runs_are_skipped_unless_strict(compare, runs, tmp_pa
     stopped = make_run(
         tmp_path, "stopped", ("semseg", "normals"), FROZEN, [val], extra=seeded(0, "x")
     )
-    with caplog.at_level("WARNING", logger="compare"):
-        rows = compare.compare_runs([*runs, failed, stopped])
+    with caplog.at_level("WARNING", logger="mtlora_vision.comparison"):
+        rows = compare_runs([*runs, failed, stopped])
     assert {r.name for r in rows} == {"good", "bad", "single-task"}
     assert "Skipped: No metrics in work dir" in caplog.text
     assert "stopped early: its last validation is at step 1 of 2" in caplog.text
     for extra in (failed, stopped):
         with pytest.raises(FileNotFoundError):
-            compare.compare_runs([*runs, extra], strict=True)
+            compare_runs([*runs, extra], strict=True)
 
 
-def test_partial_delta_m_is_marked_in_the_table(compare, runs, tmp_path: Path) -> None:
-    rows = compare.compare_runs(runs[:2], {"semseg/mIoU": 50.0})
+def test_partial_delta_m_is_marked_in_the_table(runs, tmp_path: Path) -> None:
+    rows = compare_runs(runs[:2], {"semseg/mIoU": 50.0})
     good = next(r for r in rows if r.name == "good")
     assert good.delta_m == pytest.approx(20.0)  # semseg only
     assert good.delta_m_keys == ["semseg/mIoU"]
-    line = next(x for x in compare.format_markdown(rows).splitlines() if x.startswith("| good"))
+    line = next(x for x in format_markdown(rows).splitlines() if x.startswith("| good"))
     assert line.endswith("| 20.00 (1/2 tasks) |")
 
 
@@ -276,30 +281,28 @@ def test_a_single_run_still_plots_its_point(compare, runs, tmp_path: Path) -> No
     out = tmp_path / "one"
     (row,) = compare.main([str(runs[0]), "--out", str(out), "--baselines", str(baselines)])
     assert row.delta_m == pytest.approx(15.0)
-    assert compare.plot_pareto([row], out / "again.png") == 1
-    assert (
-        compare.plot_pareto([row, compare.Row("no-dm", [], ("semseg",), 1, 1)], out / "b.png") == 1
-    )
+    assert plot_pareto([row], out / "again.png") == 1
+    assert plot_pareto([row, Row("no-dm", [], ("semseg",), 1, 1)], out / "b.png") == 1
 
 
-def test_no_final_validation_expected_when_val_begin_is_late(compare, tmp_path: Path) -> None:
+def test_no_final_validation_expected_when_val_begin_is_late(tmp_path: Path) -> None:
     val = {"semseg/mIoU": 60.0, "normals/mean": 18.0}
     extra = seeded(0, "x") + "train_cfg.update(val_begin=3)\n"
     run = make_run(tmp_path, "late", ("semseg", "normals"), FROZEN, [val], extra=extra)
-    (row,) = compare.compare_runs([run], strict=True)
+    (row,) = compare_runs([run], strict=True)
     assert row.metrics == val
 
 
-def test_points_sharing_a_parameter_count_are_dodged(compare) -> None:
-    same_x, dodge, rank = compare.dodge_same_x([(5.0, 3.0), (9.0, 1.0), (5.0, 1.0), (5.0, 2.0)])
+def test_points_sharing_a_parameter_count_are_dodged() -> None:
+    same_x, dodge, rank = dodge_same_x([(5.0, 3.0), (9.0, 1.0), (5.0, 1.0), (5.0, 2.0)])
     assert same_x == {5.0: [2, 3, 0], 9.0: [1]}
     assert rank == [2, 0, 0, 1]
     assert dodge == pytest.approx([1.07, 1.0, 1 / 1.07, 1.0])
 
 
-def test_labels_of_nearby_points_do_not_overlap(compare) -> None:
+def test_labels_of_nearby_points_do_not_overlap() -> None:
     points = [(1e5, 10.0), (1.2e5, 10.5), (1.5e5, 11.0), (1e7, 0.0)]
-    layout = compare.label_layout(points, gap=2.0)
+    layout = label_layout(points, gap=2.0)
     # One column right of the cluster's largest x, 2 apart, centred on the mean y (10.5).
     assert [x for x, _ in layout[:3]] == pytest.approx([1.5e5 * 1.25] * 3)
     assert [y for _, y in layout[:3]] == pytest.approx([8.5, 10.5, 12.5])
