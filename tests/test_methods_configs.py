@@ -12,6 +12,7 @@ from mmengine.optim import OptimWrapper, build_optim_wrapper
 from mmengine.registry import MODELS
 from tool_loader import load_tool
 
+from mtlora_vision.comparison.runs import load_run
 from mtlora_vision.models.backbones.swin_trainable import (
     ParameterGroup,
     TrainablePolicy,
@@ -267,6 +268,6 @@ def test_compare_on_trained_runs(trained_runs: dict[str, Path], tmp_path: Path) 
     expected = analyze.count_parameters(MODELS.build(bitfit.model))["trainable"]
     assert by_name["bitfit"].trainable == expected
     assert by_name["single-task"].trainable == sum(
-        compare.load_run(trained_runs[f"single-task_{t}_demo"]).trainable for t in TASKS
+        load_run(trained_runs[f"single-task_{t}_demo"]).trainable for t in TASKS
     )
     assert (tmp_path / "pareto.png").stat().st_size > 0
