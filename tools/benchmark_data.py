@@ -3,12 +3,20 @@
 python tools/benchmark_data.py                      # synthetic PASCAL_MT at 375x500, all five tasks
 python tools/benchmark_data.py --root data/PASCAL_MT --runs 5
 python tools/benchmark_data.py --loader-workers 2   # through a DataLoader, divided by the workers
+python tools/benchmark_data.py --without flag-packing   # what one speed-only layer earns
+MTLORA_MALLOC_TUNING=0 python tools/benchmark_data.py   # ... and the heap-friendly malloc
 
 In-process mode emulates one data-loader worker (the settings of ``datasets/worker.py``: OpenCV
 single-threaded, large blocks kept on the heap; torch single-threaded) and reports the
 median over runs of both wall-clock and CPU-time throughput; the CPU-time figure is the one that
 stays meaningful when other processes share the machine. The first pass over the images fills the
 derived-label cache (edges, human parts) and is not timed.
+
+``--without LAYER`` replaces one speed-only layer of the loader by its plain equivalent (same
+values), to measure what the layer earns: ``label-cache`` computes edges and human parts per
+sample (``use_cache=False``), ``flag-packing`` gives every label map its own mask channel (five
+channels: albumentations warps them in two chunks), ``normals-table`` decodes normals PNGs by the
+formula ``2 v / 255 - 1`` instead of a byte table. Compare variants run side by side, alternated.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from mtlora_vision.tasks import NUM_OUTPUTS
 
 if TYPE_CHECKING:
     import torch
+
+WITHOUT_CHOICES = ("label-cache", "flag-packing", "normals-table")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,11 +66,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=48, help="samples per run")
     parser.add_argument("--loader-workers", type=int, default=0, help="0: in-process")
     parser.add_argument("--cache-dir", type=Path, help="derived-label cache (default: temporary)")
+    parser.add_argument(
+        "--without",
+        choices=WITHOUT_CHOICES,
+        help="replace this speed-only layer by its plain equivalent (see the module docstring)",
+    )
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
+
+
+def use_plain_equivalent(layer: str) -> None:
+    """Swap a speed-only layer for its plain equivalent in this process (benchmark only)."""
+    import numpy as np
+
+    from mtlora_vision.datasets import nyud, pascal_files, target_packing
+
+    if layer == "flag-packing":
+        target_packing._is_binary = lambda label: False  # every label map its own channel
+    elif layer == "normals-table":
+
+        def decode_by_formula(rgb: np.ndarray) -> np.ndarray:
+            return rgb.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+
+        pascal_files.decode_normals_png = nyud.decode_normals_png = decode_by_formula
 
 
 def build_dataset(
@@ -71,8 +102,9 @@ def build_dataset(
 
     if args.dataset == "pascal_context":
         img_size = tuple(args.img_size or (448, 448))
+        cached = args.without != "label-cache"  # NYUD derives no labels: nothing to cache
         return PascalContextMT(
-            root, args.split, img_size=img_size, augment=True, cache_dir=cache_dir
+            root, args.split, img_size=img_size, augment=True, cache_dir=cache_dir, use_cache=cached
         )
     img_size = tuple(args.img_size or (480, 640))
     return NYUDMT(root, args.split, img_size=img_size, augment=True, cache_dir=cache_dir)
@@ -138,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             root = make_synthetic_dataset(
                 Path(tmp) / "data", args.dataset, args.num_images, 1, args.size, seed=0
             )
+        if args.without:
+            use_plain_equivalent(args.without)
         dataset = build_dataset(args, root, args.cache_dir or Path(tmp) / "cache")
         if args.loader_workers > 0:
             result = time_loader(dataset, args.runs, args.samples, args.loader_workers)
@@ -147,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     shape = tuple(sample["inputs"].shape)
     print(f"dataset        {args.dataset} ({len(dataset)} images, tasks {list(dataset.tasks)})")
     print(f"input          {shape}, original {sample['data_samples']['ori_shape']}")
+    print(f"variant        without {args.without}" if args.without else "variant        all layers")
     for key, value in result.items():
         label = "wall-clock" if key == "wall" else "CPU time"
         print(f"samples/s per worker ({label}, median of {args.runs}): {value:.1f}")
