@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlora_vision.adapters.mtl_lora import (
-    MTLLoRALinear,
-    merging_pays_off,
-    set_active_tasks,
+from mtlora_vision.adapters.mtl_lora import MTLLoRALinear, set_active_tasks
+from mtlora_vision.adapters.mtl_lora_merge import (
+    merge_task,
     set_merge_at_inference,
+    task_merged_state_dict,
+    unmerge_task,
 )
-from mtlora_vision.adapters.mtl_lora_merge import merge_task, task_merged_state_dict, unmerge_task
+from mtlora_vision.adapters.task_matmul import merging_pays_off
 from mtlora_vision.tasks import Task
 
 TASKS = ("semseg", "depth", "normals")

@@ -12,8 +12,13 @@ from tool_loader import load_tool
 from torch import nn
 
 from mtlora_vision.adapters.config import build_adapter_config
-from mtlora_vision.adapters.mtl_lora import MTLLoRALinear, set_merge_at_inference
-from mtlora_vision.adapters.mtl_lora_merge import merge_task, task_merged_state_dict, unmerge_task
+from mtlora_vision.adapters.mtl_lora import MTLLoRALinear
+from mtlora_vision.adapters.mtl_lora_merge import (
+    merge_task,
+    set_merge_at_inference,
+    task_merged_state_dict,
+    unmerge_task,
+)
 from mtlora_vision.adapters.mtlora import MTLoRALinear
 from mtlora_vision.adapters.prompt_attention import prompt_window_attention
 from mtlora_vision.adapters.state_dict import adapter_state_dict, load_adapter_state_dict

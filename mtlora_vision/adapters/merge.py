@@ -25,7 +25,7 @@ What stays unmerged costs little at inference: in eval mode the Swin backbone ke
 streams as a shared base plus rank-``r_t`` coefficients and merges them into the next stage once
 (:mod:`mtlora_vision.models.backbones.task_branch`), so per task only the LayerNorm, the GELU and
 the rank-``r_t`` products run at full width. MTL-LoRA layers merge per task instead
-(:func:`~mtlora_vision.adapters.mtl_lora.set_merge_at_inference`, or
+(:func:`~mtlora_vision.adapters.mtl_lora_merge.set_merge_at_inference`, or
 :func:`~mtlora_vision.adapters.mtl_lora_merge.merge_task` for a one-task
 export).
 
@@ -42,7 +42,7 @@ import logging
 from torch import nn
 
 from mtlora_vision.adapters.inject import adapter_layers
-from mtlora_vision.adapters.mtl_lora import set_merge_at_inference
+from mtlora_vision.adapters.mtl_lora_merge import set_merge_at_inference
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ def merge_for_inference(model: nn.Module) -> int:
 
     MTLoRA and LoRA layers fold their shared updates in (:func:`merge_adapters`); MTL-LoRA layers
     switch to their on-the-fly per-task merged path, which runs when autograd is off
-    (:func:`~mtlora_vision.adapters.mtl_lora.set_merge_at_inference`). Prompt adapters and BitFit
-    have nothing to merge. Undo with :func:`unmerge_adapters` and
+    (:func:`~mtlora_vision.adapters.mtl_lora_merge.set_merge_at_inference`). Prompt adapters and
+    BitFit have nothing to merge. Undo with :func:`unmerge_adapters` and
     ``set_merge_at_inference(model, False)``.
 
     Returns:

@@ -14,12 +14,10 @@ For a frozen linear layer ``W`` (out x in) and a row of task ``t``::
 (r x r, or diagonal) and the mixing logits ``w_t`` (n) belong to task ``t``. ``B^i`` start at zero,
 so the adapted layer equals the frozen one at step 0.
 
-Task layout. A batch is either single-task (``tasks="semseg"``), task-stacked (``tasks=("semseg",
-"depth")``: the leading dimension is ``T * B``, rows ``[t*B:(t+1)*B]`` belong to the ``t``-th listed
-task, "task-major"), or mixed (``tasks`` a LongTensor with the task index of every leading row).
-Stacking survives Swin's window partition: ``(T*B, H, W, C)`` becomes ``(T*B*nW, N, C)`` and stays
-task-major. A backbone whose blocks call ``layer(x)`` without extra arguments sets the layout once
-with :func:`set_active_tasks`.
+Task layouts (single-task, task-stacked or mixed rows) are those of :mod:`~.task_layout`. A
+backbone whose blocks call ``layer(x)`` without extra arguments sets the layout once with
+:func:`set_active_tasks`. The settings are checked by
+:class:`~.task_conditioned_config.MTLLoRASettings`; the per-task kernels are :mod:`~.task_matmul`.
 
 Merging. ``Delta W_t = s * B~_t Lambda_t A`` is one fixed matrix per task, so a single-task batch
 can run on ``W + Delta W_t`` (:meth:`MTLLoRALinear.merge`, :meth:`MTLLoRALinear.merged_weight`).
@@ -29,6 +27,7 @@ of ``W``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -40,69 +39,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlora_vision.adapters.checks import check_int
+from mtlora_vision.adapters.task_conditioned_config import MTLLoRASettings
+from mtlora_vision.adapters.task_layout import TaskLayout, checked_task_ids, normalize_task_names
+from mtlora_vision.adapters.task_matmul import (
+    merging_pays_off,
+    per_row_matmul_add,
+    stacked_linear,
+    stacked_matmul_add,
+)
 
 logger = logging.getLogger(__name__)
 
-#: How the task of each leading row is given: one task name, task names stacked task-major, or
-#: a LongTensor ``(N,)`` of task indices (positions in the layer's ``tasks``).
-TaskLayout: TypeAlias = "str | Sequence[str] | Tensor"
-
 MTLLoRAInit: TypeAlias = Literal["official", "adapters"]
-_INITS: tuple[str, ...] = ("official", "adapters")
-
-
-def normalize_task_names(tasks: Sequence[str], what: str) -> tuple[str, ...]:
-    """Return task names as a tuple of plain strings; refuse empty, duplicate or bare-string input.
-
-    Args:
-        tasks: Task names (``str`` or ``str`` Enum members such as ``Task.SEMSEG``).
-        what: Name of the component, used in error messages.
-
-    Returns:
-        The names, in the given order.
-
-    Raises:
-        ValueError: If ``tasks`` is a single string, empty, or has duplicates.
-    """
-    if isinstance(tasks, str):
-        raise ValueError(f"{what} needs a sequence of task names, got the single string {tasks!r}.")
-    names = tuple(str(t.value) if isinstance(t, Enum) else str(t) for t in tasks)
-    if not names:
-        raise ValueError(f"{what} needs at least one task name, got {tasks!r}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"Duplicate task names {list(names)} for {what}.")
-    return names
-
-
-def default_diagonal(init: str) -> bool:
-    """Whether ``Lambda_t`` is diagonal by default for an initialisation variant.
-
-    The official release trains with a full ``(r, r)`` ``Lambda_t`` (``diagonal_format=False`` in
-    every script); the ``adapters`` library defaults to ``"singular_values"``, a diagonal.
-    """
-    return init == "adapters"
-
-
-def merging_pays_off(rows_per_task: int, in_features: int, out_features: int) -> bool:
-    """Whether merging ``W + Delta W_t`` on the fly beats adding the low-rank terms.
-
-    Per task block, merging costs the ``(out, r) @ (r, in)`` product, ``r * in * out``
-    multiply-adds (the merged matmul then costs what the frozen one does); the low-rank path costs
-    ``M * r * (in + out)`` for ``M`` rows. The rank cancels out.
-
-    Args:
-        rows_per_task: Rows ``M`` (tokens of every sample) of one task block.
-        in_features: Input width of the layer.
-        out_features: Output width of the layer.
-    """
-    return rows_per_task * (in_features + out_features) > in_features * out_features
-
-
-def _check_positive(name: str, value: float) -> None:
-    """Raise ``ValueError`` unless ``value`` is a finite number > 0."""
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"MTLLoRALinear needs a finite {name} > 0, got {name}={value!r}.")
 
 
 @dataclass(frozen=True)
@@ -150,7 +98,8 @@ class MTLLoRALinear(nn.Module):
         active_tasks: Layout used when ``forward`` gets ``tasks=None`` (:func:`set_active_tasks`).
         merged_task: Task whose update is folded into ``base_layer.weight``, or ``None``.
         merge_at_inference: Without autograd, merge ``W + Delta W_t`` on the fly where that is
-            cheaper (see :meth:`forward` and :func:`set_merge_at_inference`); off by default.
+            cheaper (:meth:`forward`, :func:`~.mtl_lora_merge.set_merge_at_inference`); off by
+            default.
     """
 
     adapter_names: ClassVar[tuple[str, ...]] = (
@@ -175,16 +124,7 @@ class MTLLoRALinear(nn.Module):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"MTLLoRALinear wraps an nn.Linear, got {type(base_layer).__name__}.")
-        check_int("rank", rank)
-        check_int("num_up", num_up)
-        _check_positive("alpha", alpha)
-        _check_positive("temperature", temperature)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"MTLLoRALinear needs 0 <= dropout < 1, got dropout={dropout!r}.")
-        if init not in _INITS:
-            raise ValueError(
-                f"Unknown MTL-LoRA initialisation {init=}; choose from {list(_INITS)}."
-            )
+        settings = MTLLoRASettings(rank, alpha, num_up, temperature, dropout, diagonal, init)
         self.base_layer = base_layer
         self.base_layer.requires_grad_(False)
         self.tasks = normalize_task_names(tasks, "MTLLoRALinear")
@@ -192,7 +132,7 @@ class MTLLoRALinear(nn.Module):
         self.alpha = float(alpha)
         self.num_up = num_up
         self.temperature = float(temperature)
-        self.diagonal = default_diagonal(init) if diagonal is None else bool(diagonal)
+        self.diagonal = settings.diagonal_lambda
         self.init = init
         self.scaling = self.alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -211,7 +151,7 @@ class MTLLoRALinear(nn.Module):
     @classmethod
     def from_spec(cls, base_layer: nn.Linear, spec: MTLLoRASpec) -> MTLLoRALinear:
         """Wrap ``base_layer`` with the settings of ``spec``."""
-        names = ("rank", "alpha", "num_up", "temperature", "dropout", "diagonal", "init")
+        names = [field.name for field in dataclasses.fields(MTLLoRASettings)]
         return cls(base_layer, spec.tasks, **{name: getattr(spec.config, name) for name in names})
 
     @property
@@ -373,9 +313,10 @@ class MTLLoRALinear(nn.Module):
         if self.merged_task is not None:
             return self._forward_in_place_merged(x, layout)
         if isinstance(layout, Tensor):
+            ids = checked_task_ids(layout, x.shape[0], self.tasks, x.device)
             low = F.linear(self.dropout(x), self.lora_a)  # N, ..., r
             matrices = self.task_matrices() * self.scaling  # T, out, r
-            return self._add_per_row_delta(self.base_layer(x), low, matrices, layout)
+            return per_row_matmul_add(self.base_layer(x), low, matrices, ids)
         indices = self._stacked_indices(layout, x)
         dropout_active = isinstance(self.dropout, nn.Dropout) and self.dropout.training
         if self.merge_at_inference and not torch.is_grad_enabled() and not dropout_active:
@@ -403,22 +344,13 @@ class MTLLoRALinear(nn.Module):
         low = F.linear(self.dropout(x), self.lora_a)  # N, ..., r
         # The scale goes into the small (T', out, r) matrices, so the big tensors are touched once.
         matrices = self.task_matrices()[indices] * self.scaling  # T', out, r
-        grouped = low.reshape(len(indices), -1, self.rank)  # T', M, r
-        out = result.reshape(len(indices), -1, self.out_features)  # T', M, out
-        return torch.baddbmm(out, grouped, matrices.transpose(1, 2)).view(result.shape)
+        return stacked_matmul_add(result, low, matrices)
 
     def _forward_merged_on_the_fly(self, x: Tensor, indices: list[int]) -> Tensor:
         """Inference: ``x_t (W + Delta W_t)^T + b`` per task block, as one batched matmul."""
         deltas = torch.matmul(self.task_matrices()[indices], self.lora_a)  # T', out, in
         weights = self.base_layer.weight + self.scaling * deltas  # T', out, in
-        if len(indices) == 1:
-            return F.linear(x, weights[0], self.base_layer.bias)
-        grouped = x.reshape(len(indices), -1, self.in_features)  # T', M, in
-        if self.base_layer.bias is None:
-            out = torch.bmm(grouped, weights.transpose(1, 2))  # T', M, out
-        else:
-            out = torch.baddbmm(self.base_layer.bias, grouped, weights.transpose(1, 2))
-        return out.view(*x.shape[:-1], self.out_features)
+        return stacked_linear(x, weights, self.base_layer.bias)
 
     def _forward_in_place_merged(self, x: Tensor, layout: TaskLayout) -> Tensor:
         """After :meth:`merge`, only single-task batches of the merged task can run.
@@ -434,31 +366,6 @@ class MTLLoRALinear(nn.Module):
             f"Task {self.merged_task!r} is merged into the weights, so only single-task "
             f"batches of it can run; call unmerge() first (got tasks={layout!r})."
         )
-
-    def _add_per_row_delta(
-        self, result: Tensor, low: Tensor, matrices: Tensor, ids: Tensor
-    ) -> Tensor:
-        """Mixed rows: gather each row's ``(out, r)`` matrix, then one batched matmul-add.
-
-        Allocates ``(N, out, r)``: cheap when each row carries many tokens (Swin windows), wasteful
-        for 2-D inputs with many rows, where a stacked layout is the better choice.
-        """
-        if ids.dtype not in (torch.int64, torch.int32) or ids.shape != low.shape[:1]:
-            raise ValueError(
-                f"Per-row task ids must be an integer tensor of shape ({low.shape[0]},), got "
-                f"dtype {ids.dtype} and shape {tuple(ids.shape)}."
-            )
-        ids = ids.to(device=low.device, dtype=torch.int64)
-        if ids.numel() and (ids.min() < 0 or ids.max() >= len(self.tasks)):
-            raise KeyError(
-                f"Task ids {torch.unique(ids).tolist()} out of range for the {len(self.tasks)} "
-                f"tasks {list(self.tasks)}."
-            )
-        per_row = matrices.index_select(0, ids)  # N, out, r
-        rows = low.shape[0]
-        out = result.reshape(rows, -1, self.out_features)  # N, tokens, out
-        grouped = low.reshape(rows, -1, self.rank)  # N, tokens, r
-        return torch.baddbmm(out, grouped, per_row.transpose(1, 2)).view(result.shape)
 
     def extra_repr(self) -> str:
         """Summarise the layer's sizes and options for ``repr``."""
@@ -482,20 +389,4 @@ def set_active_tasks(module: nn.Module, tasks: TaskLayout | None) -> int:
     layers = [m for m in module.modules() if isinstance(m, MTLLoRALinear)]
     for layer in layers:
         layer.set_active_tasks(tasks)
-    return len(layers)
-
-
-def set_merge_at_inference(module: nn.Module, enabled: bool) -> int:
-    """Switch the on-the-fly merged inference path of every :class:`MTLLoRALinear` in ``module``.
-
-    Args:
-        module: Any module (a backbone, a block, or a layer).
-        enabled: Whether layers merge ``W + Delta W_t`` on the fly when autograd is off.
-
-    Returns:
-        The number of layers updated.
-    """
-    layers = [m for m in module.modules() if isinstance(m, MTLLoRALinear)]
-    for layer in layers:
-        layer.merge_at_inference = bool(enabled)
     return len(layers)

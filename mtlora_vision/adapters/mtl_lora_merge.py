@@ -5,9 +5,10 @@ is one fixed matrix per task and layer, so a model serving a single task can run
 layer as a plain linear layer with ``W + Delta W_t`` (the official code accepts ``merge_weights``
 but never implements it; docs/methods.md#mtl-lora-official-release). There is no single merged
 model for all tasks: serving T tasks from merged weights takes T copies of ``W``, or the on-the-fly
-merge of
-:func:`~mtlora_vision.adapters.mtl_lora.set_merge_at_inference`.
+merge of :func:`set_merge_at_inference`.
 
+* :func:`set_merge_at_inference`: without autograd, let every layer merge ``W + Delta W_t`` on the
+  fly where that is cheaper (:meth:`~mtlora_vision.adapters.mtl_lora.MTLLoRALinear.forward`).
 * :func:`merge_task` / :func:`unmerge_task`: fold one task into every MTL-LoRA layer in place
   (then only that task can run), and take it out again.
 * :func:`task_merged_state_dict`: export one task's model as the state dict of the *adapter-free*
@@ -34,6 +35,22 @@ _BASE = "base_layer."
 
 def _mtl_lora_layers(module: nn.Module) -> list[MTLLoRALinear]:
     return [m for m in module.modules() if isinstance(m, MTLLoRALinear)]
+
+
+def set_merge_at_inference(module: nn.Module, enabled: bool) -> int:
+    """Switch the on-the-fly merged inference path of every :class:`MTLLoRALinear` in ``module``.
+
+    Args:
+        module: Any module (a backbone, a block, or a layer).
+        enabled: Whether layers merge ``W + Delta W_t`` on the fly when autograd is off.
+
+    Returns:
+        The number of layers updated.
+    """
+    layers = _mtl_lora_layers(module)
+    for layer in layers:
+        layer.merge_at_inference = bool(enabled)
+    return len(layers)
 
 
 def merge_task(module: nn.Module, task: str) -> int:

@@ -54,7 +54,6 @@ import torch
 from torch import Tensor, nn
 
 from mtlora_vision.adapters.checks import check_int
-from mtlora_vision.adapters.mtl_lora import normalize_task_names
 from mtlora_vision.adapters.prompt_attention import (
     Compose,
     SharedFactor,
@@ -62,6 +61,8 @@ from mtlora_vision.adapters.prompt_attention import (
     gated_prompt_attention,
     project_prompt_kv,
 )
+from mtlora_vision.adapters.task_conditioned_config import PromptSettings
+from mtlora_vision.adapters.task_layout import normalize_task_names
 
 logger = logging.getLogger(__name__)
 
@@ -74,23 +75,8 @@ WarmupMode: TypeAlias = Literal["frozen_gate", "learn_gate"]
 SlowInit: TypeAlias = Literal["svd", "normal"]
 FastSlow: TypeAlias = Literal["lr_ratio", "lookahead", "two_phase"]
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "compose": ("add", "hadamard"),
-    "shared_factor": ("left", "right"),
-    "shared_mode": ("gated", "joint"),
-    "warmup_mode": ("frozen_gate", "learn_gate"),
-    "slow_init": ("svd", "normal"),
-    "fast_slow": ("lr_ratio", "lookahead", "two_phase"),
-}
 #: Roles whose parameters :meth:`TaskAdaptiveLowRankPrompt.set_frozen_roles` can hold.
 FREEZABLE_ROLES = frozenset({"fast", "slow"})
-
-
-def _check_choices(**options: str) -> None:
-    """Raise ``ValueError`` for an option value outside ``_CHOICES``."""
-    for option, value in options.items():
-        if value not in _CHOICES[option]:
-            raise ValueError(f"Unknown {option}={value!r}; choose from {list(_CHOICES[option])}.")
 
 
 class PromptKV(NamedTuple):
@@ -159,7 +145,9 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
         fast_slow: FastSlow = "lr_ratio",
     ) -> None:
         super().__init__()
-        _check_choices(
+        PromptSettings(  # validates them
+            num_tokens=num_tokens,
+            rank=rank,
             compose=compose,
             shared_factor=shared_factor,
             shared_mode=shared_mode,
@@ -169,8 +157,8 @@ class TaskAdaptiveLowRankPrompt(nn.Module):
         )
         check_int("dim", dim)
         check_int("num_heads", num_heads)
-        check_int("num_tokens", num_tokens)
-        check_int("rank", rank, 1, min(num_tokens, dim))
+        if rank > dim:
+            raise ValueError(f"Prompt rank={rank} must not exceed the token width dim={dim}.")
         self.tasks = normalize_task_names(tasks, "TaskAdaptiveLowRankPrompt")
         self.dim, self.num_heads, self.num_tokens, self.rank = dim, num_heads, num_tokens, rank
         self.compose, self.shared_factor, self.shared_mode = compose, shared_factor, shared_mode

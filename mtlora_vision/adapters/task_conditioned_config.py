@@ -9,6 +9,10 @@ per task. ``branch_stage`` names the first backbone stage that is task-specific:
 it run once on the shared batch (MTL-LoRA: plain LoRA layers with the same shared ``A``/``B`` and
 scale ``alpha / rank``; prompts: none), and from it on the stream is replicated task-major to
 ``(T * B, ...)``. Like :mod:`~.config`, this module knows nothing about Swin.
+
+Each setting is validated once, here: the layers build their settings object
+(:class:`MTLLoRASettings`, :class:`PromptSettings`) from their arguments, and the model-level
+configs extend those with where the adapters go.
 """
 
 from __future__ import annotations
@@ -17,7 +21,17 @@ import math
 from dataclasses import dataclass
 
 from mtlora_vision.adapters.checks import check_int
-from mtlora_vision.adapters.prompt import _CHOICES
+
+#: Allowed values of the prompt adapter's string options.
+PROMPT_CHOICES: dict[str, tuple[str, ...]] = {
+    "compose": ("add", "hadamard"),
+    "shared_factor": ("left", "right"),
+    "shared_mode": ("gated", "joint"),
+    "warmup_mode": ("frozen_gate", "learn_gate"),
+    "slow_init": ("svd", "normal"),
+    "fast_slow": ("lr_ratio", "lookahead", "two_phase"),
+}
+MTL_LORA_INITS: tuple[str, ...] = ("official", "adapters")
 
 
 def _check_branch_stage(branch_stage: int, num_stages: int) -> None:
@@ -32,7 +46,54 @@ def _check_branch_stage(branch_stage: int, num_stages: int) -> None:
 
 
 @dataclass(frozen=True)
-class MTLLoRAConfig:
+class MTLLoRASettings:
+    """Settings of one MTL-LoRA layer (:class:`~.mtl_lora.MTLLoRALinear` documents each).
+
+    Attributes:
+        rank: Rank ``r`` of the update.
+        alpha: Scale numerator; the update is scaled by ``alpha / rank``.
+        num_up: Number of shared up-projections ``B^i``.
+        temperature: Softmax temperature of the mixing weights (> 0).
+        dropout: Dropout on the adapter input, in [0, 1).
+        diagonal: Diagonal ``Lambda_t`` instead of full ``(r, r)``; ``None`` takes the default of
+            ``init`` (full for ``"official"``, diagonal for ``"adapters"``).
+        init: ``"official"`` or ``"adapters"`` (AdapterHub) initialisation.
+    """
+
+    rank: int
+    alpha: float
+    num_up: int
+    temperature: float
+    dropout: float
+    diagonal: bool | None
+    init: str
+
+    def __post_init__(self) -> None:
+        check_int("rank", self.rank)
+        check_int("num_up", self.num_up)
+        for name in ("alpha", "temperature"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got dropout={self.dropout!r}.")
+        if self.init not in MTL_LORA_INITS:
+            raise ValueError(f"Unknown init={self.init!r}; choose from {list(MTL_LORA_INITS)}.")
+        if self.diagonal is not None and not isinstance(self.diagonal, bool):
+            raise ValueError(f"diagonal must be True, False or None, got {self.diagonal!r}.")
+
+    @property
+    def diagonal_lambda(self) -> bool:
+        """Whether ``Lambda_t`` is diagonal: ``diagonal``, or if None the default of ``init``.
+
+        The official release trains with a full ``(r, r)`` ``Lambda_t`` (``diagonal_format=False``
+        in every script); the ``adapters`` library defaults to ``"singular_values"``, a diagonal.
+        """
+        return self.init == "adapters" if self.diagonal is None else self.diagonal
+
+
+@dataclass(frozen=True)
+class MTLLoRAConfig(MTLLoRASettings):
     """MTL-LoRA on the targeted linear layers; task-specific from ``branch_stage`` on.
 
     Defaults: rank 64 and 2 up-projections (temperature 0.8) as in the released VL-BART script
@@ -42,14 +103,8 @@ class MTLLoRAConfig:
     ``branch_stage=0`` (every adapted layer task-specific) is the method as published.
 
     Attributes:
-        rank: Rank ``r`` of every layer.
-        alpha: Scale numerator; the update is scaled by ``alpha / rank``.
-        num_up: Number of shared up-projections ``B^i``.
-        temperature: Softmax temperature of the mixing weights (> 0).
-        dropout: Dropout on the adapter input.
-        diagonal: Diagonal ``Lambda_t`` instead of full ``(r, r)``; ``None`` takes the default of
-            ``init`` (full for ``"official"``, diagonal for ``"adapters"``).
-        init: ``"official"`` or ``"adapters"`` (AdapterHub) initialisation.
+        rank, alpha, num_up, temperature, dropout, diagonal, init: The layer settings
+            (:class:`MTLLoRASettings`).
         target_modules: Leaf names of the block linears to adapt.
         branch_stage: First task-specific stage; earlier stages get plain shared LoRA.
         num_stages: Number of backbone stages.
@@ -68,18 +123,7 @@ class MTLLoRAConfig:
 
     def __post_init__(self) -> None:
         _check_branch_stage(self.branch_stage, self.num_stages)
-        check_int("rank", self.rank)
-        check_int("num_up", self.num_up)
-        for name in ("alpha", "temperature"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got dropout={self.dropout!r}.")
-        if self.init not in ("official", "adapters"):
-            raise ValueError(f"Unknown init={self.init!r}; choose 'official' or 'adapters'.")
-        if self.diagonal is not None and not isinstance(self.diagonal, bool):
-            raise ValueError(f"diagonal must be True, False or None, got {self.diagonal!r}.")
+        super().__post_init__()
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         if not self.target_modules:
             raise ValueError("target_modules is empty; name at least one linear layer.")
@@ -91,7 +135,43 @@ class MTLLoRAConfig:
 
 
 @dataclass(frozen=True)
-class TALoRAPromptConfig:
+class PromptSettings:
+    """Settings of one prompt layer (:class:`~.prompt.TaskAdaptiveLowRankPrompt` documents each).
+
+    Attributes:
+        num_tokens: Prompt length ``L``.
+        rank: Rank of the task part, ``1 <= rank <= num_tokens`` (the layer also needs it
+            ``<=`` its token width).
+        compose: ``"add"`` or ``"hadamard"``.
+        shared_factor: ``"left"`` or ``"right"``: which factor is shared (slow).
+        shared_mode: ``"gated"`` or ``"joint"``.
+        warmup_mode: ``"learn_gate"`` or ``"frozen_gate"``.
+        slow_init: ``"svd"`` or ``"normal"``.
+        fast_slow: ``"lr_ratio"`` (fast weights at their own learning rate, set by the optimizer
+            config), ``"lookahead"`` or ``"two_phase"`` (driven by the hooks of
+            :mod:`mtlora_vision.engine.fast_slow`; ``docs/methods.md`` explains the three).
+    """
+
+    num_tokens: int
+    rank: int
+    compose: str
+    shared_factor: str
+    shared_mode: str
+    warmup_mode: str
+    slow_init: str
+    fast_slow: str
+
+    def __post_init__(self) -> None:
+        for name, allowed in PROMPT_CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"Unknown {name}={value!r}; choose from {list(allowed)}.")
+        check_int("num_tokens", self.num_tokens)
+        check_int("rank", self.rank, 1, self.num_tokens)
+
+
+@dataclass(frozen=True)
+class TALoRAPromptConfig(PromptSettings):
     """TA-LoRA-inspired prompts (``ta_lora_prompt``) in every block from ``branch_stage`` on.
 
     Our design from the paper's abstract (``docs/methods.md#ta-lora``): per block, ``num_tokens``
@@ -102,16 +182,8 @@ class TALoRAPromptConfig:
     Swin stages 3-4 only (``docs/methods.md#branch-stage``); stages before it carry no prompts.
 
     Attributes:
-        num_tokens: Prompt length ``L`` per block.
-        rank: Rank of the task part (``<= min(L, stage width)``).
-        compose: ``"add"`` or ``"hadamard"``.
-        shared_factor: ``"left"`` or ``"right"``: which factor is shared (slow).
-        shared_mode: ``"gated"`` or ``"joint"`` (see above).
-        warmup_mode: ``"learn_gate"`` or ``"frozen_gate"``.
-        slow_init: ``"svd"`` or ``"normal"``.
-        fast_slow: ``"lr_ratio"`` (fast weights at their own learning rate, set by the optimizer
-            config), ``"lookahead"`` or ``"two_phase"`` (driven by the hooks of
-            :mod:`mtlora_vision.engine.fast_slow`; ``docs/methods.md`` explains the three).
+        num_tokens, rank, compose, shared_factor, shared_mode, warmup_mode, slow_init, fast_slow:
+            The layer settings (:class:`PromptSettings`).
         branch_stage: First stage with (task) prompts.
         num_stages: Number of backbone stages.
     """
@@ -129,14 +201,7 @@ class TALoRAPromptConfig:
 
     def __post_init__(self) -> None:
         _check_branch_stage(self.branch_stage, self.num_stages)
-        check_int("num_tokens", self.num_tokens)
-        check_int("rank", self.rank)
-        if self.rank > self.num_tokens:
-            raise ValueError(f"rank={self.rank} must not exceed num_tokens={self.num_tokens}.")
-        for name in _CHOICES:
-            value = getattr(self, name)
-            if value not in _CHOICES[name]:
-                raise ValueError(f"Unknown {name}={value!r}; choose from {list(_CHOICES[name])}.")
+        super().__post_init__()
 
 
 TaskConditionedConfig = MTLLoRAConfig | TALoRAPromptConfig

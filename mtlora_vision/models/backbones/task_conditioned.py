@@ -113,11 +113,8 @@ def _inject_prompts(backbone: nn.Module, cfg: TALoRAPromptConfig, tasks: Sequenc
     for i in range(cfg.branch_stage, backbone.num_stages):
         for block in backbone.layers[i].blocks:
             attn = block.attn
-            dim = attn.qkv.in_features
-            if cfg.rank > dim:
-                raise ValueError(f"Prompt rank={cfg.rank} exceeds the width {dim} of stage {i}.")
             attn.prompt = WindowPrompt(
-                dim,
+                attn.qkv.in_features,
                 attn.num_heads,
                 tasks,
                 num_tokens=cfg.num_tokens,
