@@ -147,8 +147,7 @@ class MTLoRAConfig:
     num_stages: int = field(default=4)
 
     def __post_init__(self) -> None:
-        if self.num_stages < 1:
-            raise ValueError(f"num_stages must be >= 1, got {self.num_stages}.")
+        check_int("num_stages", self.num_stages)
         for name in ("shared_rank", "task_rank", "shared_scale", "task_scale", "dropout"):
             object.__setattr__(self, name, per_stage(getattr(self, name), self.num_stages, name))
         _check_ranks(self.shared_rank, "shared_rank")
@@ -214,8 +213,7 @@ class LoRAConfig:
     num_stages: int = 4
 
     def __post_init__(self) -> None:
-        if self.num_stages < 1:
-            raise ValueError(f"num_stages must be >= 1, got {self.num_stages}.")
+        check_int("num_stages", self.num_stages)
         for name in ("rank", "scale", "dropout"):
             object.__setattr__(self, name, per_stage(getattr(self, name), self.num_stages, name))
         _check_ranks(self.rank, "rank")

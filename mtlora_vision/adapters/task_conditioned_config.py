@@ -35,14 +35,9 @@ MTL_LORA_INITS: tuple[str, ...] = ("official", "adapters")
 
 
 def _check_branch_stage(branch_stage: int, num_stages: int) -> None:
-    if num_stages < 1:
-        raise ValueError(f"num_stages must be >= 1, got {num_stages}.")
-    valid = isinstance(branch_stage, int) and not isinstance(branch_stage, bool)
-    if not valid or not 0 <= branch_stage < num_stages:
-        raise ValueError(
-            f"branch_stage must be an integer in [0, {num_stages - 1}] (the first task-specific "
-            f"stage), got branch_stage={branch_stage!r}."
-        )
+    """``num_stages`` >= 1 and ``branch_stage``, the first task-specific stage, one of them."""
+    check_int("num_stages", num_stages)
+    check_int("branch_stage", branch_stage, 0, num_stages - 1)
 
 
 @dataclass(frozen=True)
