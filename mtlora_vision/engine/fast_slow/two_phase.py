@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from mmengine.hooks import Hook
 from torch import nn
 
+from mtlora_vision.adapters.checks import check_int
 from mtlora_vision.adapters.prompt import (
     PROMPT_FAST_KEY,
     PROMPT_SLOW_KEY,
@@ -42,8 +43,7 @@ class TwoPhaseHook(Hook):
     priority = "NORMAL"
 
     def __init__(self, switch_epoch: int, slow_lr_mult: float | None = None) -> None:
-        if isinstance(switch_epoch, bool) or not isinstance(switch_epoch, int) or switch_epoch < 1:
-            raise ValueError(f"switch_epoch must be an integer >= 1, got {switch_epoch!r}.")
+        check_int("switch_epoch", switch_epoch)
         if slow_lr_mult is not None and not (
             isinstance(slow_lr_mult, (int, float)) and 0.0 < slow_lr_mult <= 1.0
         ):
