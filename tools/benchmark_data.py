@@ -15,8 +15,8 @@ derived-label cache (edges, human parts) and is not timed.
 ``--without LAYER`` replaces one speed-only layer of the loader by its plain equivalent (same
 values), to measure what the layer earns: ``label-cache`` computes edges and human parts per
 sample (``use_cache=False``), ``flag-packing`` gives every label map its own mask channel (five
-channels: albumentations warps them in two chunks), ``normals-table`` decodes normals PNGs by the
-formula ``2 v / 255 - 1`` instead of a byte table. Compare variants run side by side, alternated.
+channels: albumentations warps them in two chunks). The heap-friendly malloc is switched off by
+``MTLORA_MALLOC_TUNING=0``. Compare variants run side by side, alternated.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from mtlora_vision.tasks import NUM_OUTPUTS
 if TYPE_CHECKING:
     import torch
 
-WITHOUT_CHOICES = ("label-cache", "flag-packing", "normals-table")
+WITHOUT_CHOICES = ("label-cache", "flag-packing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,18 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def use_plain_equivalent(layer: str) -> None:
     """Swap a speed-only layer for its plain equivalent in this process (benchmark only)."""
-    import numpy as np
-
-    from mtlora_vision.datasets import nyud, pascal_files, target_packing
+    from mtlora_vision.datasets import target_packing
 
     if layer == "flag-packing":
         target_packing._is_binary = lambda label: False  # every label map its own channel
-    elif layer == "normals-table":
-
-        def decode_by_formula(rgb: np.ndarray) -> np.ndarray:
-            return rgb.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
-
-        pascal_files.decode_normals_png = nyud.decode_normals_png = decode_by_formula
 
 
 def build_dataset(

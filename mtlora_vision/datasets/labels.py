@@ -20,8 +20,6 @@ from mtlora_vision.datasets.readers import CorruptFileError, SizeMismatchError
 from mtlora_vision.tasks import IGNORE_INDEX
 
 _INVALID = float(IGNORE_INDEX)
-#: ``2 v / 255 - 1`` in float32 for every byte value (a lookup is bit-identical and faster).
-_NORMALS_OF_BYTE = np.arange(256, dtype=np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
 
 
 def _corrupt_anno(source: str, problem: str) -> CorruptFileError:
@@ -141,7 +139,10 @@ def decode_normals_png(rgb: np.ndarray) -> np.ndarray:
     Returns:
         ``float32 (H, W, 3)`` in [-1, 1] (not renormalised).
     """
-    return cv2.LUT(np.ascontiguousarray(rgb, dtype=np.uint8), _NORMALS_OF_BYTE)
+    normals = np.asarray(rgb, dtype=np.uint8).astype(np.float32)
+    normals *= np.float32(2.0 / 255.0)
+    normals -= np.float32(1.0)
+    return normals
 
 
 def mask_normals(
