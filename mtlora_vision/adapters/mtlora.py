@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from mtlora_vision.adapters.config import AdapterSpec
 from mtlora_vision.adapters.lowrank_ops import expand_up, project_down
+from mtlora_vision.recompute import lean_dropout
 
 
 class MTLoRAOutput(NamedTuple):
@@ -298,7 +299,8 @@ class MTLoRALinear(nn.Module):
         if self.merged:
             return self.base_layer(x)
         flat = x.reshape(-1, self.in_features)
-        out = self._shared_term(self.dropout(flat), self.base_layer(flat), inplace=True)
+        dropped = lean_dropout(self.dropout, flat)
+        out = self._shared_term(dropped, self.base_layer(flat), inplace=True)
         return out.view(*x.shape[:-1], self.out_features)
 
     def forward_tasks(self, x: Tensor, task_x: Tensor | None = None) -> MTLoRAOutput:
@@ -340,7 +342,7 @@ class MTLoRALinear(nn.Module):
             )
         flat = x.reshape(-1, self.in_features)  # M, in
         base = self.base_layer(flat)  # M, out
-        dropped = self.dropout(flat)
+        dropped = lean_dropout(self.dropout, flat)
         shared_low = None
         if task_x is None:
             if self.mode == "addition" or self.merged:

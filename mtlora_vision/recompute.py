@@ -1,0 +1,217 @@
+"""Lean activation memory: cheap element-wise outputs recomputed in the backward pass.
+
+A training step keeps, for the backward pass, every tensor an operation saves. Many of them are
+outputs of cheap element-wise work (LayerNorm, GELU, dropout, BatchNorm + ReLU) that the next
+layer saves as its input, while the element-wise operation has already saved *its* input.
+Inside :func:`lean_activations`, an output computed by :func:`recomputable` is not stored when a
+later operation saves it: a recipe (the function and its inputs) is stored instead and the output
+is recomputed, without autograd, when the backward pass needs it. Recipe inputs are themselves
+stored as recipes where possible, so a chain (LayerNorm -> dropout -> low-rank projection) keeps
+only the chain's first input and a dropout mask.
+
+Dropout (:func:`lean_dropout`) keeps its mask as ``bool`` (1 byte per element instead of the 4 of
+a float32 mask); the mask is drawn exactly as ``F.dropout`` draws it, with the same values.
+
+Recomputation is exact: the same function on the same inputs, with the autocast state of the
+forward pass. Restrictions: a recomputable function must be deterministic and must not touch
+module state (BatchNorm passes ``recompute=`` a variant without running statistics), and a
+recorded output must not be modified in place after it has been saved.
+
+Activation checkpointing (``torch.utils.checkpoint``) stores nothing inside its region and takes
+precedence there; :func:`lean_mode` re-establishes the lean implementations during its
+recomputation, so both passes draw the same dropout masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_STATE = threading.local()
+
+
+def lean_enabled() -> bool:
+    """Whether the lean implementations are active (inside :func:`lean_mode`)."""
+    return getattr(_STATE, "lean", False)
+
+
+@contextlib.contextmanager
+def lean_mode(enabled: bool = True) -> Iterator[None]:
+    """Use the lean implementations (bool dropout masks) without storing recipes."""
+    previous = lean_enabled()
+    _STATE.lean = enabled
+    try:
+        yield
+    finally:
+        _STATE.lean = previous
+
+
+class _Recipe:
+    """How to recompute one recorded output: ``fn(*args)`` in a given autocast state."""
+
+    __slots__ = ("args", "autocast", "cache", "fn", "pending")
+
+    def __init__(self, fn: Callable[..., Tensor], args: tuple, autocast: tuple) -> None:
+        self.fn = fn
+        self.args = args
+        self.autocast = autocast
+        self.pending = 0  # saves not yet unpacked; the recomputed value is cached while > 1
+        self.cache: Tensor | None = None
+
+    def value(self) -> Tensor:
+        if self.cache is not None:
+            return self.cache
+        args = tuple(a.view_of_value() if isinstance(a, _Packed) else a for a in self.args)
+        device, dtype, enabled = self.autocast
+        with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+            out = self.fn(*args)
+        if self.pending > 1:
+            self.cache = out
+        return out
+
+
+class _Packed:
+    """A tensor stored as a view of a recipe's output (a saved tensor or a recipe's input)."""
+
+    __slots__ = ("offset", "recipe", "size", "stride")
+
+    def __init__(self, recipe: _Recipe, t: Tensor) -> None:
+        self.recipe = recipe
+        self.size, self.stride, self.offset = t.size(), t.stride(), t.storage_offset()
+
+    def view_of_value(self) -> Tensor:
+        return self.recipe.value().as_strided(self.size, self.stride, self.offset)
+
+
+def _unpack(packed: Any) -> Any:
+    """Unpack hook: a saved tensor, recomputed if it was stored as a recipe."""
+    if not isinstance(packed, _Packed):
+        return packed
+    out = packed.view_of_value()
+    recipe = packed.recipe
+    recipe.pending -= 1
+    if recipe.pending <= 0:
+        recipe.cache = None
+    return out
+
+
+class _Registry:
+    """Recorded outputs by storage address (weak references; each output carries its recipe)."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[int, weakref.ref] = {}
+
+    def record(self, out: Tensor, fn: Callable[..., Tensor], args: tuple) -> None:
+        device = out.device.type
+        autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
+        inputs = tuple(self.find(a) or a if isinstance(a, Tensor) else a for a in args)
+        # The recipe lives as long as the output or a saved view of it, no longer.
+        out._lean_recipe = (_Recipe(fn, inputs, autocast), out._version)
+        self.outputs[out.untyped_storage().data_ptr()] = weakref.ref(out)
+
+    def find(self, t: Tensor) -> _Packed | None:
+        """``t`` as a view of a recorded output, or None."""
+        ptr = t.untyped_storage().data_ptr()
+        ref = self.outputs.get(ptr)
+        out = None if ref is None else ref()
+        if out is None or out.untyped_storage().data_ptr() != ptr:
+            return None  # not recorded, or freed and the address reused
+        recipe, version = out._lean_recipe
+        if out._version != version or t.dtype != out.dtype:
+            return None  # modified in place since it was computed: store it as it is
+        return _Packed(recipe, t)
+
+    def pack(self, t: Tensor) -> Any:
+        """Pack hook: a recipe for recorded outputs (and views of them), else the tensor."""
+        packed = self.find(t)
+        if packed is None:
+            return t
+        packed.recipe.pending += 1
+        return packed
+
+
+def recomputable(
+    fn: Callable[..., Tensor], *args: Any, recompute: Callable[..., Tensor] | None = None
+) -> Tensor:
+    """``fn(*args)``; inside :func:`lean_activations` its output is recomputed, not stored.
+
+    Args:
+        fn: A cheap, deterministic function of ``args`` (LayerNorm, GELU, a dropout mask).
+        args: Its inputs; tensors among them are kept (as recipes where they have one).
+        recompute: What to run in the backward pass instead of ``fn`` (same values, no side
+            effects, e.g. BatchNorm without updating running statistics).
+    """
+    out = fn(*args)
+    registry = getattr(_STATE, "registry", None)
+    if registry is not None and torch.is_grad_enabled() and out.requires_grad:
+        registry.record(out, recompute or fn, args)
+    return out
+
+
+@contextlib.contextmanager
+def lean_activations(enabled: bool = True) -> Iterator[None]:
+    """Store recipes instead of recorded outputs saved for backward, and use lean dropout.
+
+    Re-entrant: an inner call while one is active changes nothing. ``enabled=False`` is a no-op.
+    """
+    if not enabled or getattr(_STATE, "registry", None) is not None:
+        yield
+        return
+    _STATE.registry = _Registry()
+    registry = _STATE.registry
+    try:
+        with lean_mode(), torch.autograd.graph.saved_tensors_hooks(registry.pack, _unpack):
+            yield
+    finally:
+        _STATE.registry = None
+
+
+class _MaskedScale(torch.autograd.Function):
+    """``x * mask * scale`` with a bool ``mask``; only the mask is saved."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mask: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(mask)
+        ctx.scale = scale
+        out = x.mul(mask)
+        return out if scale == 1.0 else out.mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (mask,) = ctx.saved_tensors
+        grad = grad.mul(mask)
+        return (grad if ctx.scale == 1.0 else grad.mul_(ctx.scale)), None, None
+
+
+def masked_scale(x: Tensor, mask: Tensor, scale: float = 1.0) -> Tensor:
+    """``x * mask * scale`` for a bool ``mask`` of ``x``'s shape, saving only the mask."""
+    return _MaskedScale.apply(x, mask, scale)
+
+
+def lean_dropout(dropout: nn.Module, x: Tensor) -> Tensor:
+    """``dropout(x)``; in :func:`lean_mode` with a bool mask and the output recomputable.
+
+    Args:
+        dropout: An ``nn.Dropout`` (or ``nn.Identity``) module.
+        x: Input of any shape.
+
+    Returns:
+        The same values as ``dropout(x)`` (same random draws).
+    """
+    p = getattr(dropout, "p", 0.0)
+    if not (lean_enabled() and dropout.training and p > 0):
+        return dropout(x)
+    if p >= 1:
+        return F.dropout(x, p, True)
+    keep = 1.0 - p
+    mask = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(keep)
+    # F.dropout scales by 1 / keep rounded to x's dtype; the same factor keeps the values equal.
+    scale = torch.tensor(1.0, dtype=x.dtype).div(keep).item()
+    return recomputable(masked_scale, x, mask, scale)
