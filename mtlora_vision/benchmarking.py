@@ -94,6 +94,12 @@ def _checkpointed(model: ConfigDict) -> ConfigDict:
     return model
 
 
+@register_variant("plain")
+def _plain(model: ConfigDict) -> ConfigDict:
+    model.backbone.recompute_elementwise = False  # every element-wise output stored
+    return model
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """One timed model: ``transform`` (a :data:`VARIANTS` key) applied to ``config``'s model."""

@@ -80,20 +80,38 @@ class _Recipe:
 class _Packed:
     """A tensor stored as a view of a recipe's output (a saved tensor or a recipe's input)."""
 
-    __slots__ = ("offset", "recipe", "size", "stride")
+    __slots__ = ("offset", "output", "recipe", "size", "stride", "version")
 
-    def __init__(self, recipe: _Recipe, t: Tensor) -> None:
+    def __init__(self, recipe: _Recipe, t: Tensor, output: Tensor) -> None:
         self.recipe = recipe
         self.size, self.stride, self.offset = t.size(), t.stride(), t.storage_offset()
+        self.output, self.version = weakref.ref(output), output._version
 
     def view_of_value(self) -> Tensor:
+        output = self.output()
+        if output is not None and output._version != self.version:
+            raise RuntimeError(_MODIFIED.format(f"{tuple(self.size)} {output.dtype}"))
         return self.recipe.value().as_strided(self.size, self.stride, self.offset)
 
 
+_MODIFIED = (
+    "one of the variables needed for gradient computation has been modified by an inplace "
+    "operation (inside mtlora_vision.recompute.lean_activations): {}"
+)
+
+
 def _unpack(packed: Any) -> Any:
-    """Unpack hook: a saved tensor, recomputed if it was stored as a recipe."""
-    if not isinstance(packed, _Packed):
-        return packed
+    """Unpack hook: a saved tensor, recomputed if it was stored as a recipe.
+
+    Raises:
+        RuntimeError: If the tensor was modified in place after it was saved (autograd's own
+            check, which saved-tensor hooks switch off).
+    """
+    if isinstance(packed, tuple):
+        t, version = packed
+        if t._version != version:
+            raise RuntimeError(_MODIFIED.format(f"{tuple(t.shape)} {t.dtype}"))
+        return t
     out = packed.view_of_value()
     recipe = packed.recipe
     recipe.pending -= 1
@@ -126,13 +144,13 @@ class _Registry:
         recipe, version = out._lean_recipe
         if out._version != version or t.dtype != out.dtype:
             return None  # modified in place since it was computed: store it as it is
-        return _Packed(recipe, t)
+        return _Packed(recipe, t, out)
 
     def pack(self, t: Tensor) -> Any:
         """Pack hook: a recipe for recorded outputs (and views of them), else the tensor."""
         packed = self.find(t)
         if packed is None:
-            return t
+            return t, t._version
         packed.recipe.pending += 1
         return packed
 

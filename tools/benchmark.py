@@ -33,6 +33,7 @@ VARIANT_HELP = {
     "frozen": "adapters removed, whole Swin frozen (the reference of every ratio)",
     "no_adapter": "adapters removed, other backbone parts trainable as in the config",
     "checkpointed": "the config with activation checkpointing in every stage (not by default)",
+    "plain": "the config without element-wise recomputation (every activation stored)",
 }
 DEFAULT_VARIANTS = ["model", "frozen", "no_adapter"]
 
