@@ -129,7 +129,7 @@ class _Registry:
     def record(self, out: Tensor, fn: Callable[..., Tensor], args: tuple) -> None:
         device = out.device.type
         autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
-        inputs = tuple(self.find(a) or a if isinstance(a, Tensor) else a for a in args)
+        inputs = tuple(self.find(a) or a.detach() if isinstance(a, Tensor) else a for a in args)
         # The recipe lives as long as the output or a saved view of it, no longer.
         out._lean_recipe = (_Recipe(fn, inputs, autocast), out._version)
         self.outputs[out.untyped_storage().data_ptr()] = weakref.ref(out)
@@ -150,7 +150,7 @@ class _Registry:
         """Pack hook: a recipe for recorded outputs (and views of them), else the tensor."""
         packed = self.find(t)
         if packed is None:
-            return t, t._version
+            return t.detach(), t._version  # detached: no cycle through its grad_fn
         packed.recipe.pending += 1
         return packed
 
@@ -189,6 +189,90 @@ def lean_activations(enabled: bool = True) -> Iterator[None]:
             yield
     finally:
         _STATE.registry = None
+
+
+@contextlib.contextmanager
+def _registry_scope(registry: _Registry | None) -> Iterator[None]:
+    previous = getattr(_STATE, "registry", None)
+    _STATE.registry = registry
+    try:
+        yield
+    finally:
+        _STATE.registry = previous
+
+
+class _Frame:
+    """One checkpointed call: its inputs, random and autocast state, and recomputed saves."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, lean: bool) -> None:
+        self.fn, self.lean = fn, lean
+        self.args = tuple(
+            a.detach().requires_grad_(a.requires_grad) if isinstance(a, Tensor) else a for a in args
+        )
+        self.devices = sorted({a.device for a in args if isinstance(a, Tensor)}, key=str)
+        self.cpu_rng = torch.get_rng_state()
+        self.cuda_rng = [torch.cuda.get_rng_state(d) for d in self.devices if d.type == "cuda"]
+        self.autocast = [
+            (kind, torch.get_autocast_dtype(kind), torch.is_autocast_enabled(kind))
+            for kind in sorted({"cpu"} | {d.type for d in self.devices})
+        ]
+        self.count = 0
+        self.saved: list[Any] = []
+
+    def pack(self, t: Tensor) -> tuple[_Frame, int]:
+        self.count += 1
+        return self, self.count - 1
+
+    def recompute(self) -> None:
+        """Run ``fn`` again; its saved tensors are stored lean (recipes) when ``lean``."""
+        registry = _Registry() if self.lean else None
+        saved: list[Any] = []
+
+        def pack(t: Tensor) -> None:
+            saved.append(registry.pack(t) if registry else (t.detach(), t._version))
+
+        cuda = [d for d in self.devices if d.type == "cuda"]
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=cuda))
+            torch.set_rng_state(self.cpu_rng)
+            for device, state in zip(cuda, self.cuda_rng, strict=True):
+                torch.cuda.set_rng_state(state, device)
+            for kind, dtype, enabled in self.autocast:
+                stack.enter_context(torch.autocast(kind, dtype=dtype, enabled=enabled))
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(lean_mode(self.lean))
+            stack.enter_context(_registry_scope(registry))
+            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, _unpack))
+            self.fn(*self.args)
+        if len(saved) != self.count:
+            raise RuntimeError(
+                f"Checkpoint recomputation saved {len(saved)} tensors, the forward pass "
+                f"{self.count}: the checkpointed function is not deterministic."
+            )
+        self.saved = saved
+
+    def unpack(self, handle: tuple[_Frame, int]) -> Tensor:
+        index = handle[1]
+        if not self.saved or self.saved[index] is None:
+            self.recompute()  # first use, or used again after retain_graph=True
+        packed, self.saved[index] = self.saved[index], None
+        return _unpack(packed)
+
+
+def lean_checkpoint(fn: Callable[..., Any], *args: Any, lean: bool = True) -> Any:
+    """``fn(*args)`` storing only ``args``; recomputed in the backward pass, lean when ``lean``.
+
+    Activation checkpointing like ``torch.utils.checkpoint`` (non-reentrant; random state of the
+    CPU and of the inputs' CUDA devices and the autocast state restored for the recomputation,
+    so it draws the same dropout masks), except that the recomputed saves are stored as in
+    :func:`lean_activations`: recorded element-wise outputs as recipes. The recomputation runs
+    once, at the first saved tensor the backward pass needs, and each save is released when used.
+    """
+    if not torch.is_grad_enabled():
+        return fn(*args)
+    frame = _Frame(fn, args, lean)
+    with torch.autograd.graph.saved_tensors_hooks(frame.pack, lambda h: h[0].unpack(h)):
+        return fn(*args)
 
 
 class _MaskedScale(torch.autograd.Function):

@@ -14,7 +14,6 @@ Both keep the gradients exactly those of the plain pass.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 import torch.utils.checkpoint
 
 from mtlora_vision.adapters.config import per_stage
-from mtlora_vision.recompute import lean_mode
+from mtlora_vision.recompute import lean_checkpoint
 
 
 class ActivationMemory:
@@ -52,12 +51,6 @@ class ActivationMemory:
         """``fn(*args)``, checkpointed if ``stage`` is switched on and gradients are recorded."""
         if not (self.grad_checkpointing[stage] and torch.is_grad_enabled()):
             return fn(*args)
-        lean = self.recompute_elementwise
-
-        def contexts() -> tuple[Any, Any]:
-            # The recomputation must draw dropout masks the way the forward pass did.
-            return contextlib.nullcontext(), lean_mode(lean)
-
-        return torch.utils.checkpoint.checkpoint(
-            fn, *args, use_reentrant=False, context_fn=contexts
-        )
+        if self.recompute_elementwise:  # the recomputed block stores lean activations too
+            return lean_checkpoint(fn, *args)
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
