@@ -282,13 +282,13 @@ class _MaskedScale(torch.autograd.Function):
     def forward(ctx, x: Tensor, mask: Tensor, scale: float) -> Tensor:
         ctx.save_for_backward(mask)
         ctx.scale = scale
-        out = x.mul(mask)
+        out = torch.where(mask, x, 0.0)  # x.mul(mask) would first cast the mask to x's dtype
         return out if scale == 1.0 else out.mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (mask,) = ctx.saved_tensors
-        grad = grad.mul(mask)
+        grad = torch.where(mask, grad, 0.0)
         return (grad if ctx.scale == 1.0 else grad.mul_(ctx.scale)), None, None
 
 

@@ -28,7 +28,7 @@ from timm.models.swin_transformer import window_partition
 from torch import Tensor
 
 from mtlora_vision.adapters.mtlora import MTLoRALinear
-from mtlora_vision.recompute import recomputable
+from mtlora_vision.recompute import lean_enabled, recomputable
 
 #: Additive attention-mask value for forbidden pairs (the official Swin constant).
 MASK_VALUE = -100.0
@@ -334,7 +334,10 @@ def block_forward_tasks(
     tasks = x.unsqueeze(0) + block.drop_path1(task_p).view(T, B, H, W, C)
     norm2, act = block.norm2, block.mlp.act
     hidden = fc1.forward_tasks(recomputable(norm2, shared), recomputable(norm2, tasks))
-    out = fc2.forward_tasks(recomputable(act, hidden.shared), recomputable(act, hidden.tasks))
+    if lean_enabled() and isinstance(act, torch.nn.GELU):  # GELU fused with the projections
+        out = fc2.forward_tasks(recomputable(act, hidden.shared), hidden.tasks, task_gelu=act)
+    else:
+        out = fc2.forward_tasks(act(hidden.shared), act(hidden.tasks))
     shared = shared + block.drop_path2(out.shared)
     tasks = tasks.flatten(0, 1) + block.drop_path2(out.tasks.flatten(0, 1))
     return shared, tasks
