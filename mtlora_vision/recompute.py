@@ -177,10 +177,11 @@ def recomputable(
 def lean_activations(enabled: bool = True) -> Iterator[None]:
     """Store recipes instead of recorded outputs saved for backward, and use lean dropout.
 
-    Re-entrant: an inner call while one is active changes nothing. ``enabled=False`` is a no-op.
+    Re-entrant: an inner call while one is active changes nothing. ``enabled=False`` and calls
+    without autograd (inference) are no-ops.
     """
-    if not enabled or getattr(_STATE, "registry", None) is not None:
-        yield
+    if not enabled or not torch.is_grad_enabled() or getattr(_STATE, "registry", None) is not None:
+        yield  # nothing is saved without autograd: inference runs the plain code
         return
     _STATE.registry = _Registry()
     registry = _STATE.registry

@@ -140,7 +140,7 @@ class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
         adapter: AdapterConfig | None = None,
         fused_attn: bool | None = None,
         grad_checkpointing: bool | Sequence[bool] = False,
-        recompute_elementwise: bool = True,
+        recompute_elementwise: bool = False,
     ) -> None:
         super().__init__()
         spec = resolve_arch(arch)
