@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlora_vision.adapters import lowrank_ops
 from mtlora_vision.adapters.config import MTLoRAConfig
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig
 from mtlora_vision.models.backbones.swin import SwinBackbone
@@ -87,11 +88,12 @@ def test_lean_step_equals_the_plain_one_in_float64(adapter, checkpointing):
         torch.testing.assert_close(lean[name], value, rtol=1e-12, atol=1e-12, msg=name)
 
 
-def test_bf16_autocast_outputs_and_gradients_unchanged():
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_bf16_autocast_outputs_and_gradients_unchanged(checkpointing):
     images = torch.randn(2, 3, 64, 64)
     results = []
     for recompute in (False, True):
-        model = build("mtlora", recompute).float()
+        model = build("mtlora", recompute, checkpointing and recompute).float()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             results.append(step(model, images))
     plain, lean = results
@@ -164,3 +166,19 @@ def test_lean_dropout_draws_the_masks_of_nn_dropout_and_saves_bool():
     got.sum().backward()
     assert torch.equal(x.grad, (expected != 0).float() / 0.7 * (x != 0))
     assert torch.equal(lean_dropout(dropout.eval(), x), x)  # eval: identity
+
+
+def test_gelu_project_down_in_chunks_equals_gelu_then_project_down(monkeypatch):
+    monkeypatch.setattr(lowrank_ops, "CHUNK_ELEMENTS", 40)  # several chunks per task
+    u = torch.randn(3, 37, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, 16, dtype=torch.float64, requires_grad=True)
+    fused = lowrank_ops.gelu_project_down(u, w)
+    plain = lowrank_ops.project_down(F.gelu(u), w)
+    torch.testing.assert_close(fused, plain, rtol=1e-14, atol=1e-14)
+    grad = torch.randn_like(fused)
+    for got, expected in zip(
+        torch.autograd.grad(fused, (u, w), grad),
+        torch.autograd.grad(plain, (u, w), grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
