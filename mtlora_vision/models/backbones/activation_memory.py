@@ -2,9 +2,10 @@
 
 Two ways to trade compute for the activation memory of a training step:
 
-* ``recompute_elementwise`` (default on): outputs of LayerNorm, GELU, dropout and the window
+* ``recompute_elementwise`` (off by default): outputs of LayerNorm, GELU, dropout and the window
   partition are recomputed in the backward pass from inputs that are stored anyway, and dropout
-  masks are stored as bool (:mod:`mtlora_vision.recompute`); about one extra element-wise pass.
+  masks are stored as bool (:mod:`mtlora_vision.recompute`); about one extra element-wise pass
+  (measured: 0.69x peak RSS, 1.14x step time at 448x448, batch 2, fp32; README).
 * ``grad_checkpointing`` (off by default, per stage): every block of a switched-on stage keeps
   only its input and runs again in the backward pass (``torch.utils.checkpoint``, non-reentrant,
   random state of DropPath and dropout restored); about one extra forward pass of the backbone.
