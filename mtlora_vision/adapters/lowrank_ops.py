@@ -63,16 +63,20 @@ class _ExpandUp(torch.autograd.Function):
         return grad_base, grad_c, grad_f
 
 
-def project_down(x: Tensor, w: Tensor) -> Tensor:
-    """Per-task down-projection ``x[t] @ w[t]^T``.
+def project_down(x: Tensor, w: Tensor, gelu: str | None = None) -> Tensor:
+    """Per-task down-projection ``x[t] @ w[t]^T``, or ``gelu(x[t]) @ w[t]^T``.
 
     Args:
         x: Task inputs ``(T, M, K)``.
         w: Per-task ``A`` matrices ``(T, r, K)``.
+        gelu: None, or the ``approximate`` of a GELU applied to ``x`` first, fused with the
+            projection (:func:`gelu_project_down`: the GELU output is never stored whole).
 
     Returns:
         ``(T, M, r)``.
     """
+    if gelu is not None:
+        return gelu_project_down(x, w, gelu)
     return _ProjectDown.apply(x, w)
 
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlora_vision.adapters.config import AdapterSpec
-from mtlora_vision.adapters.lowrank_ops import expand_up, gelu_project_down, project_down
+from mtlora_vision.adapters.lowrank_ops import expand_up, project_down
 from mtlora_vision.recompute import lean_dropout
 
 
@@ -304,7 +304,7 @@ class MTLoRALinear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
     def forward_tasks(
-        self, x: Tensor, task_x: Tensor | None = None, task_gelu: nn.GELU | None = None
+        self, x: Tensor, task_x: Tensor | None = None, task_gelu: str | None = None
     ) -> MTLoRAOutput:
         """Shared output and every task's output, the task outputs stacked.
 
@@ -312,8 +312,7 @@ class MTLoRALinear(nn.Module):
             x: Shared input ``(..., in_features)``.
             task_x: Optional task inputs ``(T, ..., in_features)`` in task order; without them
                 every task's low-rank term reads the (dropped-out) shared input.
-            task_gelu: A GELU applied to ``task_x`` first, fused with the task down-projections
-                so that its output is never stored whole (:func:`gelu_project_down`).
+            task_gelu: GELU (its ``approximate``) applied to ``task_x`` first, never stored whole.
 
         Returns:
             ``shared (..., out)`` and ``tasks (T, ..., out)``.
@@ -326,7 +325,7 @@ class MTLoRALinear(nn.Module):
         return MTLoRAOutput(shared, tasks)
 
     def forward_task_factors(
-        self, x: Tensor, task_x: Tensor | None = None, task_gelu: nn.GELU | None = None
+        self, x: Tensor, task_x: Tensor | None = None, task_gelu: str | None = None
     ) -> MTLoRAFactors:
         """Shared output, the task outputs' common base and their low-rank parts.
 
@@ -362,12 +361,7 @@ class MTLoRALinear(nn.Module):
             task_low = task_low.unflatten(-1, (T, self.task_rank)).transpose(0, 1)  # T, M, r_t
         else:
             task_flat = task_x.reshape(T, -1, self.in_features)  # T, M, in
-            if task_gelu is None:
-                task_low = project_down(task_flat, self._stacked_task_a())  # T, M, r_t
-            else:
-                task_low = gelu_project_down(
-                    task_flat, self._stacked_task_a(), task_gelu.approximate
-                )
+            task_low = project_down(task_flat, self._stacked_task_a(), task_gelu)  # T, M, r_t
         shared, task_base = self._shared_and_task_base(flat, dropped, base, shared_low)
         lead = x.shape[:-1]
         shared_out = shared.view(*lead, self.out_features)

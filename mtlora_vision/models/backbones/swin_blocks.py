@@ -335,7 +335,8 @@ def block_forward_tasks(
     norm2, act = block.norm2, block.mlp.act
     hidden = fc1.forward_tasks(recomputable(norm2, shared), recomputable(norm2, tasks))
     if lean_enabled() and isinstance(act, torch.nn.GELU):  # GELU fused with the projections
-        out = fc2.forward_tasks(recomputable(act, hidden.shared), hidden.tasks, task_gelu=act)
+        shared_in = recomputable(act, hidden.shared)
+        out = fc2.forward_tasks(shared_in, hidden.tasks, task_gelu=act.approximate)
     else:
         out = fc2.forward_tasks(act(hidden.shared), act(hidden.tasks))
     shared = shared + block.drop_path2(out.shared)
