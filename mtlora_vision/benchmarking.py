@@ -91,6 +91,13 @@ def _no_adapter(model: ConfigDict) -> ConfigDict:
 @register_variant("checkpointed")
 def _checkpointed(model: ConfigDict) -> ConfigDict:
     model.backbone.grad_checkpointing = True  # every stage's blocks recomputed in the backward
+    model.backbone.recompute_elementwise = True  # and stored lean when recomputed
+    return model
+
+
+@register_variant("lean")
+def _lean(model: ConfigDict) -> ConfigDict:
+    model.backbone.recompute_elementwise = True  # element-wise outputs recomputed in backward
     return model
 
 

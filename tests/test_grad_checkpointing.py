@@ -18,7 +18,7 @@ ADAPTERS = {
 }
 
 
-def build(adapter, checkpointing) -> SwinBackbone:
+def build(adapter, checkpointing, lean=True) -> SwinBackbone:
     torch.manual_seed(0)
     backbone = SwinBackbone(
         ARCH,
@@ -28,6 +28,7 @@ def build(adapter, checkpointing) -> SwinBackbone:
         tasks=TASKS,
         adapter=adapter,
         grad_checkpointing=checkpointing,
+        recompute_elementwise=lean,  # lean: our checkpoint; else torch.utils.checkpoint's
     ).double()
     with torch.no_grad():  # non-zero B factors, so every adapter term reaches the gradients
         for name, param in backbone.named_parameters():
@@ -48,12 +49,13 @@ def gradients(backbone: SwinBackbone, images: torch.Tensor) -> dict[str, torch.T
     return {**grads, "input": images.grad}
 
 
+@pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 @pytest.mark.parametrize("switch", [True, (False, True, False, True)])
-def test_checkpointed_gradients_equal_the_plain_ones_in_float64(adapter, switch):
+def test_checkpointed_gradients_equal_the_plain_ones_in_float64(adapter, switch, lean):
     images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    plain = gradients(build(ADAPTERS[adapter], False), images)
-    checkpointed_model = build(ADAPTERS[adapter], switch)
+    plain = gradients(build(ADAPTERS[adapter], False, lean=False), images)
+    checkpointed_model = build(ADAPTERS[adapter], switch, lean)
     calls = []
     block = checkpointed_model.layers[1].blocks[0]
     block.attn.qkv.register_forward_hook(lambda *_: calls.append(1))

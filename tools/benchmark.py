@@ -32,7 +32,9 @@ VARIANT_HELP = {
     "model": "the config as is",
     "frozen": "adapters removed, whole Swin frozen (the reference of every ratio)",
     "no_adapter": "adapters removed, other backbone parts trainable as in the config",
-    "checkpointed": "the config with activation checkpointing in every stage (not by default)",
+    "checkpointed": "the config with activation checkpointing in every stage and element-wise "
+    "recomputation (not by default)",
+    "lean": "the config with element-wise recomputation (recompute_elementwise, not by default)",
 }
 DEFAULT_VARIANTS = ["model", "frozen", "no_adapter"]
 

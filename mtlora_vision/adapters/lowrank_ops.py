@@ -14,6 +14,7 @@ so these two functions have their own backward that computes every product with 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -62,16 +63,20 @@ class _ExpandUp(torch.autograd.Function):
         return grad_base, grad_c, grad_f
 
 
-def project_down(x: Tensor, w: Tensor) -> Tensor:
-    """Per-task down-projection ``x[t] @ w[t]^T``.
+def project_down(x: Tensor, w: Tensor, gelu: str | None = None) -> Tensor:
+    """Per-task down-projection ``x[t] @ w[t]^T``, or ``gelu(x[t]) @ w[t]^T``.
 
     Args:
         x: Task inputs ``(T, M, K)``.
         w: Per-task ``A`` matrices ``(T, r, K)``.
+        gelu: None, or the ``approximate`` of a GELU applied to ``x`` first, fused with the
+            projection (:func:`gelu_project_down`: the GELU output is never stored whole).
 
     Returns:
         ``(T, M, r)``.
     """
+    if gelu is not None:
+        return gelu_project_down(x, w, gelu)
     return _ProjectDown.apply(x, w)
 
 
@@ -87,3 +92,61 @@ def expand_up(base: Tensor, c: Tensor, f: Tensor) -> Tensor:
         ``(T, M, N)``.
     """
     return _ExpandUp.apply(base, c, f)
+
+
+#: Elements per chunk of :func:`gelu_project_down` (16 MB in float32).
+CHUNK_ELEMENTS = 1 << 22
+
+
+class _GeluProjectDown(torch.autograd.Function):
+    """``gelu(u) @ w^T`` per task, in row chunks: the GELU output is never stored whole."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, w: Tensor, approximate: str) -> Tensor:
+        ctx.w_dtype, ctx.approximate = w.dtype, approximate
+        w = w.to(u.dtype)
+        ctx.save_for_backward(u, w)
+        T, M, K = u.shape
+        out = u.new_empty(T, w.shape[1], M)  # the fast orientation, transposed at the end
+        for t, rows in _chunks(T, M, K):
+            h = F.gelu(u[t, rows], approximate=approximate)
+            out[t, :, rows] = torch.mm(w[t], h.t())
+        return out.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        u, w = ctx.saved_tensors
+        grad = grad.to(u.dtype)
+        T, M, K = u.shape
+        grad_u = torch.empty_like(u) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
+        for t, rows in _chunks(T, M, K):
+            g = grad[t, rows]  # m, r
+            if grad_w is not None:
+                h = F.gelu(u[t, rows], approximate=ctx.approximate)
+                grad_w[t].addmm_(g.t(), h)
+            if grad_u is not None:
+                torch.ops.aten.gelu_backward.grad_input(
+                    g @ w[t], u[t, rows], approximate=ctx.approximate, grad_input=grad_u[t, rows]
+                )
+        return grad_u, None if grad_w is None else grad_w.to(ctx.w_dtype), None
+
+
+def _chunks(tasks: int, rows: int, width: int) -> list[tuple[int, slice]]:
+    """(task, row slice) pairs covering a contiguous ``(tasks, rows, width)`` tensor in chunks."""
+    step = max(1, CHUNK_ELEMENTS // width)
+    return [(t, slice(s, s + step)) for t in range(tasks) for s in range(0, rows, step)]
+
+
+def gelu_project_down(u: Tensor, w: Tensor, approximate: str = "none") -> Tensor:
+    """Per-task ``gelu(u[t]) @ w[t]^T`` without storing ``gelu(u)`` (recomputed in backward).
+
+    Args:
+        u: GELU inputs ``(T, M, K)``.
+        w: Per-task ``A`` matrices ``(T, r, K)``.
+        approximate: ``F.gelu``'s ``approximate``.
+
+    Returns:
+        ``(T, M, r)``, the values of ``project_down(F.gelu(u), w)``.
+    """
+    return _GeluProjectDown.apply(u, w, approximate)

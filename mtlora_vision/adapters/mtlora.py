@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from mtlora_vision.adapters.config import AdapterSpec
 from mtlora_vision.adapters.lowrank_ops import expand_up, project_down
+from mtlora_vision.recompute import lean_dropout
 
 
 class MTLoRAOutput(NamedTuple):
@@ -298,33 +299,40 @@ class MTLoRALinear(nn.Module):
         if self.merged:
             return self.base_layer(x)
         flat = x.reshape(-1, self.in_features)
-        out = self._shared_term(self.dropout(flat), self.base_layer(flat), inplace=True)
+        dropped = lean_dropout(self.dropout, flat)
+        out = self._shared_term(dropped, self.base_layer(flat), inplace=True)
         return out.view(*x.shape[:-1], self.out_features)
 
-    def forward_tasks(self, x: Tensor, task_x: Tensor | None = None) -> MTLoRAOutput:
+    def forward_tasks(
+        self, x: Tensor, task_x: Tensor | None = None, task_gelu: str | None = None
+    ) -> MTLoRAOutput:
         """Shared output and every task's output, the task outputs stacked.
 
         Args:
             x: Shared input ``(..., in_features)``.
             task_x: Optional task inputs ``(T, ..., in_features)`` in task order; without them
                 every task's low-rank term reads the (dropped-out) shared input.
+            task_gelu: GELU (its ``approximate``) applied to ``task_x`` first, never stored whole.
 
         Returns:
             ``shared (..., out)`` and ``tasks (T, ..., out)``.
         """
-        parts = self.forward_task_factors(x, task_x)
+        parts = self.forward_task_factors(x, task_x, task_gelu)
         tasks = expand_task_factors(parts.base, parts.coeffs, parts.factors)
         shared = parts.shared
         if self.mode == "addition":
             shared = parts.base + self.lora_norm(tasks.sum(0))
         return MTLoRAOutput(shared, tasks)
 
-    def forward_task_factors(self, x: Tensor, task_x: Tensor | None = None) -> MTLoRAFactors:
+    def forward_task_factors(
+        self, x: Tensor, task_x: Tensor | None = None, task_gelu: str | None = None
+    ) -> MTLoRAFactors:
         """Shared output, the task outputs' common base and their low-rank parts.
 
         Args:
             x: Shared input ``(..., in_features)``.
             task_x: Optional task inputs ``(T, ..., in_features)`` (see :meth:`forward_tasks`).
+            task_gelu: Optional GELU applied to ``task_x`` first (see :meth:`forward_tasks`).
 
         Returns:
             The factors; in ``addition`` mode ``shared`` is the frozen projection (the LayerNorm
@@ -340,7 +348,7 @@ class MTLoRALinear(nn.Module):
             )
         flat = x.reshape(-1, self.in_features)  # M, in
         base = self.base_layer(flat)  # M, out
-        dropped = self.dropout(flat)
+        dropped = lean_dropout(self.dropout, flat)
         shared_low = None
         if task_x is None:
             if self.mode == "addition" or self.merged:
@@ -353,7 +361,7 @@ class MTLoRALinear(nn.Module):
             task_low = task_low.unflatten(-1, (T, self.task_rank)).transpose(0, 1)  # T, M, r_t
         else:
             task_flat = task_x.reshape(T, -1, self.in_features)  # T, M, in
-            task_low = project_down(task_flat, self._stacked_task_a())  # T, M, r_t
+            task_low = project_down(task_flat, self._stacked_task_a(), task_gelu)  # T, M, r_t
         shared, task_base = self._shared_and_task_base(flat, dropped, base, shared_low)
         lead = x.shape[:-1]
         shared_out = shared.view(*lead, self.out_features)

@@ -36,6 +36,7 @@ from mtlora_vision.models.loss_weighting import (
 from mtlora_vision.models.losses import MultiTaskLoss, stack_targets
 from mtlora_vision.models.necks.fusion import MultiScaleFusion
 from mtlora_vision.models.postprocess import postprocess_outputs
+from mtlora_vision.recompute import lean_activations
 from mtlora_vision.tasks import NUM_OUTPUTS, Task, check_tasks
 
 logger = logging.getLogger(__name__)
@@ -268,13 +269,15 @@ class MultiTaskModel(BaseModel):
 
     def forward_tensor(self, inputs: Tensor) -> dict[str, Tensor]:
         """Raw outputs per task at input resolution, ``(B, K_t, H, W)``."""
-        feats = self.backbone(inputs)  # per stage: T, B, C, H, W
         size = inputs.shape[-2:]
         outputs = {}
-        for index, task in enumerate(self.tasks):
-            fused = self.fusion[task]([f[index] for f in feats])
-            logits = self.heads[task](fused)
-            outputs[task] = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        with lean_activations(self.backbone.recompute_elementwise):  # heads too
+            feats = self.backbone(inputs)  # per stage: T, B, C, H, W
+            for index, task in enumerate(self.tasks):
+                logits = self.heads[task](self.fusion[task]([f[index] for f in feats]))
+                outputs[task] = F.interpolate(
+                    logits, size=size, mode="bilinear", align_corners=False
+                )
         return outputs
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.utils.checkpoint
 from timm.layers import PatchEmbed, calculate_drop_path_rates, trunc_normal_
 from timm.models.swin_transformer import SwinTransformerStage
 from torch import Tensor, nn
@@ -32,6 +31,7 @@ from mtlora_vision.adapters.config import AdapterConfig, AdapterSpec, per_stage
 from mtlora_vision.adapters.inject import inject_adapters, match_targets
 from mtlora_vision.adapters.state_dict import WRAPPER_TYPES, adapter_parameter_names
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRAPromptConfig
+from mtlora_vision.models.backbones.activation_memory import ActivationMemory
 from mtlora_vision.models.backbones.swin_blocks import (
     block_forward,
     block_forward_tasks,
@@ -57,6 +57,7 @@ from mtlora_vision.models.backbones.task_conditioned import (
     inject_task_conditioned,
 )
 from mtlora_vision.models.state_dict_check import compare_state_dicts
+from mtlora_vision.recompute import lean_activations
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def _init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class SwinBackbone(TaskConditionedForward, nn.Module):
+class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
     """Swin v1 with optional MTLoRA / LoRA adapters, returning per-task features of every stage.
 
     Args:
@@ -124,6 +125,8 @@ class SwinBackbone(TaskConditionedForward, nn.Module):
         grad_checkpointing: Activation checkpointing, one switch or one per stage: while
             gradients are recorded, each block of a switched-on stage keeps only its input and
             recomputes its forward in the backward pass (:meth:`set_grad_checkpointing`).
+        recompute_elementwise: Recompute LayerNorm, GELU and dropout outputs in the backward
+            pass instead of storing them, dropout masks stored as bool (:mod:`.activation_memory`).
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class SwinBackbone(TaskConditionedForward, nn.Module):
         adapter: AdapterConfig | None = None,
         fused_attn: bool | None = None,
         grad_checkpointing: bool | Sequence[bool] = False,
+        recompute_elementwise: bool = False,
     ) -> None:
         super().__init__()
         spec = resolve_arch(arch)
@@ -186,6 +190,7 @@ class SwinBackbone(TaskConditionedForward, nn.Module):
             for i, c in enumerate(out_dims)
         ]
         self.set_grad_checkpointing(grad_checkpointing)
+        self.recompute_elementwise = bool(recompute_elementwise)
         self.adapter_config = adapter
         self.task_branching = False
         #: In eval mode, keep the task streams low-rank and merge them once (:mod:`.task_branch`);
@@ -297,28 +302,6 @@ class SwinBackbone(TaskConditionedForward, nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
 
-    def set_grad_checkpointing(self, enable: bool | Sequence[bool] = True) -> None:
-        """Switch activation checkpointing on or off, for all stages or one value per stage.
-
-        A checkpointed block stores only its input tokens; its forward pass (attention, MLP,
-        adapters, the task branch of a stage's last block and the next stage's patch merging) runs
-        again in the backward pass (``torch.utils.checkpoint``, non-reentrant, random state of
-        DropPath and dropout restored, so gradients are exactly those of the plain pass). It trades
-        about one more forward pass for the activation memory of all blocks but one: use it when
-        a batch does not fit otherwise (e.g. the paper's batch 32 at 448x448).
-
-        Raises:
-            ValueError: If a sequence does not have one value per stage.
-        """
-        switches = per_stage(enable, self.num_stages, "grad_checkpointing")
-        self.grad_checkpointing = tuple(bool(s) for s in switches)
-
-    def maybe_checkpoint(self, stage: int, fn: Any, *args: Any) -> Any:
-        """``fn(*args)``, checkpointed if ``stage`` is switched on and gradients are recorded."""
-        if self.grad_checkpointing[stage] and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
-
     def check_input_size(self, images: Tensor) -> None:
         """Raise a ValueError unless ``images`` is ``(B, 3, H, W)``, ``H, W`` multiples of 32."""
         if images.dim() != 4 or images.shape[1] != 3:
@@ -364,13 +347,18 @@ class SwinBackbone(TaskConditionedForward, nn.Module):
         """
         self.check_input_size(images)
         fused = not torch.is_grad_enabled() if self.fused_attn is None else self.fused_attn
-        if self.task_conditioned:
-            return self.forward_task_conditioned(images, self._check_tasks(tasks), fused)
-        if tasks is not None:
+        if tasks is not None and not self.task_conditioned:
             raise ValueError(
                 f"tasks={tasks!r}: choosing tasks needs a task-conditioned adapter (MTL-LoRA, "
                 "TA-LoRA prompts); this backbone computes all its tasks in one pass."
             )
+        with lean_activations(self.recompute_elementwise):
+            if self.task_conditioned:
+                return self.forward_task_conditioned(images, self._check_tasks(tasks), fused)
+            return self._forward_stages(images, fused)
+
+    def _forward_stages(self, images: Tensor, fused: bool) -> list[Tensor]:
+        """Stages with MTLoRA task branches (or none): see :meth:`forward`."""
         x = self.patch_embed(images)  # B, H/4, W/4, C
         feats = []
         for i, stage in enumerate(self.layers):

@@ -28,6 +28,7 @@ from timm.models.swin_transformer import window_partition
 from torch import Tensor
 
 from mtlora_vision.adapters.mtlora import MTLoRALinear
+from mtlora_vision.recompute import lean_enabled, recomputable
 
 #: Additive attention-mask value for forbidden pairs (the official Swin constant).
 MASK_VALUE = -100.0
@@ -180,6 +181,11 @@ def to_windows(x: Tensor, geom: WindowGeometry) -> Tensor:
     return tokens.view(-1, geom.window[0] * geom.window[1], C)  # B*nW, N, C
 
 
+def normed_windows(block: torch.nn.Module, x: Tensor, geom: WindowGeometry) -> Tensor:
+    """``to_windows(block.norm1(x))``, both steps recomputable (:mod:`mtlora_vision.recompute`)."""
+    return recomputable(to_windows, recomputable(block.norm1, x), geom)
+
+
 def from_windows(windows: Tensor, geom: WindowGeometry, grid: tuple[int, int]) -> Tensor:
     """Undo :func:`to_windows` (unshift, crop): ``(B * nW, N, C)`` -> ``(B, H, W, C)``."""
     C = windows.shape[-1]
@@ -286,9 +292,15 @@ def block_forward(block: torch.nn.Module, x: Tensor, fused: bool = True) -> Tens
     """
     grid = (x.shape[1], x.shape[2])
     geom = window_geometry_of(block, x)
-    attended = window_attention(block.attn, to_windows(block.norm1(x), geom), geom, fused)
+    attended = window_attention(block.attn, normed_windows(block, x, geom), geom, fused)
     x = x + block.drop_path1(from_windows(block.attn.proj(attended), geom, grid))
-    return x + block.drop_path2(block.mlp(block.norm2(x)))
+    return x + block.drop_path2(mlp_forward(block.mlp, recomputable(block.norm2, x)))
+
+
+def mlp_forward(mlp: torch.nn.Module, x: Tensor) -> Tensor:
+    """Run a timm ``Mlp`` (fc1, act, dropout, norm, fc2, dropout), its activation recomputable."""
+    hidden = mlp.norm(mlp.drop1(recomputable(mlp.act, mlp.fc1(x))))
+    return mlp.drop2(mlp.fc2(hidden))
 
 
 def block_forward_tasks(
@@ -315,14 +327,18 @@ def block_forward_tasks(
     B, H, W, C = x.shape
     T = proj.num_tasks
     geom = window_geometry_of(block, x)
-    attended = window_attention(block.attn, to_windows(block.norm1(x), geom), geom, fused)
+    attended = window_attention(block.attn, normed_windows(block, x, geom), geom, fused)
     out = proj.forward_tasks(attended)  # B*nW, N, C and T, B*nW, N, C
     shared = x + block.drop_path1(from_windows(out.shared, geom, (H, W)))
     task_p = from_windows(out.tasks.flatten(0, 1), geom, (H, W))  # T*B, H, W, C
     tasks = x.unsqueeze(0) + block.drop_path1(task_p).view(T, B, H, W, C)
-    hidden = fc1.forward_tasks(block.norm2(shared), block.norm2(tasks))
-    act = block.mlp.act
-    out = fc2.forward_tasks(act(hidden.shared), act(hidden.tasks))
+    norm2, act = block.norm2, block.mlp.act
+    hidden = fc1.forward_tasks(recomputable(norm2, shared), recomputable(norm2, tasks))
+    if lean_enabled() and isinstance(act, torch.nn.GELU):  # GELU fused with the projections
+        shared_in = recomputable(act, hidden.shared)
+        out = fc2.forward_tasks(shared_in, hidden.tasks, task_gelu=act.approximate)
+    else:
+        out = fc2.forward_tasks(act(hidden.shared), act(hidden.tasks))
     shared = shared + block.drop_path2(out.shared)
     tasks = tasks.flatten(0, 1) + block.drop_path2(out.tasks.flatten(0, 1))
     return shared, tasks
@@ -337,7 +353,7 @@ def patch_merge(merge: torch.nn.Module, x: Tensor) -> Tensor:
     if x.shape[1] % 2 or x.shape[2] % 2:
         return merge(x)
     x = merge_cells(x).flatten(3)
-    return merge.reduction(merge.norm(x))
+    return merge.reduction(recomputable(merge.norm, x))
 
 
 def merge_cells(x: Tensor) -> Tensor:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlora_vision.recompute import lean_enabled, masked_scale, recomputable
+
 
 def upsample_concat(feats: Sequence[Tensor]) -> Tensor:
     """Bilinearly upsample every map to the first (finest) one's size and concatenate channels.
@@ -64,5 +66,33 @@ class HRNetHead(nn.Module):
         Returns:
             ``(B, num_outputs, H_0, W_0)``.
         """
-        x = upsample_concat(feats)
-        return self.classifier(self.act(self.norm(self.conv(x))))
+        return self.classifier(norm_relu(self.norm, self.act, self.conv(upsample_concat(feats))))
+
+
+def norm_relu(norm: nn.BatchNorm2d, act: nn.Module, x: Tensor) -> Tensor:
+    """``act(norm(x))`` for a ReLU ``act``, recomputed in the backward pass in lean mode.
+
+    Under :func:`~mtlora_vision.recompute.lean_mode` the ReLU saves a bool mask (:func:`bn_relu`).
+    """
+    if not lean_enabled():
+        return act(norm(x))
+    return recomputable(bn_relu, norm, x, recompute=bn_relu_again)
+
+
+def bn_relu(norm: nn.BatchNorm2d, x: Tensor, again: bool = False) -> Tensor:
+    """``relu(norm(x))`` as ``y * (y > 0)``: backward keeps the bool mask, not the output.
+
+    ``again=True`` is the recomputation in the backward pass: in training mode it normalises
+    with the batch statistics as the forward pass did but passes no running buffers, so they are
+    updated once per step.
+    """
+    if again and norm.training:
+        y = F.batch_norm(x, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
+    else:
+        y = norm(x)
+    return masked_scale(y, y > 0)
+
+
+def bn_relu_again(norm: nn.BatchNorm2d, x: Tensor) -> Tensor:
+    """:func:`bn_relu` as recomputed in the backward pass."""
+    return bn_relu(norm, x, again=True)

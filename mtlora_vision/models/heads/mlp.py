@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from mtlora_vision.models.heads.hrnet import upsample_concat
+from mtlora_vision.models.heads.hrnet import norm_relu, upsample_concat
 
 
 class MLPHead(nn.Module):
@@ -47,4 +47,4 @@ class MLPHead(nn.Module):
         if len(feats) != len(self.projs):
             raise ValueError(f"Expected {len(self.projs)} scales, got {len(feats)}.")
         x = upsample_concat([proj(f) for proj, f in zip(self.projs, feats, strict=True)])
-        return self.classifier(self.act(self.norm(self.fuse(x))))
+        return self.classifier(norm_relu(self.norm, self.act, self.fuse(x)))

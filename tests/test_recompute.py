@@ -1,0 +1,184 @@
+"""Lean activations: element-wise outputs recomputed in backward, exactly the plain gradients."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtlora_vision.adapters import lowrank_ops
+from mtlora_vision.adapters.config import MTLoRAConfig
+from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig
+from mtlora_vision.models.backbones.swin import SwinBackbone
+from mtlora_vision.models.heads.hrnet import HRNetHead
+from mtlora_vision.models.heads.mlp import MLPHead
+from mtlora_vision.models.multitask import MultiTaskModel
+from mtlora_vision.recompute import lean_activations, lean_dropout, recomputable
+
+ARCH = {"embed_dim": 16, "depths": (2, 1, 2, 1), "num_heads": (1, 2, 2, 2)}
+TASKS = ("semseg", "human_parts", "sal", "normals")
+# dropout and DropPath on: the lean path must draw the same masks as nn.Dropout
+ADAPTERS = {
+    "mtlora": {"type": MTLoRAConfig, "shared_rank": 3, "task_rank": 2, "dropout": 0.3},
+    "mtl_lora": {"type": MTLLoRAConfig, "rank": 2, "num_up": 2, "dropout": 0.3, "branch_stage": 2},
+}
+
+
+def build(adapter: str, recompute: bool, checkpointing: bool = False) -> MultiTaskModel:
+    torch.manual_seed(0)
+    model = MultiTaskModel(
+        tasks=TASKS,
+        backbone={
+            "type": SwinBackbone,
+            "arch": ARCH,
+            "img_size": 64,
+            "window_size": 4,
+            "drop_path_rate": 0.3,
+            "recompute_elementwise": recompute,
+            "grad_checkpointing": checkpointing,
+        },
+        adapter=ADAPTERS[adapter],
+        fusion={"channels": (4, 4, 8, 8)},
+        heads={"default": {"type": HRNetHead}, "sal": {"type": MLPHead, "channels": 8}},
+    ).double()
+    with torch.no_grad():  # non-zero B factors, so every adapter term reaches the gradients
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.normal_(std=0.1)
+    return model.train()
+
+
+def step(model: MultiTaskModel, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Outputs, gradients of a fixed random projection of them, and the BN running statistics."""
+    torch.manual_seed(1)  # same DropPath and dropout draws for every model
+    images = images.clone().requires_grad_(True)
+    outputs = model(images, mode="tensor")
+    gen = torch.Generator().manual_seed(2)
+    loss = sum(
+        (o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outputs.values()
+    )
+    loss.backward()
+    grads = {f"grad:{n}": p.grad for n, p in model.named_parameters() if p.grad is not None}
+    outs = {f"out:{t}": o.detach() for t, o in outputs.items()}
+    stats = {f"buffer:{n}": b for n, b in model.named_buffers() if "running" in n}
+    return {**outs, **grads, **stats, "grad:input": images.grad}
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_lean_step_equals_the_plain_one_in_float64(adapter, checkpointing):
+    images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    models = {"plain": build(adapter, False), "lean": build(adapter, True, checkpointing)}
+    calls = {name: [] for name in models}
+    for name, model in models.items():
+        norm = model.backbone.layers[2].blocks[0].norm2  # a block without task branch
+        norm.register_forward_hook(lambda *_, name=name: calls[name].append(1))
+    plain, lean = (step(model, images) for model in models.values())
+    # lean: forward, the checkpoint's recomputation, then its recipe in backward; MTL-LoRA
+    # layers keep their own dropout, which never saves the LayerNorm's output
+    lean_calls = 1 + int(checkpointing) + int(adapter == "mtlora")
+    assert (len(calls["plain"]), len(calls["lean"])) == (1, lean_calls)
+    assert plain.keys() == lean.keys()
+    assert sum(k.startswith("grad:") for k in plain) > 20
+    for name, value in plain.items():
+        torch.testing.assert_close(lean[name], value, rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_bf16_autocast_outputs_and_gradients_unchanged(checkpointing):
+    images = torch.randn(2, 3, 64, 64)
+    results = []
+    for recompute in (False, True):
+        model = build("mtlora", recompute, checkpointing and recompute).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(step(model, images))
+    plain, lean = results
+    assert plain["out:semseg"].dtype == torch.bfloat16
+    for name, value in plain.items():
+        torch.testing.assert_close(lean[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_recorded_output_is_not_stored_and_recomputed_once_per_use():
+    calls = []
+
+    def gelu(x):
+        calls.append(1)
+        return F.gelu(x)
+
+    u = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    with lean_activations():
+        h = recomputable(gelu, u)
+        out = (h @ w).sum() + (h * 2.0).sum()
+    ref = weakref.ref(h)
+    del h
+    gc.collect()
+    assert ref() is None  # nothing kept the GELU output: mm saved a recipe
+    out.backward()
+    assert len(calls) == 2  # forward, once in backward
+    u2 = u.detach().clone().requires_grad_(True)
+    w2 = w.detach().clone().requires_grad_(True)
+    h2 = F.gelu(u2)
+    ((h2 @ w2).sum() + (h2 * 2.0).sum()).backward()
+    assert torch.equal(u.grad, u2.grad)
+    assert torch.equal(w.grad, w2.grad)
+
+
+def test_output_modified_in_place_is_stored_as_it_is():
+    u = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    with lean_activations():
+        h = recomputable(torch.mul, u, 2.0)
+        h.mul_(3.0)  # after recording: its recipe would give the old values
+        out = (h * h).sum()
+    out.backward()
+    torch.testing.assert_close(u.grad, 72.0 * u.detach(), rtol=1e-12, atol=0)
+
+
+def test_in_place_change_after_saving_is_still_an_error():
+    u = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    with lean_activations():
+        h = torch.exp(u)  # saves its output
+        h.mul_(3.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h.sum().backward()
+
+
+def test_lean_dropout_draws_the_masks_of_nn_dropout_and_saves_bool():
+    x = torch.randn(64, 32, requires_grad=True)
+    dropout = nn.Dropout(0.3).train()
+    torch.manual_seed(5)
+    expected = dropout(x)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    torch.manual_seed(5)
+    with lean_activations(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        got = lean_dropout(dropout, x)
+    assert torch.equal(got, expected)
+    assert [t.dtype for t in saved] == [torch.bool]
+    got.sum().backward()
+    assert torch.equal(x.grad, (expected != 0).float() / 0.7 * (x != 0))
+    assert torch.equal(lean_dropout(dropout.eval(), x), x)  # eval: identity
+
+
+def test_gelu_project_down_in_chunks_equals_gelu_then_project_down(monkeypatch):
+    monkeypatch.setattr(lowrank_ops, "CHUNK_ELEMENTS", 40)  # several chunks per task
+    u = torch.randn(3, 37, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, 16, dtype=torch.float64, requires_grad=True)
+    fused = lowrank_ops.gelu_project_down(u, w)
+    plain = lowrank_ops.project_down(F.gelu(u), w)
+    torch.testing.assert_close(fused, plain, rtol=1e-14, atol=1e-14)
+    grad = torch.randn_like(fused)
+    for got, expected in zip(
+        torch.autograd.grad(fused, (u, w), grad),
+        torch.autograd.grad(plain, (u, w), grad),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
