@@ -8,12 +8,12 @@
         --variants model frozen checkpointed               # precisions and checkpointing
 
 Prints a table (``--json``: one JSON object instead); progress goes to stderr. What is measured
-and how: :mod:`mtlora_vision.benchmarking` (one module per part). Each ``--methods`` config adds one more variant, named
-by its file stem, built as that config is. Merged inference (``--merged``) times every as-is
-variant after :func:`~mtlora_vision.adapters.merge.merge_for_inference` against the frozen
-reference. ``--precision`` takes several values: every variant is then timed in each, keyed
-``variant@mode``, in the same interleaved rounds. The CPU allocator is tuned as in the train and
-test tools (``MTLORA_MALLOC_TUNING=0`` times glibc's defaults).
+and how: :mod:`mtlora_vision.benchmarking` (one module per part). Each ``--methods`` config adds
+one more variant, named by its file stem, built as that config is. Merged inference (``--merged``)
+times every as-is variant after :func:`~mtlora_vision.adapters.merge.merge_for_inference`
+against the frozen reference. ``--precision`` takes several values: every variant is then timed in
+each, keyed ``variant@mode``, in the same interleaved rounds. The CPU allocator is tuned as in the
+train and test tools (``MTLORA_MALLOC_TUNING=0`` times glibc's defaults).
 """
 
 from __future__ import annotations

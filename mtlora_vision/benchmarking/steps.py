@@ -68,7 +68,7 @@ def compiled_step(
         phases, ``max_rel_diff``: the largest ``max|compiled - eager| / max|eager|`` over the task
         outputs (training outputs differ by their dropout draws, so they are not compared).
     """
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, dynamic=False)  # one graph per input shape, no recompiles
     run = train_step if phase == "train" else infer_step
     step = in_precision(lambda x: run(compiled, x), precision)
     start = time.perf_counter()
