@@ -21,13 +21,16 @@ def test_operators_are_attributed_to_the_module_of_their_forward_also_in_backwar
     x = torch.randn(4, 8)
     with module_ranges(model), torch.profiler.profile() as prof:
         model(x).square().sum().backward()
-    ops, modules = attribute(list(prof.events()))
+    tables = attribute(list(prof.events()))
+    ops, modules = tables["ops"], tables["modules"]
     # gelu_backward is made by GELU's forward, layer-norm backward by LayerNorm's.
     assert {"forward:GELU", "backward:GELU", "forward:LayerNorm", "backward:LayerNorm"} <= set(
         modules
     )
     assert "aten::gelu_backward" in ops
-    assert sum(ops.values()) == pytest.approx(sum(modules.values()))
+    for table in tables.values():  # every keying splits the same operator time
+        assert sum(table.values()) == pytest.approx(sum(ops.values()))
+    assert set(tables["kinds"]) == {"matmul", "other"}  # addmm against gelu, layer norm, ...
     assert not any(hasattr(m, "_profile_range") for m in model.modules())  # hooks cleaned up
     assert model[0]._forward_hooks == {}
     assert model[0]._forward_pre_hooks == {}
@@ -55,7 +58,7 @@ def test_profile_floor_tool_splits_the_time_over_the_floor(tmp_path, capsys):
         assert entry["over_floor_ms"] == pytest.approx(
             entry["model_ms"] - entry["flop_ratio"] * entry["frozen_ms"]
         )
-        for table in ("ops", "modules"):
+        for table in ("kinds", "ops", "modules", "module_ops"):
             assert sum(r[3] for r in entry[table]) == pytest.approx(entry["over_floor_ms"])
         assert f"{key}: model " in out
     assert any(r[0].startswith("backward:") for r in report["train@fp32"]["modules"])

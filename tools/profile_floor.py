@@ -81,7 +81,7 @@ def profile(args: argparse.Namespace, progress) -> dict[str, Any]:
                 "x_floor": model_ms / (ratio * frozen_ms),
                 **{
                     table: over_floor(prof["model"][table], prof["frozen"][table], ratio)
-                    for table in ("ops", "modules")
+                    for table in ("kinds", "ops", "modules", "module_ops")
                 },
             }
     return report
@@ -101,9 +101,10 @@ def format_report(report: dict[str, Any], top: int) -> str:
             f"ratio {entry['flop_ratio']:.2f}x, floor {entry['floor_ms']:.0f} ms, over it "
             f"{entry['over_floor_ms']:.0f} ms ({entry['x_floor']:.2f}x floor)",
         ]
-        for table in ("ops", "modules"):
+        for table in ("kinds", "ops", "modules", "module_ops"):
             width = max(24, *(len(row[0]) for row in entry[table][:top]))
-            lines.append(f"  {table[:-1]:<{width}} {'model ms':>9} {'frozen ms':>9} {'over ms':>8}")
+            title = table.rstrip("s")
+            lines.append(f"  {title:<{width}} {'model ms':>9} {'frozen ms':>9} {'over ms':>8}")
             for name, model_ms, frozen_ms, excess in entry[table][:top]:
                 lines.append(f"  {name:<{width}} {model_ms:>9.1f} {frozen_ms:>9.1f} {excess:>8.1f}")
             rest = entry[table][top:]

@@ -3,7 +3,7 @@
 The floor of a variant's time against ``frozen`` is its FLOP ratio ``f`` (``tools/benchmark.py``):
 a step that scaled every piece of the frozen step's work by ``f`` would take ``f * frozen``. The
 time over the floor is ``model - f * frozen``; this module splits it into the same difference per
-key, ``model[k] - f * frozen[k]``, for two keyings of the profiled self CPU time:
+key, ``model[k] - f * frozen[k]``, for several keyings of the profiled self CPU time:
 
 * ``ops``: the aten operator (``aten::addmm``, ``aten::native_layer_norm``, ...); the Python time
   between operators is the key ``[python and untraced]`` (wall time minus the operators' self
@@ -14,6 +14,12 @@ key, ``model[k] - f * frozen[k]``, for two keyings of the profiled self CPU time
   operator which made it (the profiler's sequence numbers). Work in functions that the backbone
   calls outside a module's forward (window attention's softmax and its token permutations) lands
   on the innermost module around them (usually the backbone).
+* ``kinds``: ``matmul`` (matrix products, convolutions and fused attention: the operators whose
+  FLOPs the floor counts) against ``other`` (element-wise work, copies, normalisation, random
+  numbers), whose time FLOPs do not see; ``module_ops``: module key and operator together.
+
+Per-op rows of FLOP-carrying operators compare unlike work (the frozen Swin has no backbone
+backward, so no ``aten::mm`` of its own to speak of); ``kinds`` is the fair split of those.
 
 Keys summed over equal ``model - f * frozen`` up to rounding. Profiles are taken step by step in
 interleaved rounds (``model``, ``frozen``, ``model``, ...) and averaged per step; profiling adds a
@@ -75,30 +81,42 @@ def _module_name(event: FunctionEvent) -> str:
     return owner.name[len(MODULE_PREFIX) :] if owner is not None else "(no module)"
 
 
-def attribute(events: list[FunctionEvent]) -> tuple[dict[str, float], dict[str, float]]:
-    """Self CPU microseconds of the operators in ``events``, per op and per module key.
+def op_kind(name: str) -> str:
+    """``matmul`` for the operators that carry the counted FLOPs, else ``other`` (pure)."""
+    flop_carrying = ("mm", "conv", "attention")
+    return "matmul" if any(part in name for part in flop_carrying) else "other"
+
+
+def attribute(events: list[FunctionEvent]) -> dict[str, dict[str, float]]:
+    """Self CPU microseconds of the operators in ``events``, keyed four ways.
 
     Returns:
-        ``(ops, modules)``; ranges (``module:``, autograd engine, ``record_function``) are not
-        operators and are left out, so both dicts sum to the operators' self time.
+        Tables ``ops`` (aten name), ``modules`` (``forward:<class>``, ``backward:<class>``),
+        ``kinds`` (:func:`op_kind`: matmul and convolution against the rest) and
+        ``module_ops`` (``<module key> <op>``). Ranges (``module:``, autograd engine,
+        ``record_function``) are not operators and are left out: every table sums to the
+        operators' self time.
     """
     module_of_seq: dict[int, str] = {}
-    ops: dict[str, float] = defaultdict(float)
-    modules: dict[str, float] = defaultdict(float)
+    tables: dict[str, dict[str, float]] = {
+        t: defaultdict(float) for t in ("ops", "modules", "kinds", "module_ops")
+    }
     for event in events:  # forward events that made autograd nodes (ops, custom Functions)
         if event.sequence_nr >= 0 and _ancestor(event, BACKWARD_PREFIX) is None:
             module_of_seq.setdefault(event.sequence_nr, _module_name(event))
     for event in events:
         if not event.name.startswith("aten::"):
             continue
-        ops[event.name] += event.self_cpu_time_total
         node = _ancestor(event, BACKWARD_PREFIX)
         if node is None:
-            modules[f"forward:{_module_name(event)}"] += event.self_cpu_time_total
+            module = f"forward:{_module_name(event)}"
         else:
             owner = module_of_seq.get(node.sequence_nr, node.name[len(BACKWARD_PREFIX) :])
-            modules[f"backward:{owner}"] += event.self_cpu_time_total
-    return dict(ops), dict(modules)
+            module = f"backward:{owner}"
+        keys = (event.name, module, op_kind(event.name), f"{module} {event.name}")
+        for table, key in zip(tables.values(), keys, strict=True):
+            table[key] += event.self_cpu_time_total
+    return {name: dict(table) for name, table in tables.items()}
 
 
 def profile_step(
@@ -107,23 +125,20 @@ def profile_step(
     """One profiled ``step(images)``: milliseconds per op and per module key, and the wall time.
 
     Returns:
-        ``{"ops": {...}, "modules": {...}, "wall_ms": {"total": ...}}``; both keyings include
-        :data:`UNTRACED`, so each sums to the wall time.
+        The tables of :func:`attribute` in milliseconds, each with :data:`UNTRACED` so that it
+        sums to the wall time, and ``wall_ms: {"total": ...}``.
     """
     activities = [torch.profiler.ProfilerActivity.CPU]
     with module_ranges(model), torch.profiler.profile(activities=activities) as prof:
         start = time.perf_counter()
         step(images)
         wall_ms = (time.perf_counter() - start) * 1e3
-    ops, modules = attribute(list(prof.events()))
-    traced_ms = sum(ops.values()) / 1e3
-    result = {
-        "ops": {k: v / 1e3 for k, v in ops.items()},
-        "modules": {k: v / 1e3 for k, v in modules.items()},
-        "wall_ms": {"total": wall_ms},
-    }
-    for table in ("ops", "modules"):
-        result[table][UNTRACED] = wall_ms - traced_ms
+    tables = attribute(list(prof.events()))
+    traced_ms = sum(tables["ops"].values()) / 1e3
+    result = {name: {k: v / 1e3 for k, v in table.items()} for name, table in tables.items()}
+    for table in result.values():
+        table[UNTRACED] = wall_ms - traced_ms
+    result["wall_ms"] = {"total": wall_ms}
     return result
 
 
@@ -137,16 +152,13 @@ def profile_interleaved(
     for _ in range(warmup):
         for step, _model in steps.values():
             step(images)
-    sums: dict[str, dict[str, dict[str, float]]] = {
-        name: {"ops": defaultdict(float), "modules": defaultdict(float), "wall_ms": {"total": 0.0}}
-        for name in steps
-    }
+    sums: dict[str, dict[str, dict[str, float]]] = {name: defaultdict(dict) for name in steps}
     for _ in range(iters):
         for name, (step, model) in steps.items():
             for table, values in profile_step(step, model, images).items():
                 for key, ms in values.items():
                     sums[name][table][key] = sums[name][table].get(key, 0.0) + ms / iters
-    return {name: {t: dict(v) for t, v in tables.items()} for name, tables in sums.items()}
+    return {name: dict(tables) for name, tables in sums.items()}
 
 
 def over_floor(
