@@ -8,7 +8,8 @@ CPU (``tools/profile_floor.py``). The positions where an i.i.d. Bernoulli(``p``)
 the partial sums of i.i.d. geometric gaps (support 1, 2, ...), so drawing the gaps gives the same
 distribution of masks with about ``p * n`` random numbers instead of ``n``. The output is
 ``x * m / (1 - p)`` with ``m`` the keep mask, as ``nn.Dropout``; only the random stream differs.
-On other devices (CUDA's dropout is a fused kernel) and in eval mode it is ``nn.Dropout``.
+On other devices (CUDA's dropout is a fused kernel), under ``torch.compile`` (inductor generates
+its own vectorised random numbers) and in eval mode it is ``nn.Dropout``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class GapDropout(nn.Dropout):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` with each element zeroed with probability ``p``, the rest scaled by ``1/(1-p)``."""
-        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.p == 1.0:
+        plain = not self.training or self.p in (0.0, 1.0) or x.device.type != "cpu"
+        if plain or torch.compiler.is_compiling():  # inductor draws its own masks, vectorised
             return F.dropout(x, self.p, self.training, self.inplace)
         scale = torch.full(x.shape, 1.0 / (1.0 - self.p), dtype=x.dtype)  # contiguous
         scale.view(-1).index_fill_(0, bernoulli_positions(x.numel(), self.p), 0.0)
