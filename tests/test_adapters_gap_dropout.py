@@ -64,3 +64,19 @@ def test_gap_dropout_is_identity_in_eval_and_a_dropout_module() -> None:
     x = torch.randn(8, 4)
     assert torch.equal(layer(x), x)
     assert isinstance(layer, nn.Dropout)
+
+
+def test_gap_dropout_keeps_only_the_dropped_indices_for_backward() -> None:
+    torch.manual_seed(3)
+    x = torch.randn(100, 100, requires_grad=True)
+    saved: list[tuple[torch.dtype, int]] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append((tensor.dtype, tensor.numel()))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = GapDropout(0.05).train()(x)
+    dropped = int((out == 0).sum())
+    assert saved == [(torch.int64, dropped)]  # nn.Dropout saves a 10,000-element mask
+    assert 0 < dropped < 1000

@@ -7,7 +7,9 @@ over every adapter input (``p = 0.05``, about 80 M elements per training step of
 CPU (``tools/profile_floor.py``). The positions where an i.i.d. Bernoulli(``p``) sequence is 1 are
 the partial sums of i.i.d. geometric gaps (support 1, 2, ...), so drawing the gaps gives the same
 distribution of masks with about ``p * n`` random numbers instead of ``n``. The output is
-``x * m / (1 - p)`` with ``m`` the keep mask, as ``nn.Dropout``; only the random stream differs.
+``x * m / (1 - p)`` with ``m`` the keep mask, as ``nn.Dropout`` (the same scale, rounded to the
+input's dtype); only the random stream differs. The backward pass keeps the ``p * n`` dropped
+indices instead of ``nn.Dropout``'s mask of ``n`` elements in the input's dtype.
 On other devices (CUDA's dropout is a fused kernel), under ``torch.compile`` (inductor generates
 its own vectorised random numbers) and in eval mode it is ``nn.Dropout``.
 """
@@ -19,6 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 def bernoulli_positions(n: int, p: float, device: torch.device | None = None) -> Tensor:
@@ -44,14 +47,38 @@ def bernoulli_positions(n: int, p: float, device: torch.device | None = None) ->
     return (positions[positions <= n] - 1).long().to(device)
 
 
+class _ScaleAndDrop(torch.autograd.Function):
+    """``x * scale`` with the elements at ``dropped`` (flat indices) zeroed; saves only those."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dropped: Tensor, scale: float) -> Tensor:
+        out = torch.mul(x, scale, out=torch.empty(x.shape, dtype=x.dtype))  # contiguous
+        out.view(-1).index_fill_(0, dropped, 0.0)
+        ctx.save_for_backward(dropped)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (dropped,) = ctx.saved_tensors
+        grad_x = torch.mul(grad, ctx.scale, out=torch.empty(grad.shape, dtype=grad.dtype))
+        grad_x.view(-1).index_fill_(0, dropped, 0.0)
+        return grad_x, None, None
+
+
 class GapDropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU training masks come from :func:`bernoulli_positions`."""
+    """``nn.Dropout`` whose CPU training masks come from :func:`bernoulli_positions`.
+
+    Only the dropped positions are kept for the backward pass (``p * n`` indices instead of a mask
+    of ``n`` elements in the input's dtype).
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` with each element zeroed with probability ``p``, the rest scaled by ``1/(1-p)``."""
         plain = not self.training or self.p in (0.0, 1.0) or x.device.type != "cpu"
-        if plain or torch.compiler.is_compiling():  # inductor draws its own masks, vectorised
+        if plain or self.inplace or torch.compiler.is_compiling():  # inductor draws its own
             return F.dropout(x, self.p, self.training, self.inplace)
-        scale = torch.full(x.shape, 1.0 / (1.0 - self.p), dtype=x.dtype)  # contiguous
-        scale.view(-1).index_fill_(0, bernoulli_positions(x.numel(), self.p), 0.0)
-        return x.mul_(scale) if self.inplace else x * scale
+        # nn.Dropout's scale: 1 / (1 - p) rounded to the input's dtype.
+        scale = float(torch.ones((), dtype=x.dtype).div_(1.0 - self.p))
+        return _ScaleAndDrop.apply(x, bernoulli_positions(x.numel(), self.p), scale)
