@@ -63,3 +63,5 @@ def test_profile_floor_tool_splits_the_time_over_the_floor(tmp_path, capsys):
         assert f"{key}: model " in out
     assert any(r[0].startswith("backward:") for r in report["train@fp32"]["modules"])
     assert not any(r[0].startswith("backward:") for r in report["infer_merged@fp32"]["modules"])
+    with pytest.raises(SystemExit, match=r"--img-size 100: .* use e\.g\. --img-size 96"):
+        tool.main([argv[0], "--img-size", "100"])  # refused before any model is built

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 from mtlora_vision.cli import add_cfg_options, parse_cfg_options
@@ -120,17 +119,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     args.cfg_options = parse_cfg_options(args.cfg_options)
     args.precision = args.precision or [default_precision()]
-    import torch
+    from mtlora_vision.benchmarking.process import setup_process
 
-    from mtlora_vision.allocator import tune_cpu_allocator
-
-    tune_cpu_allocator()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    start = time.perf_counter()
+    try:
+        _, stamp = setup_process(args.img_size, args.threads)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
     def progress(message: str) -> None:
-        print(f"[{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+        print(stamp(message), file=sys.stderr, flush=True)
 
     report = profile(args, progress)
     print(json.dumps(report) if args.json else format_report(report, args.top))
