@@ -32,6 +32,11 @@ def test_positions_are_bernoulli_counts_and_gaps() -> None:
     assert (hits / 4000 - 0.3).abs().max() < 4 * math.sqrt(0.3 * 0.7 / 4000)
 
 
+def test_positions_of_an_empty_sequence_and_an_empty_input() -> None:
+    assert bernoulli_positions(0, 0.1).shape == (0,)
+    assert GapDropout(0.1).train()(torch.empty(0, 3)).shape == (0, 3)
+
+
 def test_positions_reject_bad_probabilities() -> None:
     for p in (0.0, 1.0, -0.1):
         with pytest.raises(ValueError, match=f"p={p}"):

@@ -37,7 +37,7 @@ def bernoulli_positions(n: int, p: float, device: torch.device | None = None) ->
         raise ValueError(f"p={p}: a probability strictly between 0 and 1 is needed.")
     mean = n * p
     chunk = int(mean + 6.0 * math.sqrt(mean * (1.0 - p)) + 16)  # enough almost always
-    parts, end = [], 0.0
+    parts, end = [torch.empty(0, dtype=torch.float64)], 0.0
     while end < n:
         gaps = torch.empty(chunk, dtype=torch.float64).geometric_(p)
         positions = gaps.cumsum_(0).add_(end)  # 1-based positions of the successes
