@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant")
     parser.add_argument("--merged", action="store_true", help="also time merged inference")
     parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=list(PHASE_NAMES),
+        help="time only these phases (default: train, infer and, with --merged, infer_merged)",
+    )
+    parser.add_argument(
         "--variants",
         nargs="+",
         default=DEFAULT_VARIANTS,

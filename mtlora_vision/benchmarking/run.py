@@ -31,8 +31,10 @@ from mtlora_vision.benchmarking.variants import (
 )
 
 
-def phases(merged: bool) -> list[str]:
-    """Phases to measure: train, infer, and infer_merged with ``merged``."""
+def phases(merged: bool, chosen: list[str] | None = None) -> list[str]:
+    """Phases to measure: ``chosen`` if given, else train, infer and (``merged``) infer_merged."""
+    if chosen:
+        return list(dict.fromkeys(chosen))
     return ["train", "infer"] + (["infer_merged"] if merged else [])
 
 
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = lambda _: No
     if not args.no_memory:  # first: the children must fork from a parent without models
         jobs = [
             (phase, s, p)
-            for phase in phases(args.merged)
+            for phase in phases(args.merged, getattr(args, "phases", None))
             for s in phase_specs(specs, phase)
             for p in precisions
         ]
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = lambda _: No
                 configs[spec.config], spec, phase, args.img_size, args.batch_size, precision
             )
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
-    for phase in phases(args.merged):
+    for phase in phases(args.merged, getattr(args, "phases", None)):
         chosen = phase_specs(specs, phase)
         progress(f"{phase}: building {', '.join(s.name for s in chosen)}")
         models = {
