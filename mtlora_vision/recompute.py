@@ -302,7 +302,8 @@ def lean_dropout(dropout: nn.Module, x: Tensor) -> Tensor:
     """``dropout(x)``; in :func:`lean_mode` with a bool mask and the output recomputable.
 
     Args:
-        dropout: An ``nn.Dropout`` (or ``nn.Identity``) module.
+        dropout: An ``nn.Dropout`` (or ``nn.Identity``) module; a ``GapDropout`` keeps its own
+            draws (the dropped indices) and its output is recomputed from them.
         x: Input of any shape.
 
     Returns:
@@ -313,6 +314,10 @@ def lean_dropout(dropout: nn.Module, x: Tensor) -> Tensor:
         return dropout(x)
     if p >= 1:
         return F.dropout(x, p, True)
+    uses_gaps = getattr(dropout, "uses_gaps", None)
+    if uses_gaps is not None and uses_gaps(x):  # GapDropout: its own draws, dropped indices kept
+        dropped, scale = dropout.draw(x)
+        return recomputable(dropout.apply_drops, x, dropped, scale)
     keep = 1.0 - p
     mask = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(keep)
     # F.dropout scales by 1 / keep rounded to x's dtype; the same factor keeps the values equal.

@@ -230,6 +230,9 @@ def test_benchmark_prints_a_table_progress_on_stderr_and_json_on_request(tmp_pat
     assert set(tool.VARIANT_HELP) == set(benchmarking.VARIANTS)  # --help lists every variant
     with pytest.raises(SystemExit, match=r"--img-size 100: .* use e\.g\. --img-size 96"):
         tool.main([config, "--img-size", "100"])
+    report = tool.main([*argv, "--json", "--no-memory", "--phases", "infer_merged"])
+    capsys.readouterr()
+    assert [k for k in report if k in tool.PHASE_NAMES] == ["infer_merged"]
 
 
 def method_config(tmp_path: Path, name: str, adapter: str) -> str:

@@ -8,12 +8,12 @@
         --variants model frozen checkpointed               # precisions and checkpointing
 
 Prints a table (``--json``: one JSON object instead); progress goes to stderr. What is measured
-and how: :mod:`mtlora_vision.benchmarking`. Each ``--methods`` config adds one more variant, named
-by its file stem, built as that config is. Merged inference (``--merged``) times every as-is
-variant after :func:`~mtlora_vision.adapters.merge.merge_for_inference` against the frozen
-reference. ``--precision`` takes several values: every variant is then timed in each, keyed
-``variant@mode``, in the same interleaved rounds. The CPU allocator is tuned as in the train and
-test tools (``MTLORA_MALLOC_TUNING=0`` times glibc's defaults).
+and how: :mod:`mtlora_vision.benchmarking` (one module per part). Each ``--methods`` config adds
+one more variant, named by its file stem, built as that config is. Merged inference (``--merged``)
+times every as-is variant after :func:`~mtlora_vision.adapters.merge.merge_for_inference`
+against the frozen reference. ``--precision`` takes several values: every variant is then timed in
+each, keyed ``variant@mode``, in the same interleaved rounds. The CPU allocator is tuned as in the
+train and test tools (``MTLORA_MALLOC_TUNING=0`` times glibc's defaults).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 from mtlora_vision.cli import add_cfg_options, parse_cfg_options
@@ -54,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant")
     parser.add_argument("--merged", action="store_true", help="also time merged inference")
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=list(PHASE_NAMES),
+        help="time only these phases (default: train, infer and, with --merged, infer_merged)",
+    )
     parser.add_argument(
         "--variants",
         nargs="+",
@@ -150,25 +155,16 @@ def _ratio(value: float | None, width: int = 8) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)  # before the heavy imports: --help and typos answer at once
-    import torch
-
-    from mtlora_vision.allocator import tune_cpu_allocator
     from mtlora_vision.benchmarking import run
+    from mtlora_vision.benchmarking.process import setup_process
 
-    if args.img_size % 32:
-        fixed = max(32, round(args.img_size / 32) * 32)
-        raise SystemExit(
-            f"--img-size {args.img_size}: the Swin backbones take multiples of 32; use e.g. "
-            f"--img-size {fixed}."
-        )
-    # As the train and test tools do; MTLORA_MALLOC_TUNING=0 times glibc's defaults instead.
-    malloc_tuned = tune_cpu_allocator()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    start = time.perf_counter()
+    try:  # the allocator is tuned as in the train and test tools
+        malloc_tuned, stamp = setup_process(args.img_size, args.threads)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
     def progress(message: str) -> None:
-        print(f"[{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+        print(stamp(message), file=sys.stderr, flush=True)
 
     report = run(args, progress)
     report["malloc_tuned"] = malloc_tuned

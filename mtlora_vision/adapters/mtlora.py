@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlora_vision.adapters.config import AdapterSpec
+from mtlora_vision.adapters.gap_dropout import GapDropout
 from mtlora_vision.adapters.lowrank_ops import expand_up, project_down
 from mtlora_vision.recompute import lean_dropout
 
@@ -135,7 +136,7 @@ class MTLoRALinear(nn.Module):
         self.shared_rank = spec.shared_rank
         self.task_rank = spec.task_rank if spec.tasks else 0
         self.task_names: tuple[str, ...] = spec.tasks
-        self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        self.dropout = GapDropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         self.merged = False
         dd = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
         if self.mode != "addition":

@@ -172,6 +172,18 @@ def relative_position_index(
     return (rows * (2 * table_window[1] - 1) + cols).flatten().to(device)
 
 
+@torch.compiler.assume_constant_result
+def constant_window_geometry(*key: object) -> WindowGeometry:
+    """:func:`window_geometry`, held constant by ``torch.compile`` instead of traced per call."""
+    return window_geometry(*key)
+
+
+@torch.compiler.assume_constant_result
+def constant_relative_position_index(*key: object) -> Tensor:
+    """:func:`relative_position_index`, held constant by ``torch.compile``."""
+    return relative_position_index(*key)
+
+
 def to_windows(x: Tensor, geom: WindowGeometry) -> Tensor:
     """Pad, shift and partition ``(B, H, W, C)`` into windows ``(B * nW, N, C)``."""
     B, H, W, C = x.shape
@@ -218,7 +230,7 @@ def window_attention(
     heads = attn.num_heads
     qkv = attn.qkv(windows).reshape(B_, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # B_, nH, N, hd each
-    index = relative_position_index(geom.window, attn.window_size, windows.device)
+    index = constant_relative_position_index(geom.window, attn.window_size, windows.device)
     bias = attn.relative_position_bias_table[index].view(N, N, heads).permute(2, 0, 1)  # nH, N, N
     if geom.mask is None:
         attn_mask = bias.unsqueeze(0)
@@ -263,7 +275,7 @@ def join_prompt_tokens(
 
 def window_geometry_of(block: torch.nn.Module, x: Tensor) -> WindowGeometry:
     """Geometry of ``block`` (a timm ``SwinTransformerBlock``) on the grid of ``x (B, H, W, C)``."""
-    return window_geometry(
+    return constant_window_geometry(
         (x.shape[1], x.shape[2]),
         tuple(block.window_size),
         any(block.shift_size),

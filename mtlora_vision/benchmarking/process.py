@@ -1,0 +1,39 @@
+"""Set-up shared by the benchmark tools: input check, allocator, threads, timed progress lines."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from mtlora_vision.allocator import tune_cpu_allocator
+
+
+def setup_process(img_size: int, threads: int | None) -> tuple[bool, Callable[[str], str]]:
+    """Check ``img_size``, tune the CPU allocator as the train and test tools do, set threads.
+
+    ``MTLORA_MALLOC_TUNING=0`` keeps glibc's defaults (``mtlora_vision.allocator``).
+
+    Returns:
+        Whether the allocator was tuned, and ``stamp(message)``: the message behind the seconds
+        since this call (the tools' progress lines).
+
+    Raises:
+        ValueError: If ``img_size`` is not a multiple of 32, naming the nearest that is.
+    """
+    if img_size % 32:
+        fixed = max(32, round(img_size / 32) * 32)
+        raise ValueError(
+            f"--img-size {img_size}: the Swin backbones take multiples of 32; use e.g. "
+            f"--img-size {fixed}."
+        )
+    malloc_tuned = tune_cpu_allocator()
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+
+    def stamp(message: str) -> str:
+        return f"[{time.perf_counter() - start:6.1f} s] {message}"
+
+    return malloc_tuned, stamp
