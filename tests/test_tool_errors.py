@@ -79,3 +79,13 @@ def test_other_errors_keep_their_traceback_and_success_exits_0(monkeypatch):
         with pytest.raises(SystemExit) as exit_info:
             run_tool(lambda returned=returned: returned)
         assert exit_info.value.code == status
+
+
+@pytest.mark.parametrize("tool", sorted(p.name for p in (REPO / "tools").glob("*.py")))
+def test_every_tool_runs_its_main_through_run_tool(tool):
+    # So that every tool reports input errors the same way (one line, exit 2).
+    import ast
+
+    tree = ast.parse((REPO / "tools" / tool).read_text())
+    guards = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+    assert [ast.unparse(n.body[0]) for n in guards] == ["run_tool(main)"]

@@ -23,7 +23,7 @@ import json
 import sys
 from typing import Any
 
-from mtlora_vision.cli import add_cfg_options, parse_cfg_options
+from mtlora_vision.cli import add_cfg_options, parse_cfg_options, run_tool
 from mtlora_vision.engine.precision import add_precision_argument, default_precision
 
 #: Built-in variants (mtlora_vision.benchmarking.VARIANTS), listed in --help without importing it.
@@ -173,4 +173,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mtlora_vision.cli import run_tool
 from mtlora_vision.tasks import NUM_OUTPUTS
 
 if TYPE_CHECKING:
@@ -181,4 +182,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

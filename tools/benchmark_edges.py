@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from mtlora_vision.cli import run_tool
 from mtlora_vision.tasks import EDGE_PROTOCOLS
 
 
@@ -65,4 +66,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -25,6 +25,7 @@ import json
 import logging
 from pathlib import Path
 
+from mtlora_vision.cli import run_tool
 from mtlora_vision.comparison import Row, compare_runs, format_markdown, plot_pareto, write_csv
 
 logger = logging.getLogger("compare")
@@ -76,4 +77,4 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)
