@@ -307,3 +307,18 @@ def test_labels_of_nearby_points_do_not_overlap() -> None:
     assert [x for x, _ in layout[:3]] == pytest.approx([1.5e5 * 1.25] * 3)
     assert [y for _, y in layout[:3]] == pytest.approx([8.5, 10.5, 12.5])
     assert layout[3] == pytest.approx((1e7 * 1.12, 0.0))  # a lone point keeps its height
+
+
+def test_the_console_shows_the_table_and_warnings_not_package_info(runs, tmp_path: Path) -> None:
+    # Counting parameters builds each run's model; the package's INFO lines stay off the console.
+    import subprocess
+
+    tool = str(ROOT / "tools" / "compare.py")
+    result = subprocess.run(
+        [sys.executable, tool, *map(str, runs[:2]), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| method |" in result.stdout
+    assert "INFO" not in result.stdout + result.stderr
+    assert "WARNING: No run has a Delta-m" in result.stderr  # no single-task runs given
