@@ -12,7 +12,10 @@
   (:mod:`mtlora_vision.engine.run_logging`);
 * mmengine's warnings about its own internal use of deprecated APIs are dropped;
 * the line mmengine prints to stdout when it loads a checkpoint (``Loads checkpoint by ...``,
-  ``print_log`` without a logger) goes to the run's log instead.
+  ``print_log`` without a logger) goes to the run's log instead;
+* a second Runner of the same config started within the same second in one process gets its own
+  logger, message hub and visualiser (mmengine names them by config and second and would hand it
+  the first one's, which writes into the first run's log file).
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from collections import OrderedDict
 
 import torch
 from mmengine.dist import master_only
-from mmengine.logging import MMLogger
+from mmengine.logging import MessageHub, MMLogger
 from mmengine.runner import Runner
 from mmengine.utils.dl_utils import collect_env
+from mmengine.visualization import Visualizer
 
 from mtlora_vision.engine.run_logging import (
     MMENGINE_SELF_DEPRECATIONS,
@@ -51,6 +55,21 @@ def quiet_run_logger(logger: logging.Logger) -> QuietStart:
             handler.removeFilter(old)
         handler.addFilter(quiet)
     return quiet
+
+
+def unused_instance_name(name: str) -> str:
+    """A name no mmengine logger, message hub or visualiser of this process holds yet.
+
+    ``name`` itself, else ``name_2``, ``name_3``, ... (a Runner of the same config started in the
+    same second).
+    """
+    candidate, count = name, 1
+    while any(
+        kind.check_instance_created(candidate) for kind in (MMLogger, MessageHub, Visualizer)
+    ):
+        count += 1
+        candidate = f"{name}_{count}"
+    return candidate
 
 
 def runtime_environment(runner: Runner, env_cfg: dict) -> OrderedDict:
@@ -81,6 +100,8 @@ class MultiTaskRunner(Runner):
 
     def build_logger(self, log_level="INFO", log_file=None, **kwargs) -> MMLogger:
         """Build mmengine's logger, quiet on the console until the Runner is built."""
+        if "name" not in kwargs:  # the logger, message hub and visualiser share this name
+            self._experiment_name = unused_instance_name(self._experiment_name)
         logger = super().build_logger(log_level=log_level, log_file=log_file, **kwargs)
         self._quiet = quiet_run_logger(logger)
         attach_run_logger(logger)
