@@ -8,6 +8,23 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "mtlora_swin_demo.py")
 
 
+def square_loss_model():
+    """A one-layer mmengine model (4 inputs, loss = mean squared output) for Runner mechanics."""
+    from mmengine.model import BaseModel
+    from torch import nn
+
+    class SquareLossModel(BaseModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 1)
+
+        def forward(self, inputs, mode="tensor"):
+            out = self.layer(inputs)
+            return {"loss": out.pow(2).mean()} if mode == "loss" else out
+
+    return SquareLossModel()
+
+
 TINY_ARCH = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
 
 

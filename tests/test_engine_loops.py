@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mmengine.model import BaseModel
+from engine_utils import square_loss_model
 from mmengine.runner import Runner
-from torch import nn
 from torch.utils.data import Dataset
 
 from mtlora_vision.engine.checkpoint import register_checkpoint_io
@@ -28,19 +27,9 @@ class _Data(Dataset):
         return {"inputs": torch.randn(4, generator=g)}
 
 
-class _Model(BaseModel):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(4, 1)
-
-    def forward(self, inputs, mode="tensor"):
-        out = self.layer(inputs)
-        return {"loss": out.pow(2).mean()} if mode == "loss" else out
-
-
 def _runner(work_dir, size: int, name: str, resume: str | None = None) -> Runner:
     return Runner(
-        model=_Model(),
+        model=square_loss_model(),
         work_dir=str(work_dir),
         experiment_name=name,
         train_dataloader=dict(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 
 import torch
-from mmengine.model import BaseModel
-from torch import nn
+from engine_utils import square_loss_model
 from torch.utils.data import Dataset
 
 from mtlora_vision.engine.runner import MultiTaskRunner, unused_instance_name
@@ -20,19 +19,9 @@ class _Data(Dataset):
         return {"inputs": torch.full((4,), float(index))}
 
 
-class _Model(BaseModel):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(4, 1)
-
-    def forward(self, inputs, mode="tensor"):
-        out = self.layer(inputs)
-        return {"loss": out.pow(2).mean()} if mode == "loss" else out
-
-
 def _runner(work_dir) -> MultiTaskRunner:
     return MultiTaskRunner(
-        model=_Model(),
+        model=square_loss_model(),
         work_dir=str(work_dir),
         experiment_name="same_config",
         train_dataloader=dict(
