@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -36,17 +36,50 @@ from torch import Tensor, nn
 
 _STATE = threading.local()
 
+#: The element-wise work that lean mode can recompute, by part name: the backbone's LayerNorms
+#: and window partition, its GELUs (the task streams' fused with their down-projections), LoRA
+#: dropout, and the decoder heads' BatchNorm + ReLU.
+LEAN_PARTS = ("norm", "gelu", "dropout", "heads")
+#: What ``True`` selects. The heads' BatchNorm + ReLU is left out: recomputing it cost about 10%
+#: of a 448x448 training step on this project's CPU and did not lower the peak RSS (README, Speed).
+DEFAULT_LEAN_PARTS = ("norm", "gelu", "dropout")
 
-def lean_enabled() -> bool:
-    """Whether the lean implementations are active (inside :func:`lean_mode`)."""
-    return getattr(_STATE, "lean", False)
+
+def lean_parts(setting: bool | Iterable[str]) -> frozenset[str]:
+    """The parts a ``recompute_elementwise`` setting selects.
+
+    Args:
+        setting: False (none), True (:data:`DEFAULT_LEAN_PARTS`), or part names from
+            :data:`LEAN_PARTS`; ``"all"`` stands for every part.
+
+    Raises:
+        ValueError: If a name is not a part.
+    """
+    if isinstance(setting, bool):
+        return frozenset(DEFAULT_LEAN_PARTS if setting else ())
+    names = [setting] if isinstance(setting, str) else list(setting)
+    if "all" in names:
+        names = [n for n in names if n != "all"] + list(LEAN_PARTS)
+    unknown = [n for n in names if n not in LEAN_PARTS]
+    if unknown:
+        raise ValueError(
+            f"recompute_elementwise={setting!r}: unknown part(s) {unknown}; use True, False, "
+            f"'all' or a list of {list(LEAN_PARTS)}."
+        )
+    return frozenset(names)
+
+
+def lean_enabled(part: str | None = None) -> bool:
+    """Whether lean implementations are active (inside :func:`lean_mode`), for ``part`` if given."""
+    parts = getattr(_STATE, "lean", frozenset())
+    return bool(parts) if part is None else part in parts
 
 
 @contextlib.contextmanager
-def lean_mode(enabled: bool = True) -> Iterator[None]:
-    """Use the lean implementations (bool dropout masks) without storing recipes."""
-    previous = lean_enabled()
-    _STATE.lean = enabled
+def lean_mode(enabled: bool | Iterable[str] = True) -> Iterator[None]:
+    """Use the lean implementations of the selected parts (:func:`lean_parts`); ``True``: all."""
+    previous = getattr(_STATE, "lean", frozenset())
+    _STATE.lean = frozenset(LEAN_PARTS) if enabled is True else lean_parts(enabled)
     try:
         yield
     finally:
@@ -156,37 +189,48 @@ class _Registry:
 
 
 def recomputable(
-    fn: Callable[..., Tensor], *args: Any, recompute: Callable[..., Tensor] | None = None
+    fn: Callable[..., Tensor],
+    *args: Any,
+    part: str | None = None,
+    recompute: Callable[..., Tensor] | None = None,
 ) -> Tensor:
     """``fn(*args)``; inside :func:`lean_activations` its output is recomputed, not stored.
 
     Args:
         fn: A cheap, deterministic function of ``args`` (LayerNorm, GELU, a dropout mask).
         args: Its inputs; tensors among them are kept (as recipes where they have one).
+        part: The :data:`LEAN_PARTS` entry ``fn`` belongs to: recorded only when that part is
+            selected (None: whenever lean activations are on).
         recompute: What to run in the backward pass instead of ``fn`` (same values, no side
             effects, e.g. BatchNorm without updating running statistics).
     """
     out = fn(*args)
     registry = getattr(_STATE, "registry", None)
-    if registry is not None and torch.is_grad_enabled() and out.requires_grad:
+    if registry is None or not (torch.is_grad_enabled() and out.requires_grad):
+        return out
+    if part is None or lean_enabled(part):
         registry.record(out, recompute or fn, args)
     return out
 
 
 @contextlib.contextmanager
-def lean_activations(enabled: bool = True) -> Iterator[None]:
+def lean_activations(enabled: bool | Iterable[str] = True) -> Iterator[None]:
     """Store recipes instead of recorded outputs saved for backward, and use lean dropout.
 
-    Re-entrant: an inner call while one is active changes nothing. ``enabled=False`` and calls
-    without autograd (inference) are no-ops.
+    Args:
+        enabled: The parts to recompute (:func:`lean_parts`); ``True``: all of them.
+
+    Re-entrant: an inner call while one is active changes nothing. ``enabled=False`` (or no
+    part) and calls without autograd (inference) are no-ops.
     """
-    if not enabled or not torch.is_grad_enabled() or getattr(_STATE, "registry", None) is not None:
+    parts = frozenset(LEAN_PARTS) if enabled is True else lean_parts(enabled)
+    if not parts or not torch.is_grad_enabled() or getattr(_STATE, "registry", None) is not None:
         yield  # nothing is saved without autograd: inference runs the plain code
         return
     _STATE.registry = _Registry()
     registry = _STATE.registry
     try:
-        with lean_mode(), torch.autograd.graph.saved_tensors_hooks(registry.pack, _unpack):
+        with lean_mode(parts), torch.autograd.graph.saved_tensors_hooks(registry.pack, _unpack):
             yield
     finally:
         _STATE.registry = None
@@ -205,7 +249,7 @@ def _registry_scope(registry: _Registry | None) -> Iterator[None]:
 class _Frame:
     """One checkpointed call: its inputs, random and autocast state, and recomputed saves."""
 
-    def __init__(self, fn: Callable[..., Any], args: tuple, lean: bool) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple, lean: frozenset[str]) -> None:
         self.fn, self.lean = fn, lean
         self.args = tuple(
             a.detach().requires_grad_(a.requires_grad) if isinstance(a, Tensor) else a for a in args
@@ -260,8 +304,11 @@ class _Frame:
         return _unpack(packed)
 
 
-def lean_checkpoint(fn: Callable[..., Any], *args: Any, lean: bool = True) -> Any:
+def lean_checkpoint(fn: Callable[..., Any], *args: Any, lean: bool | Iterable[str] = True) -> Any:
     """``fn(*args)`` storing only ``args``; recomputed in the backward pass, lean when ``lean``.
+
+    ``lean``: the parts whose outputs the recomputation stores as recipes (:func:`lean_parts`;
+    ``True``: all of them, False: none).
 
     Activation checkpointing like ``torch.utils.checkpoint`` (non-reentrant; random state of the
     CPU and of the inputs' CUDA devices and the autocast state restored for the recomputation,
@@ -271,7 +318,7 @@ def lean_checkpoint(fn: Callable[..., Any], *args: Any, lean: bool = True) -> An
     """
     if not torch.is_grad_enabled():
         return fn(*args)
-    frame = _Frame(fn, args, lean)
+    frame = _Frame(fn, args, frozenset(LEAN_PARTS) if lean is True else lean_parts(lean))
     with torch.autograd.graph.saved_tensors_hooks(frame.pack, lambda h: h[0].unpack(h)):
         return fn(*args)
 
@@ -310,16 +357,16 @@ def lean_dropout(dropout: nn.Module, x: Tensor) -> Tensor:
         The same values as ``dropout(x)`` (same random draws).
     """
     p = getattr(dropout, "p", 0.0)
-    if not (lean_enabled() and dropout.training and p > 0):
+    if not (lean_enabled("dropout") and dropout.training and p > 0):
         return dropout(x)
     if p >= 1:
         return F.dropout(x, p, True)
     uses_gaps = getattr(dropout, "uses_gaps", None)
     if uses_gaps is not None and uses_gaps(x):  # GapDropout: its own draws, dropped indices kept
         dropped, scale = dropout.draw(x)
-        return recomputable(dropout.apply_drops, x, dropped, scale)
+        return recomputable(dropout.apply_drops, x, dropped, scale, part="dropout")
     keep = 1.0 - p
     mask = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(keep)
     # F.dropout scales by 1 / keep rounded to x's dtype; the same factor keeps the values equal.
     scale = torch.tensor(1.0, dtype=x.dtype).div(keep).item()
-    return recomputable(masked_scale, x, mask, scale)
+    return recomputable(masked_scale, x, mask, scale, part="dropout")

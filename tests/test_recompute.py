@@ -14,10 +14,18 @@ from mtlora_vision.adapters import lowrank_ops
 from mtlora_vision.adapters.config import MTLoRAConfig
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig
 from mtlora_vision.models.backbones.swin import SwinBackbone
+from mtlora_vision.models.heads import hrnet
 from mtlora_vision.models.heads.hrnet import HRNetHead
 from mtlora_vision.models.heads.mlp import MLPHead
 from mtlora_vision.models.multitask import MultiTaskModel
-from mtlora_vision.recompute import lean_activations, lean_dropout, recomputable
+from mtlora_vision.recompute import (
+    DEFAULT_LEAN_PARTS,
+    LEAN_PARTS,
+    lean_activations,
+    lean_dropout,
+    lean_parts,
+    recomputable,
+)
 
 ARCH = {"embed_dim": 16, "depths": (2, 1, 2, 1), "num_heads": (1, 2, 2, 2)}
 TASKS = ("semseg", "human_parts", "sal", "normals")
@@ -28,7 +36,7 @@ ADAPTERS = {
 }
 
 
-def build(adapter: str, recompute: bool, checkpointing: bool = False) -> MultiTaskModel:
+def build(adapter: str, recompute: bool | str, checkpointing: bool = False) -> MultiTaskModel:
     torch.manual_seed(0)
     model = MultiTaskModel(
         tasks=TASKS,
@@ -68,11 +76,12 @@ def step(model: MultiTaskModel, images: torch.Tensor) -> dict[str, torch.Tensor]
     return {**outs, **grads, **stats, "grad:input": images.grad}
 
 
+@pytest.mark.parametrize("parts", [True, "all"])  # "all": the heads' BatchNorm + ReLU too
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_lean_step_equals_the_plain_one_in_float64(adapter, checkpointing):
+def test_lean_step_equals_the_plain_one_in_float64(adapter, checkpointing, parts):
     images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    models = {"plain": build(adapter, False), "lean": build(adapter, True, checkpointing)}
+    models = {"plain": build(adapter, False), "lean": build(adapter, parts, checkpointing)}
     calls = {name: [] for name in models}
     for name, model in models.items():
         norm = model.backbone.layers[2].blocks[0].norm2  # a block without task branch
@@ -92,8 +101,8 @@ def test_lean_step_equals_the_plain_one_in_float64(adapter, checkpointing):
 def test_bf16_autocast_outputs_and_gradients_unchanged(checkpointing):
     images = torch.randn(2, 3, 64, 64)
     results = []
-    for recompute in (False, True):
-        model = build("mtlora", recompute, checkpointing and recompute).float()
+    for recompute in (False, "all"):
+        model = build("mtlora", recompute, checkpointing and bool(recompute)).float()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             results.append(step(model, images))
     plain, lean = results
@@ -126,6 +135,56 @@ def test_recorded_output_is_not_stored_and_recomputed_once_per_use():
     ((h2 @ w2).sum() + (h2 * 2.0).sum()).backward()
     assert torch.equal(u.grad, u2.grad)
     assert torch.equal(w.grad, w2.grad)
+
+
+def test_only_the_selected_parts_are_recomputed():
+    def gelu_calls(parts, part):
+        calls = []
+
+        def gelu(x):
+            calls.append(1)
+            return F.gelu(x)
+
+        u = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+        with lean_activations(parts):
+            out = (recomputable(gelu, u, part=part) @ w).sum()
+        out.backward()
+        torch.testing.assert_close(w.grad, F.gelu(u.detach()).sum(0)[:, None].expand(4, 3))
+        return len(calls)
+
+    assert gelu_calls(["norm", "gelu"], "gelu") == 2  # forward, and recomputed for mm's backward
+    assert gelu_calls(["norm"], "gelu") == 1  # not selected: stored
+    assert gelu_calls(["norm"], None) == 2  # no part: whenever lean activations are on
+    assert gelu_calls(False, None) == 1
+
+
+def test_recompute_settings_name_their_parts():
+    assert lean_parts(True) == frozenset(DEFAULT_LEAN_PARTS) == {"norm", "gelu", "dropout"}
+    assert lean_parts(False) == frozenset()
+    assert lean_parts("all") == frozenset(LEAN_PARTS)
+    assert lean_parts(["gelu", "heads"]) == {"gelu", "heads"}
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['layernorm'\].*'norm'"):
+        lean_parts(["gelu", "layernorm"])
+    with pytest.raises(ValueError, match="'bogus'"):
+        SwinBackbone(ARCH, img_size=64, window_size=4, recompute_elementwise=["bogus"])
+    backbone = SwinBackbone(ARCH, img_size=64, window_size=4, recompute_elementwise=True)
+    assert backbone.recompute_elementwise == {"norm", "gelu", "dropout"}
+
+
+@pytest.mark.parametrize(("parts", "recomputed"), [(True, False), (["heads"], True)])
+def test_heads_batchnorm_relu_is_recomputed_only_when_asked(monkeypatch, parts, recomputed):
+    calls = []
+    again = hrnet.bn_relu_again
+
+    def counted(*args):
+        calls.append(1)
+        return again(*args)
+
+    monkeypatch.setattr(hrnet, "bn_relu_again", counted)
+    model = build("mtlora", parts)
+    step(model, torch.randn(2, 3, 64, 64, dtype=torch.float64))
+    assert len(calls) == (4 if recomputed else 0)  # each head (HRNet x3, MLP) once in backward
 
 
 def test_output_modified_in_place_is_stored_as_it_is():

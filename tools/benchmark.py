@@ -32,8 +32,8 @@ VARIANT_HELP = {
     "frozen": "adapters removed, whole Swin frozen (the reference of every ratio)",
     "no_adapter": "adapters removed, other backbone parts trainable as in the config",
     "checkpointed": "the config with activation checkpointing in every stage and element-wise "
-    "recomputation (not by default)",
-    "lean": "the config with element-wise recomputation (recompute_elementwise, not by default)",
+    "recomputation of every part, heads included (recompute_elementwise='all'; not by default)",
+    "lean": "the config with element-wise recomputation (recompute_elementwise=True; not default)",
 }
 DEFAULT_VARIANTS = ["model", "frozen", "no_adapter"]
 

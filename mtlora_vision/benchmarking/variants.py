@@ -6,8 +6,8 @@
 * ``no_adapter``: adapters removed, the other backbone groups trainable as in the config's policy,
   so the backward pass runs through the backbone as it does for the model.
 * ``checkpointed``: the config with activation checkpointing in every stage and element-wise
-  recomputation;
-* ``lean``: the config with element-wise recomputation (``recompute_elementwise``).
+  recomputation of every part (the heads' BatchNorm + ReLU too);
+* ``lean``: the config with element-wise recomputation (``recompute_elementwise=True``).
 
 Add more with :func:`register_variant`.
 """
@@ -66,7 +66,7 @@ def _no_adapter(model: ConfigDict) -> ConfigDict:
 @register_variant("checkpointed")
 def _checkpointed(model: ConfigDict) -> ConfigDict:
     model.backbone.grad_checkpointing = True  # every stage's blocks recomputed in the backward
-    model.backbone.recompute_elementwise = True  # and stored lean when recomputed
+    model.backbone.recompute_elementwise = "all"  # and stored lean when recomputed, heads too
     return model
 
 

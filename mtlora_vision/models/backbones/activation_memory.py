@@ -3,9 +3,10 @@
 Two ways to trade compute for the activation memory of a training step:
 
 * ``recompute_elementwise`` (off by default): outputs of LayerNorm, GELU, dropout and the window
-  partition are recomputed in the backward pass from inputs that are stored anyway, and dropout
-  masks are stored as bool (:mod:`mtlora_vision.recompute`); about one extra element-wise pass
-  (measured: 0.69x peak RSS, 1.14x step time at 448x448, batch 2, fp32; README).
+  partition (``True``; or chosen parts, the heads' BatchNorm + ReLU too) are recomputed in the
+  backward pass from inputs that are stored anyway, and dropout masks are stored as bool
+  (:mod:`mtlora_vision.recompute`); about one extra element-wise pass (measured at 448x448,
+  batch 2: 0.74x peak RSS at 1.01-1.05x step time in fp32, 0.81x at 1.09x in bf16; README).
 * ``grad_checkpointing`` (off by default, per stage): every block of a switched-on stage keeps
   only its input and runs again in the backward pass (``torch.utils.checkpoint``, non-reentrant,
   random state of DropPath and dropout restored); about one extra forward pass of the backbone.
@@ -30,7 +31,7 @@ class ActivationMemory:
 
     num_stages: int
     grad_checkpointing: tuple[bool, ...]
-    recompute_elementwise: bool
+    recompute_elementwise: frozenset[str]  # the parts of mtlora_vision.recompute.LEAN_PARTS
 
     def set_grad_checkpointing(self, enable: bool | Sequence[bool] = True) -> None:
         """Switch activation checkpointing on or off, for all stages or one value per stage.
@@ -53,5 +54,5 @@ class ActivationMemory:
         if not (self.grad_checkpointing[stage] and torch.is_grad_enabled()):
             return fn(*args)
         if self.recompute_elementwise:  # the recomputed block stores lean activations too
-            return lean_checkpoint(fn, *args)
+            return lean_checkpoint(fn, *args, lean=self.recompute_elementwise)
         return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)

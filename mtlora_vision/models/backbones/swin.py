@@ -57,7 +57,7 @@ from mtlora_vision.models.backbones.task_conditioned import (
     inject_task_conditioned,
 )
 from mtlora_vision.models.state_dict_check import compare_state_dicts
-from mtlora_vision.recompute import lean_activations
+from mtlora_vision.recompute import lean_activations, lean_parts
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
             gradients are recorded, each block of a switched-on stage keeps only its input and
             recomputes its forward in the backward pass (:meth:`set_grad_checkpointing`).
         recompute_elementwise: Recompute LayerNorm, GELU and dropout outputs in the backward
-            pass instead of storing them, dropout masks stored as bool (:mod:`.activation_memory`).
+            pass (True), or the listed :data:`~mtlora_vision.recompute.LEAN_PARTS`.
     """
 
     def __init__(
@@ -140,7 +140,7 @@ class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
         adapter: AdapterConfig | None = None,
         fused_attn: bool | None = None,
         grad_checkpointing: bool | Sequence[bool] = False,
-        recompute_elementwise: bool = False,
+        recompute_elementwise: bool | Sequence[str] = False,
     ) -> None:
         super().__init__()
         spec = resolve_arch(arch)
@@ -190,7 +190,7 @@ class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
             for i, c in enumerate(out_dims)
         ]
         self.set_grad_checkpointing(grad_checkpointing)
-        self.recompute_elementwise = bool(recompute_elementwise)
+        self.recompute_elementwise = lean_parts(recompute_elementwise)
         self.adapter_config = adapter
         self.task_branching = False
         #: In eval mode, keep the task streams low-rank and merge them once (:mod:`.task_branch`);

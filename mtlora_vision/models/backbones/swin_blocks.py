@@ -195,7 +195,7 @@ def to_windows(x: Tensor, geom: WindowGeometry) -> Tensor:
 
 def normed_windows(block: torch.nn.Module, x: Tensor, geom: WindowGeometry) -> Tensor:
     """``to_windows(block.norm1(x))``, both steps recomputable (:mod:`mtlora_vision.recompute`)."""
-    return recomputable(to_windows, recomputable(block.norm1, x), geom)
+    return recomputable(to_windows, recomputable(block.norm1, x, part="norm"), geom, part="norm")
 
 
 def from_windows(windows: Tensor, geom: WindowGeometry, grid: tuple[int, int]) -> Tensor:
@@ -306,12 +306,12 @@ def block_forward(block: torch.nn.Module, x: Tensor, fused: bool = True) -> Tens
     geom = window_geometry_of(block, x)
     attended = window_attention(block.attn, normed_windows(block, x, geom), geom, fused)
     x = x + block.drop_path1(from_windows(block.attn.proj(attended), geom, grid))
-    return x + block.drop_path2(mlp_forward(block.mlp, recomputable(block.norm2, x)))
+    return x + block.drop_path2(mlp_forward(block.mlp, recomputable(block.norm2, x, part="norm")))
 
 
 def mlp_forward(mlp: torch.nn.Module, x: Tensor) -> Tensor:
     """Run a timm ``Mlp`` (fc1, act, dropout, norm, fc2, dropout), its activation recomputable."""
-    hidden = mlp.norm(mlp.drop1(recomputable(mlp.act, mlp.fc1(x))))
+    hidden = mlp.norm(mlp.drop1(recomputable(mlp.act, mlp.fc1(x), part="gelu")))
     return mlp.drop2(mlp.fc2(hidden))
 
 
@@ -345,9 +345,11 @@ def block_forward_tasks(
     task_p = from_windows(out.tasks.flatten(0, 1), geom, (H, W))  # T*B, H, W, C
     tasks = x.unsqueeze(0) + block.drop_path1(task_p).view(T, B, H, W, C)
     norm2, act = block.norm2, block.mlp.act
-    hidden = fc1.forward_tasks(recomputable(norm2, shared), recomputable(norm2, tasks))
-    if lean_enabled() and isinstance(act, torch.nn.GELU):  # GELU fused with the projections
-        shared_in = recomputable(act, hidden.shared)
+    hidden = fc1.forward_tasks(
+        recomputable(norm2, shared, part="norm"), recomputable(norm2, tasks, part="norm")
+    )
+    if lean_enabled("gelu") and isinstance(act, torch.nn.GELU):  # GELU fused with the projections
+        shared_in = recomputable(act, hidden.shared, part="gelu")
         out = fc2.forward_tasks(shared_in, hidden.tasks, task_gelu=act.approximate)
     else:
         out = fc2.forward_tasks(act(hidden.shared), act(hidden.tasks))
@@ -365,7 +367,7 @@ def patch_merge(merge: torch.nn.Module, x: Tensor) -> Tensor:
     if x.shape[1] % 2 or x.shape[2] % 2:
         return merge(x)
     x = merge_cells(x).flatten(3)
-    return merge.reduction(recomputable(merge.norm, x))
+    return merge.reduction(recomputable(merge.norm, x, part="norm"))
 
 
 def merge_cells(x: Tensor) -> Tensor:

@@ -74,9 +74,9 @@ def norm_relu(norm: nn.BatchNorm2d, act: nn.Module, x: Tensor) -> Tensor:
 
     Under :func:`~mtlora_vision.recompute.lean_mode` the ReLU saves a bool mask (:func:`bn_relu`).
     """
-    if not lean_enabled():
+    if not lean_enabled("heads"):
         return act(norm(x))
-    return recomputable(bn_relu, norm, x, recompute=bn_relu_again)
+    return recomputable(bn_relu, norm, x, part="heads", recompute=bn_relu_again)
 
 
 def bn_relu(norm: nn.BatchNorm2d, x: Tensor, again: bool = False) -> Tensor:
