@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
 import sys
 
 import pytest
+from mmengine.config import Config
 
-from mtlora_vision.allocator import ENV_SWITCH, tuning_requested
+from mtlora_vision import allocator
+from mtlora_vision.allocator import (
+    ENV_SWITCH,
+    describe_allocator,
+    tuning_forced,
+    tuning_requested,
+)
+from mtlora_vision.engine.runtime import checkpointing_requested
 
 # Allocates and frees a 64 MiB tensor; prints whether the tuning applied and how many MiB of
 # resident memory the free gave back to the kernel.
@@ -65,3 +74,40 @@ def test_switch_and_preloaded_allocators():
     assert not tuning_requested({ENV_SWITCH: " Off "})
     assert not tuning_requested({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"})
     assert not tuning_requested({"LD_PRELOAD": "libtcmalloc_minimal.so.4"})
+
+
+@pytest.mark.parametrize(
+    ("checkpointing", "env", "tuned"),
+    [(False, None, True), (True, None, False), (True, "1", True), (True, "on", True)],
+)
+def test_a_checkpointed_run_keeps_glibc_defaults_unless_asked(
+    monkeypatch, caplog, checkpointing, env, tuned
+):
+    calls = []
+    monkeypatch.setattr(allocator, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    if env is None:
+        monkeypatch.delenv(ENV_SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(ENV_SWITCH, env)
+    with caplog.at_level(logging.INFO, logger="mtlora_vision.allocator"):
+        assert allocator.tune_for_training(checkpointing) is tuned
+    assert len(calls) == int(tuned)
+    assert ("activation checkpointing is on" in caplog.text) is not tuned
+    assert tuning_forced({ENV_SWITCH: " Yes "})
+    assert not tuning_forced({})
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [(None, False), (False, False), (True, True), ([False, True, False], True), ((0,), False)],
+)
+def test_checkpointing_requested_reads_the_backbone_switch(setting, expected):
+    backbone = {} if setting is None else {"grad_checkpointing": setting}
+    assert checkpointing_requested(Config({"model": {"backbone": backbone}})) is expected
+    assert checkpointing_requested(Config({})) is False
+
+
+def test_the_start_up_line_names_an_untuned_allocator_only():
+    assert describe_allocator(True, grad_checkpointing=True) is None
+    assert "checkpointing: memory first" in describe_allocator(False, grad_checkpointing=True)
+    assert f"{ENV_SWITCH}=0" in describe_allocator(False)

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from mtlora_vision.allocator import tune_cpu_allocator
+    from mtlora_vision.allocator import describe_allocator, tune_for_training
     from mtlora_vision.engine.checkpoint import register_checkpoint_io
     from mtlora_vision.engine.data_root import apply_data_root
     from mtlora_vision.engine.precision import (
@@ -71,6 +71,7 @@ def train(args: argparse.Namespace) -> None:
     from mtlora_vision.engine.resume import latest_checkpoint_path
     from mtlora_vision.engine.runner import MultiTaskRunner
     from mtlora_vision.engine.runtime import (
+        checkpointing_requested,
         finished_run_message,
         init_cpu_distributed,
         load_config,
@@ -82,9 +83,11 @@ def train(args: argparse.Namespace) -> None:
         shutdown_distributed,
     )
 
-    tune_cpu_allocator()  # large CPU tensors without page faults on every step
     register_checkpoint_io()  # safe (allow-listed) checkpoint loading and atomic writes
     cfg = load_config(args.config, args.cfg_options)
+    # large CPU tensors without page faults on every step, unless the run asks for memory first
+    checkpointing = checkpointing_requested(cfg)
+    cfg.cpu_allocator = describe_allocator(tune_for_training(checkpointing), checkpointing)
     apply_data_root(cfg, args.data_root, args.cfg_options)
     # work_dir is determined in this priority: CLI > segment in file > filename
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)

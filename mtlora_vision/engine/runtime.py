@@ -197,3 +197,15 @@ def load_config(path: str, cfg_options: Mapping[str, Any] | None = None) -> Conf
         cfg.merge_from_dict(dict(cfg_options))
     check_hook_args(cfg)
     return cfg
+
+
+def checkpointing_requested(cfg: Config) -> bool:
+    """Whether the config's backbone checkpoints activations (``grad_checkpointing``) anywhere.
+
+    The setting is one switch or one per stage.
+    """
+    backbone = (cfg.get("model") or {}).get("backbone") or {}
+    setting = backbone.get("grad_checkpointing", False)
+    if isinstance(setting, (list, tuple)):
+        return any(bool(s) for s in setting)
+    return bool(setting)
