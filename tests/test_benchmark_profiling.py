@@ -14,6 +14,7 @@ from mtlora_vision.benchmarking.profiling import (
     module_ranges,
     over_floor,
 )
+from mtlora_vision.errors import ConfigError
 
 
 def test_operators_are_attributed_to_the_module_of_their_forward_also_in_backward():
@@ -63,5 +64,5 @@ def test_profile_floor_tool_splits_the_time_over_the_floor(tmp_path, capsys):
         assert f"{key}: model " in out
     assert any(r[0].startswith("backward:") for r in report["train@fp32"]["modules"])
     assert not any(r[0].startswith("backward:") for r in report["infer_merged@fp32"]["modules"])
-    with pytest.raises(SystemExit, match=r"--img-size 100: .* use e\.g\. --img-size 96"):
+    with pytest.raises(ConfigError, match=r"--img-size 100: .* use e\.g\. --img-size 96"):
         tool.main([argv[0], "--img-size", "100"])  # refused before any model is built

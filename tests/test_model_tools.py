@@ -12,6 +12,7 @@ from tool_loader import load_tool
 
 from mtlora_vision import benchmarking
 from mtlora_vision.apis.inference import init_model
+from mtlora_vision.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs" / "paper"
@@ -228,7 +229,7 @@ def test_benchmark_prints_a_table_progress_on_stderr_and_json_on_request(tmp_pat
     out, _ = capsys.readouterr()
     assert json.loads(out) == json.loads(json.dumps(report))
     assert set(tool.VARIANT_HELP) == set(benchmarking.VARIANTS)  # --help lists every variant
-    with pytest.raises(SystemExit, match=r"--img-size 100: .* use e\.g\. --img-size 96"):
+    with pytest.raises(ConfigError, match=r"--img-size 100: .* use e\.g\. --img-size 96"):
         tool.main([config, "--img-size", "100"])
     report = tool.main([*argv, "--json", "--no-memory", "--phases", "infer_merged"])
     capsys.readouterr()

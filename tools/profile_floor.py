@@ -121,10 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.precision = args.precision or [default_precision()]
     from mtlora_vision.benchmarking.process import setup_process
 
-    try:
-        _, stamp = setup_process(args.img_size, args.threads)
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
+    _, stamp = setup_process(args.img_size, args.threads)
 
     def progress(message: str) -> None:
         print(stamp(message), file=sys.stderr, flush=True)

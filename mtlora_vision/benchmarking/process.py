@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from mtlora_vision.allocator import tune_cpu_allocator
+from mtlora_vision.errors import ConfigError
 
 
 def setup_process(img_size: int, threads: int | None) -> tuple[bool, Callable[[str], str]]:
@@ -20,11 +21,12 @@ def setup_process(img_size: int, threads: int | None) -> tuple[bool, Callable[[s
         since this call (the tools' progress lines).
 
     Raises:
-        ValueError: If ``img_size`` is not a multiple of 32, naming the nearest that is.
+        ConfigError: If ``img_size`` is not a multiple of 32, naming the nearest that is (the
+            tools report it as ``tool.py: error: ...``, exit status 2).
     """
     if img_size % 32:
         fixed = max(32, round(img_size / 32) * 32)
-        raise ValueError(
+        raise ConfigError(
             f"--img-size {img_size}: the Swin backbones take multiples of 32; use e.g. "
             f"--img-size {fixed}."
         )
