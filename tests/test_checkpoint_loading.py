@@ -279,4 +279,3 @@ def test_official_style_file_converts_and_loads_strictly_without_yacs(tmp_path):
     for key, value in source.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
     assert "size and SHA-256" in check_checkpoint_integrity(tmp_path / "ours.pth")
-

@@ -140,5 +140,3 @@ def plot_pareto(rows: Sequence[Row], path: Path, title: str | None = None) -> in
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return len(shown)
-
-

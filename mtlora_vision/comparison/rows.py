@@ -212,5 +212,3 @@ def compare_runs(
                 row.configs,
             )
     return rows
-
-

@@ -212,5 +212,3 @@ def load_runs(work_dirs: Sequence[str | Path], strict: bool = False) -> list[Run
     if not runs:
         raise NoResultError(f"None of the {len(skipped)} work dir(s) holds a finished run.")
     return runs
-
-

@@ -106,5 +106,3 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
                     row.metrics_source,
                 ]
             )
-
-

@@ -82,10 +82,7 @@ def run_benchmark(
 ) -> dict:
     """Median wall and per-image CPU seconds of each protocol and worker count, as a dict."""
     rng = np.random.default_rng(seed)
-    pairs = [
-        make_edge_map(tuple(size), regions, sigma, dense, rng)
-        for _ in range(images)
-    ]
+    pairs = [make_edge_map(tuple(size), regions, sigma, dense, rng) for _ in range(images)]
     max_dist = MAX_DIST["pascal_context"]
     settings = [(p, w) for p in protocols for w in workers]
     counters = {(p, w): EdgeCounter(p, max_dist, _thresholds(p), True, w) for p, w in settings}
@@ -107,9 +104,7 @@ def run_benchmark(
         wall_s = statistics.median(wall[protocol, workers])
         results[f"{protocol}/workers={workers}"] = {
             "wall_s": round(wall_s, 3),
-            "s_per_image_per_core": round(
-                statistics.median(cpu[protocol, workers]) / images, 4
-            ),
+            "s_per_image_per_core": round(statistics.median(cpu[protocol, workers]) / images, 4),
             "images_per_s": round(images / wall_s, 2),
         }
     gt_pixels = [int(gt.sum()) for _, gt in pairs]

@@ -3,4 +3,6 @@
 method_name = "decoder-only"
 method_adapter = None
 # Switches that differ from TrainablePolicy's defaults (the decoder trains by default).
-method_trainable = dict(adapters=False, patch_embed=False, norms=False, rel_pos=False, downsample=False)
+method_trainable = dict(
+    adapters=False, patch_embed=False, norms=False, rel_pos=False, downsample=False
+)

@@ -191,5 +191,3 @@ class LookaheadHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """Keep the checkpoint's Lookahead state for :meth:`before_train`."""
         self._restored = checkpoint.get(LOOKAHEAD_KEY)
-
-

@@ -55,5 +55,3 @@ def count_params(params: Iterable[nn.Parameter]) -> tuple[int, int]:
     """Number of tensors and of scalars in ``params``, for log messages."""
     params = list(params)
     return len(params), sum(p.numel() for p in params)
-
-

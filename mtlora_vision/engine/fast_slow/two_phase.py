@@ -190,5 +190,3 @@ def slow_param_groups(model: nn.Module, param_groups: list[dict]) -> list[dict]:
     if not groups:
         raise ValueError("No optimizer group holds the slow prompt weights; are they trainable?")
     return groups
-
-
