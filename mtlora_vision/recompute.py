@@ -77,9 +77,9 @@ def lean_enabled(part: str | None = None) -> bool:
 
 @contextlib.contextmanager
 def lean_mode(enabled: bool | Iterable[str] = True) -> Iterator[None]:
-    """Use the lean implementations of the selected parts (:func:`lean_parts`); ``True``: all."""
+    """Use the lean implementations of the selected parts (:func:`lean_parts`)."""
     previous = getattr(_STATE, "lean", frozenset())
-    _STATE.lean = frozenset(LEAN_PARTS) if enabled is True else lean_parts(enabled)
+    _STATE.lean = lean_parts(enabled)
     try:
         yield
     finally:
@@ -218,12 +218,12 @@ def lean_activations(enabled: bool | Iterable[str] = True) -> Iterator[None]:
     """Store recipes instead of recorded outputs saved for backward, and use lean dropout.
 
     Args:
-        enabled: The parts to recompute (:func:`lean_parts`); ``True``: all of them.
+        enabled: The parts to recompute (:func:`lean_parts`: ``True`` for the default ones).
 
     Re-entrant: an inner call while one is active changes nothing. ``enabled=False`` (or no
     part) and calls without autograd (inference) are no-ops.
     """
-    parts = frozenset(LEAN_PARTS) if enabled is True else lean_parts(enabled)
+    parts = lean_parts(enabled)
     if not parts or not torch.is_grad_enabled() or getattr(_STATE, "registry", None) is not None:
         yield  # nothing is saved without autograd: inference runs the plain code
         return
@@ -308,7 +308,7 @@ def lean_checkpoint(fn: Callable[..., Any], *args: Any, lean: bool | Iterable[st
     """``fn(*args)`` storing only ``args``; recomputed in the backward pass, lean when ``lean``.
 
     ``lean``: the parts whose outputs the recomputation stores as recipes (:func:`lean_parts`;
-    ``True``: all of them, False: none).
+    ``True``: the default ones, False: none).
 
     Activation checkpointing like ``torch.utils.checkpoint`` (non-reentrant; random state of the
     CPU and of the inputs' CUDA devices and the autocast state restored for the recomputation,
@@ -318,7 +318,7 @@ def lean_checkpoint(fn: Callable[..., Any], *args: Any, lean: bool | Iterable[st
     """
     if not torch.is_grad_enabled():
         return fn(*args)
-    frame = _Frame(fn, args, frozenset(LEAN_PARTS) if lean is True else lean_parts(lean))
+    frame = _Frame(fn, args, lean_parts(lean))
     with torch.autograd.graph.saved_tensors_hooks(frame.pack, lambda h: h[0].unpack(h)):
         return fn(*args)
 
