@@ -42,10 +42,15 @@ _TRIM_THRESHOLD = 2**31 - 1
 _applied = False
 
 
+def _switch(env: dict[str, str]) -> str:
+    """The value of :data:`ENV_SWITCH`, normalised ("" when unset)."""
+    return env.get(ENV_SWITCH, "").strip().lower()
+
+
 def tuning_requested(environ: dict[str, str] | None = None) -> bool:
     """Whether the environment leaves the tuning on (pure; ``environ`` defaults to os.environ)."""
     env = os.environ if environ is None else environ
-    if env.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+    if _switch(env) in ("0", "false", "no", "off"):
         return False
     preload = env.get("LD_PRELOAD", "")
     return not any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc"))
@@ -53,8 +58,7 @@ def tuning_requested(environ: dict[str, str] | None = None) -> bool:
 
 def tuning_forced(environ: dict[str, str] | None = None) -> bool:
     """Whether the environment asks for the tuning explicitly (``1``, ``true``, ``yes``, ``on``)."""
-    env = os.environ if environ is None else environ
-    return env.get(ENV_SWITCH, "").strip().lower() in ("1", "true", "yes", "on")
+    return _switch(os.environ if environ is None else environ) in ("1", "true", "yes", "on")
 
 
 def describe_allocator(tuned: bool, grad_checkpointing: bool = False) -> str | None:

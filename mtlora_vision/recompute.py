@@ -69,10 +69,9 @@ def lean_parts(setting: bool | Iterable[str]) -> frozenset[str]:
     return frozenset(names)
 
 
-def lean_enabled(part: str | None = None) -> bool:
-    """Whether lean implementations are active (inside :func:`lean_mode`), for ``part`` if given."""
-    parts = getattr(_STATE, "lean", frozenset())
-    return bool(parts) if part is None else part in parts
+def lean_enabled(part: str) -> bool:
+    """Whether the lean implementation of ``part`` is active (inside :func:`lean_mode`)."""
+    return part in getattr(_STATE, "lean", frozenset())
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -111,13 +112,19 @@ def test_bf16_autocast_outputs_and_gradients_unchanged(checkpointing):
         torch.testing.assert_close(lean[name], value, rtol=0, atol=0, msg=name)
 
 
-def test_recorded_output_is_not_stored_and_recomputed_once_per_use():
-    calls = []
+def counted_gelu() -> tuple[Callable[[torch.Tensor], torch.Tensor], list[int]]:
+    """``F.gelu`` that appends to the returned list at each call."""
+    calls: list[int] = []
 
-    def gelu(x):
+    def gelu(x: torch.Tensor) -> torch.Tensor:
         calls.append(1)
         return F.gelu(x)
 
+    return gelu, calls
+
+
+def test_recorded_output_is_not_stored_and_recomputed_once_per_use():
+    gelu, calls = counted_gelu()
     u = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     with lean_activations():
@@ -139,12 +146,7 @@ def test_recorded_output_is_not_stored_and_recomputed_once_per_use():
 
 def test_only_the_selected_parts_are_recomputed():
     def gelu_calls(parts, part):
-        calls = []
-
-        def gelu(x):
-            calls.append(1)
-            return F.gelu(x)
-
+        gelu, calls = counted_gelu()
         u = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
         w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
         with lean_activations(parts):
