@@ -271,10 +271,29 @@ def test_benchmark_times_other_methods_side_by_side(tmp_path) -> None:
     assert merged["model"]["gflops"] < infer["model"]["gflops"]
     assert merged["mtl"]["gflops"] != infer["mtl"]["gflops"]
     assert merged["prompt"]["gflops"] == infer["prompt"]["gflops"]
-    with pytest.raises(ValueError, match="appear twice"):
+    with pytest.raises(ConfigError, match="appear twice"):
         benchmarking.variant_specs(tool.parse_args([config, "--methods", mtl, mtl]))
-    with pytest.raises(KeyError, match="Unknown variants"):
+    with pytest.raises(ConfigError, match="Unknown variant 'nope'"):
         benchmarking.variant_specs(tool.parse_args([config, "--variants", "nope"]))
+
+
+def test_benchmark_lean_variants_recompute_the_parts_they_name(tmp_path):
+    tool = load_tool("benchmark")
+    config = tiny_config(tmp_path)
+    cfg = benchmarking.load_cfg(config)
+    for name, parts in (("model", set()), ("lean", {"norm", "gelu", "dropout"}),
+                        ("lean:gelu+dropout", {"gelu", "dropout"}),
+                        ("lean:all", {"norm", "gelu", "dropout", "heads"})):  # fmt: skip
+        model = benchmarking.build_variant(cfg, name, 64)
+        assert model.backbone.recompute_elementwise == parts, name
+    argv = [config, "--img-size", "64", "--iters", "1", "--warmup", "0", "--no-memory",
+            "--phases", "train", "--threads", "1", "--json"]  # fmt: skip
+    report = tool.main([*argv, "--variants", "model", "lean:gelu"])
+    assert set(report["train"]) == {"model", "lean:gelu"}
+    assert report["train"]["lean:gelu"]["gflops"] == report["train"]["model"]["gflops"]
+    # A wrong part is an input error naming it, raised before any model is built.
+    with pytest.raises(ConfigError, match=r"'lean:gelu\+nope'.*unknown part\(s\) \['nope'\]"):
+        benchmarking.variant_specs(tool.parse_args([config, "--variants", "lean:gelu+nope"]))
 
 
 def test_benchmark_times_precisions_side_by_side_against_the_flop_floor(tmp_path):

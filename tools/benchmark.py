@@ -33,7 +33,9 @@ VARIANT_HELP = {
     "no_adapter": "adapters removed, other backbone parts trainable as in the config",
     "checkpointed": "the config with activation checkpointing in every stage and element-wise "
     "recomputation of every part, heads included (recompute_elementwise='all'; not by default)",
-    "lean": "the config with element-wise recomputation (recompute_elementwise=True; not default)",
+    "lean": "the config with element-wise recomputation (recompute_elementwise=True; not default); "
+    "lean:PART+PART recomputes only those parts, e.g. lean:gelu+dropout (parts: norm, gelu, "
+    "dropout, heads, all)",
 }
 DEFAULT_VARIANTS = ["model", "frozen", "no_adapter"]
 

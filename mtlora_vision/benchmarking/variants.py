@@ -7,7 +7,9 @@
   so the backward pass runs through the backbone as it does for the model.
 * ``checkpointed``: the config with activation checkpointing in every stage and element-wise
   recomputation of every part (the heads' BatchNorm + ReLU too);
-* ``lean``: the config with element-wise recomputation (``recompute_elementwise=True``).
+* ``lean``: the config with element-wise recomputation (``recompute_elementwise=True``);
+  ``lean:PART+PART`` recomputes only those parts (``lean:gelu+dropout``; parts as in
+  :data:`mtlora_vision.recompute.LEAN_PARTS`, or ``all``), so parts can be timed side by side.
 
 Add more with :func:`register_variant`.
 """
@@ -26,6 +28,8 @@ from torch import nn
 
 from mtlora_vision.engine.fast_slow import set_fast_slow_driver
 from mtlora_vision.engine.runtime import load_config
+from mtlora_vision.errors import ConfigError
+from mtlora_vision.recompute import lean_parts
 
 #: Variant name -> function turning the config's model dict into the variant's.
 VARIANTS: dict[str, Callable[[ConfigDict], ConfigDict]] = {}
@@ -76,6 +80,35 @@ def _lean(model: ConfigDict) -> ConfigDict:
     return model
 
 
+#: Prefix of a ``lean`` variant with chosen parts: ``lean:gelu+dropout``.
+LEAN_PREFIX = "lean:"
+
+
+def transform_of(name: str) -> Callable[[ConfigDict], ConfigDict]:
+    """The model-dict transform of a variant: a :data:`VARIANTS` key or ``lean:PART+PART``.
+
+    Raises:
+        ConfigError: If the name is neither, or names a part that does not exist.
+    """
+    if name in VARIANTS:
+        return VARIANTS[name]
+    if not name.startswith(LEAN_PREFIX):
+        raise ConfigError(
+            f"Unknown variant {name!r}; use one of {sorted(VARIANTS)} or {LEAN_PREFIX}PART+PART."
+        )
+    parts = name[len(LEAN_PREFIX) :].split("+")
+    try:
+        lean_parts(parts)
+    except ValueError as err:
+        raise ConfigError(f"Variant {name!r}: {err}") from None
+
+    def lean_with(model: ConfigDict) -> ConfigDict:
+        model.backbone.recompute_elementwise = parts
+        return model
+
+    return lean_with
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """One timed model: ``transform`` (a :data:`VARIANTS` key) applied to ``config``'s model."""
@@ -89,19 +122,18 @@ def variant_specs(args: argparse.Namespace) -> list[VariantSpec]:
     """CONFIG's ``--variants`` then one as-is variant per ``--methods`` config.
 
     Raises:
-        KeyError: If a variant name is not registered.
-        ValueError: If two variants would get the same name.
+        ConfigError: If a variant name is not registered nor a ``lean:`` variant, or if two
+            variants would get the same name.
     """
-    unknown = sorted(set(args.variants) - set(VARIANTS))
-    if unknown:
-        raise KeyError(f"Unknown variants {unknown}; registered: {sorted(VARIANTS)}.")
+    for name in args.variants:
+        transform_of(name)  # checks the name before anything is built
     specs = [VariantSpec(v, args.config, v) for v in dict.fromkeys(args.variants)]
     for path in args.methods or []:
         specs.append(VariantSpec(Path(path).stem, path, "model"))
     names = [spec.name for spec in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(
+        raise ConfigError(
             f"Variant names {duplicates} appear twice; give each --methods config its own file "
             "name and do not list CONFIG again."
         )
@@ -131,8 +163,6 @@ def build_variant(cfg: Config, variant: str, img_size: int) -> nn.Module:
     if "backbone" in model_cfg:
         model_cfg.backbone.pretrained = None
         model_cfg.backbone.img_size = img_size
-    if variant not in VARIANTS:
-        raise KeyError(f"Unknown variant {variant!r}; registered: {sorted(VARIANTS)}.")
-    model = MODELS.build(VARIANTS[variant](model_cfg))
+    model = MODELS.build(transform_of(variant)(model_cfg))
     set_fast_slow_driver(model, "tools/benchmark.py")  # TA-LoRA lookahead/two_phase: step cost only
     return model
