@@ -11,8 +11,10 @@ from timm.models.swin_transformer import (
 )
 
 from mtlora_vision.adapters.config import MTLoRAConfig
+from mtlora_vision.models.backbones import swin_blocks
 from mtlora_vision.models.backbones.swin import SwinBackbone
 from mtlora_vision.models.backbones.swin_blocks import (
+    MASK_VALUE,
     block_forward,
     effective_window,
     from_windows,
@@ -43,13 +45,45 @@ def test_effective_window_rules() -> None:
     assert effective_window((4, 16), (7, 7), True) == ((4, 7), (0, 3))
 
 
-def test_shift_mask_equals_timm() -> None:
+def test_shift_mask_forbids_the_pairs_timm_forbids() -> None:
     block = SwinTransformerBlock(
         dim=8, input_resolution=(14, 14), num_heads=2, window_size=7, shift_size=3
     )
     geom = window_geometry((14, 14), (7, 7), True, CPU, torch.float32)
-    torch.testing.assert_close(geom.mask, block.attn_mask, rtol=0, atol=0)
+    assert torch.equal(geom.mask != 0, block.attn_mask != 0)
+    assert set(geom.mask.unique().tolist()) == {MASK_VALUE, 0.0}
     assert window_geometry((14, 14), (7, 7), False, CPU, torch.float32).mask is None
+
+
+def test_masked_pairs_get_an_exact_zero_softmax_weight_not_a_subnormal() -> None:
+    geom = window_geometry((14, 14), (7, 7), True, CPU, torch.float32)
+    scores = torch.randn(4, 49, 49, generator=torch.Generator().manual_seed(0)) * 3.0
+    weights = (scores + geom.mask).softmax(-1)
+    subnormal = (weights != 0) & (weights.abs() < torch.finfo(torch.float32).tiny)
+    assert not subnormal.any()  # timm's -100 gives about 3.7e-44: slow CPU arithmetic
+    assert (weights[geom.mask != 0] == 0).all()
+
+
+def test_mask_value_gives_the_bits_of_the_official_minus_100(monkeypatch) -> None:
+    """Shifted and padded windows (16x16 grid, window 7), forward and backward in float32."""
+    results = []
+    try:
+        for value in (MASK_VALUE, -100.0):
+            monkeypatch.setattr(swin_blocks, "MASK_VALUE", value)
+            window_geometry.cache_clear()
+            torch.manual_seed(0)
+            backbone = tiny_backbone(window_size=7).train()
+            images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+            images.requires_grad_(True)
+            loss = sum(f.square().sum() for f in backbone(images))
+            params = [p for p in backbone.parameters() if p.requires_grad]
+            results.append([loss.detach(), *torch.autograd.grad(loss, [images, *params])])
+    finally:
+        window_geometry.cache_clear()  # no cached -100 masks for later tests
+    ours, official = results
+    assert len(ours) > 10
+    for a, b in zip(ours, official, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_relative_position_index() -> None:
