@@ -185,7 +185,7 @@ def prompt_window_attention(
         shared_gate: Per-head gate ``(h,)`` of P0's own softmax branch; ``None`` puts P0 into the
             image softmax instead ("joint").
         rel_pos_bias: Relative position bias ``(h, N, N)`` or ``(1, h, N, N)``, image pairs only.
-        mask: Shifted-window mask ``(nW, N, N)`` (0 / -100), image pairs only.
+        mask: Shifted-window mask ``(nW, N, N)`` (0 / ``MASK_VALUE``), image pairs only.
         scale: Logit scale; ``hd ** -0.5`` if ``None``.
 
     Returns:
