@@ -33,10 +33,10 @@ from mtlora_vision.recompute import lean_enabled, recomputable
 #: Additive attention-mask value for forbidden pairs. The official Swin adds -100, whose softmax
 #: weight ``exp(-100)`` (about 3.7e-44) is a float32 subnormal: every masked pair then feeds
 #: subnormal numbers into the attention's matrix products, which this project's CPU runs slowly
-#: (fp32 training step 5% slower, README Speed). At -1e4 the weight underflows to exactly 0; a
-#: weight of 3.7e-44 never changed a float32 sum of the unmasked ones, so outputs and gradients
-#: are bit-identical to -100's (tested). -1e4 also fits fp16 and bf16, and a row whose keys are
-#: all masked (a padded query, cropped away later) stays finite, as with -100.
+#: (fp32 training step 5% slower, README Speed). At -1e4 the weight underflows to exactly 0. A
+#: weight of 3.7e-44 is far below the rounding of the softmax's normaliser (at least 1), so the
+#: outputs and gradients of the tests are bit-identical to -100's. -1e4 also fits fp16 and bf16,
+#: and a row whose keys are all masked (a padded query, cropped away later) stays finite.
 MASK_VALUE = -1e4
 
 
