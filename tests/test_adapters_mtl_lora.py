@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlora_vision.adapters.gap_dropout import GapDropout, bernoulli_positions
 from mtlora_vision.adapters.mtl_lora import MTLLoRALinear, set_active_tasks
 from mtlora_vision.adapters.mtl_lora_merge import (
     merge_task,
@@ -243,7 +244,7 @@ def test_merge_at_inference_matches_low_rank_path(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(AssertionError, match="low-rank path used"):
         layer(x, TASKS)  # autograd on: the low-rank path
     layer.train()
-    layer.dropout = nn.Dropout(0.1)
+    layer.dropout = GapDropout(0.1)
     with torch.no_grad(), pytest.raises(AssertionError, match="low-rank path used"):
         layer(x, TASKS)  # active dropout: the low-rank path
 
@@ -305,18 +306,68 @@ def test_gradient_reaches_only_the_rows_task() -> None:
     assert layer.lora_lambdas.grad[2].abs().sum() > 0
 
 
+def gap_dropout_reference(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """``x`` through the mask GapDropout draws after ``torch.manual_seed(seed)``, in float64."""
+    torch.manual_seed(seed)
+    keep = torch.ones(x.numel(), dtype=torch.bool)
+    keep[bernoulli_positions(x.numel(), p)] = False
+    return torch.where(keep.view(x.shape), x.double() / (1.0 - p), 0.0)
+
+
 def test_dropout_applies_to_the_adapter_input_only() -> None:
     layer = make_layer(dropout=0.5)
     x = torch.randn(4, IN)
     torch.manual_seed(123)
     out = layer(x, "semseg")
-    torch.manual_seed(123)
-    dropped = F.dropout(x, 0.5, training=True)
+    dropped = gap_dropout_reference(x, 0.5, seed=123)
+    assert 0 < torch.count_nonzero(dropped) < x.numel()  # some dropped, some kept
     expected = layer.base_layer(x).double() + reference_delta(layer, dropped, 0)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
     layer.eval()
     eval_out = layer(x, "semseg").double()
     torch.testing.assert_close(eval_out, reference_output(layer, x, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_is_gap_dropout_and_the_output_uses_the_mask_it_drew() -> None:
+    layer = make_layer(dropout=0.25)
+    assert isinstance(layer.dropout, GapDropout)
+    x = torch.randn(len(TASKS) * 2, 4, IN)
+    assert layer.dropout.uses_gaps(x)  # training on the CPU: geometric gaps, not F.dropout
+    seen: list[torch.Tensor] = []
+    layer.dropout.register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    torch.manual_seed(5)
+    out = layer(x, TASKS).double()
+    dropped = gap_dropout_reference(x, 0.25, seed=5)
+    torch.testing.assert_close(seen[0].double(), dropped, **TOL)  # the mask it drew
+    base = layer.base_layer(x).double()
+    for t in range(len(TASKS)):
+        rows = slice(2 * t, 2 * t + 2)
+        expected = base[rows] + reference_delta(layer, dropped[rows], t)
+        torch.testing.assert_close(out[rows], expected, **TOL)
+
+
+def test_merge_at_inference_with_gap_dropout_only_when_it_is_inactive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layer = make_layer(dropout=0.25)
+    set_merge_at_inference(layer, True)
+    x = torch.randn(len(TASKS) * 3, IN)  # 3 rows per task: merging pays off
+    used: list[str] = []
+    for path in ("_forward_low_rank", "_forward_merged_on_the_fly"):
+        original = getattr(MTLLoRALinear, path)
+
+        def record(self, *args, _path=path, _original=original):
+            used.append(_path)
+            return _original(self, *args)
+
+        monkeypatch.setattr(MTLLoRALinear, path, record)
+    with torch.no_grad():
+        out = layer.eval()(x, TASKS)
+        layer.train()(x, TASKS)  # active dropout: the low-rank path
+    assert used == ["_forward_merged_on_the_fly", "_forward_low_rank"]
+    for t in range(len(TASKS)):
+        expected = reference_output(layer, x[3 * t : 3 * t + 3], t)
+        torch.testing.assert_close(out[3 * t : 3 * t + 3].double(), expected, **TOL)
 
 
 def test_state_dict_round_trip() -> None:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlora_vision.adapters.gap_dropout import GapDropout
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRASettings
 from mtlora_vision.adapters.task_layout import TaskLayout, checked_task_ids, normalize_task_names
 from mtlora_vision.adapters.task_matmul import (
@@ -78,7 +79,8 @@ class MTLLoRALinear(nn.Module):
         num_up: Number ``n`` of shared up-projections ``B^i``.
         temperature: Softmax temperature ``tau`` of the mixing weights; must be > 0 (the official
             code's default of 0 divides by zero).
-        dropout: Dropout probability on the input of ``A``.
+        dropout: Dropout probability on the input of ``A``; a :class:`~.gap_dropout.GapDropout`,
+            as in MTLoRA's layers (``nn.Dropout``'s mask distribution, fewer draws on the CPU).
         diagonal: Store ``Lambda_t`` as a diagonal ``(r,)`` instead of a full ``(r, r)`` matrix.
             ``None`` takes the default of ``init``: full for ``"official"`` (every released
             training script), diagonal for ``"adapters"`` (its ``"singular_values"`` default).
@@ -135,7 +137,7 @@ class MTLLoRALinear(nn.Module):
         self.diagonal = settings.diagonal_lambda
         self.init = init
         self.scaling = self.alpha / rank
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = GapDropout(dropout) if dropout > 0 else nn.Identity()
         num_tasks = len(self.tasks)
         dd = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
         lambda_shape = (num_tasks, rank) if self.diagonal else (num_tasks, rank, rank)
@@ -318,6 +320,7 @@ class MTLLoRALinear(nn.Module):
             matrices = self.task_matrices() * self.scaling  # T, out, r
             return per_row_matmul_add(self.base_layer(x), low, matrices, ids)
         indices = self._stacked_indices(layout, x)
+        # GapDropout is an nn.Dropout; inactive means nn.Identity (p = 0) or eval mode.
         dropout_active = isinstance(self.dropout, nn.Dropout) and self.dropout.training
         if self.merge_at_inference and not torch.is_grad_enabled() and not dropout_active:
             rows = x.numel() // (self.in_features * len(indices))
