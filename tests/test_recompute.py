@@ -13,6 +13,8 @@ from torch import nn
 
 from mtlora_vision.adapters import lowrank_ops
 from mtlora_vision.adapters.config import MTLoRAConfig
+from mtlora_vision.adapters.gap_dropout import GapDropout
+from mtlora_vision.adapters.mtl_lora import MTLLoRALinear
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig
 from mtlora_vision.models.backbones.swin import SwinBackbone
 from mtlora_vision.models.heads import hrnet
@@ -88,9 +90,9 @@ def test_lean_step_equals_the_plain_one_in_float64(adapter, checkpointing, parts
         norm = model.backbone.layers[2].blocks[0].norm2  # a block without task branch
         norm.register_forward_hook(lambda *_, name=name: calls[name].append(1))
     plain, lean = (step(model, images) for model in models.values())
-    # lean: forward, the checkpoint's recomputation, then its recipe in backward; MTL-LoRA
-    # layers keep their own dropout, which never saves the LayerNorm's output
-    lean_calls = 1 + int(checkpointing) + int(adapter == "mtlora")
+    # lean: forward, the checkpoint's recomputation, then its recipe in backward (the adapter's
+    # dropout, recomputed from the LayerNorm's output, asks for that output again)
+    lean_calls = 2 + int(checkpointing)
     assert (len(calls["plain"]), len(calls["lean"])) == (1, lean_calls)
     assert plain.keys() == lean.keys()
     assert sum(k.startswith("grad:") for k in plain) > 20
@@ -227,6 +229,32 @@ def test_lean_dropout_draws_the_masks_of_nn_dropout_and_saves_bool():
     got.sum().backward()
     assert torch.equal(x.grad, (expected != 0).float() / 0.7 * (x != 0))
     assert torch.equal(lean_dropout(dropout.eval(), x), x)  # eval: identity
+
+
+def test_mtl_lora_layer_recomputes_its_dropout_output(monkeypatch):
+    calls = []
+    apply_drops = GapDropout.apply_drops
+
+    def counted(x, dropped, scale):
+        calls.append(1)
+        return apply_drops(x, dropped, scale)
+
+    monkeypatch.setattr(GapDropout, "apply_drops", staticmethod(counted))
+    grads = []
+    for parts in ((), ("dropout",)):
+        torch.manual_seed(0)
+        layer = MTLLoRALinear(nn.Linear(8, 6), ("a", "b"), rank=2, dropout=0.3).double().train()
+        with torch.no_grad():
+            layer.lora_b.normal_()
+        x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+        calls.clear()
+        with lean_activations(parts):
+            out = layer(x, ["a", "b"])
+        out.square().sum().backward()
+        grads.append((layer.lora_a.grad, x.grad))
+        assert len(calls) == (2 if parts else 1), parts  # lean: drawn once, applied again
+    for plain, lean in zip(*grads, strict=True):
+        assert torch.equal(plain, lean)
 
 
 def test_gelu_project_down_in_chunks_equals_gelu_then_project_down(monkeypatch):

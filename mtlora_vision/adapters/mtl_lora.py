@@ -48,6 +48,7 @@ from mtlora_vision.adapters.task_matmul import (
     stacked_linear,
     stacked_matmul_add,
 )
+from mtlora_vision.recompute import lean_dropout
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ class MTLLoRALinear(nn.Module):
             return self._forward_in_place_merged(x, layout)
         if isinstance(layout, Tensor):
             ids = checked_task_ids(layout, x.shape[0], self.tasks, x.device)
-            low = F.linear(self.dropout(x), self.lora_a)  # N, ..., r
+            low = F.linear(lean_dropout(self.dropout, x), self.lora_a)  # N, ..., r
             matrices = self.task_matrices() * self.scaling  # T, out, r
             return per_row_matmul_add(self.base_layer(x), low, matrices, ids)
         indices = self._stacked_indices(layout, x)
@@ -344,7 +345,7 @@ class MTLLoRALinear(nn.Module):
     def _forward_low_rank(self, x: Tensor, indices: list[int]) -> Tensor:
         """``W x + b + s M_t A drop(x)``: shared ``A`` once, then one fused matmul-add."""
         result = self.base_layer(x)
-        low = F.linear(self.dropout(x), self.lora_a)  # N, ..., r
+        low = F.linear(lean_dropout(self.dropout, x), self.lora_a)  # N, ..., r
         # The scale goes into the small (T', out, r) matrices, so the big tensors are touched once.
         matrices = self.task_matrices()[indices] * self.scaling  # T', out, r
         return stacked_matmul_add(result, low, matrices)
