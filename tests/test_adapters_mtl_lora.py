@@ -249,14 +249,8 @@ def test_merge_at_inference_matches_low_rank_path(monkeypatch: pytest.MonkeyPatc
         layer(x, TASKS)  # active dropout: the low-rank path
 
 
-def test_merge_at_inference_only_where_it_pays_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    # IN * OUT = 30 multiply-adds per rank to merge; M * (IN + OUT) = 11 M for the low-rank terms.
-    assert not merging_pays_off(2, IN, OUT)
-    assert merging_pays_off(3, IN, OUT)
-    assert not merging_pays_off(7 * 7, 768, 3072)  # Swin-T stage-4 fc1 at 224 px, batch 1
-    assert merging_pays_off(56 * 56, 96, 384)  # stage-1 fc1: 3136 tokens
-    layer = make_layer().eval()
-    set_merge_at_inference(layer, True)
+def record_forward_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A list that gets the name of each stacked-layout path the layer takes (low rank, merged)."""
     used: list[str] = []
     for path in ("_forward_low_rank", "_forward_merged_on_the_fly"):
         original = getattr(MTLLoRALinear, path)
@@ -266,6 +260,18 @@ def test_merge_at_inference_only_where_it_pays_off(monkeypatch: pytest.MonkeyPat
             return _original(self, *args)
 
         monkeypatch.setattr(MTLLoRALinear, path, record)
+    return used
+
+
+def test_merge_at_inference_only_where_it_pays_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    # IN * OUT = 30 multiply-adds per rank to merge; M * (IN + OUT) = 11 M for the low-rank terms.
+    assert not merging_pays_off(2, IN, OUT)
+    assert merging_pays_off(3, IN, OUT)
+    assert not merging_pays_off(7 * 7, 768, 3072)  # Swin-T stage-4 fc1 at 224 px, batch 1
+    assert merging_pays_off(56 * 56, 96, 384)  # stage-1 fc1: 3136 tokens
+    layer = make_layer().eval()
+    set_merge_at_inference(layer, True)
+    used = record_forward_paths(monkeypatch)
     small, large = torch.randn(len(TASKS) * 2, IN), torch.randn(len(TASKS) * 3, IN)
     with torch.no_grad():
         out_small, out_large = layer(small, TASKS), layer(large, TASKS)
@@ -352,15 +358,7 @@ def test_merge_at_inference_with_gap_dropout_only_when_it_is_inactive(
     layer = make_layer(dropout=0.25)
     set_merge_at_inference(layer, True)
     x = torch.randn(len(TASKS) * 3, IN)  # 3 rows per task: merging pays off
-    used: list[str] = []
-    for path in ("_forward_low_rank", "_forward_merged_on_the_fly"):
-        original = getattr(MTLLoRALinear, path)
-
-        def record(self, *args, _path=path, _original=original):
-            used.append(_path)
-            return _original(self, *args)
-
-        monkeypatch.setattr(MTLLoRALinear, path, record)
+    used = record_forward_paths(monkeypatch)
     with torch.no_grad():
         out = layer.eval()(x, TASKS)
         layer.train()(x, TASKS)  # active dropout: the low-rank path
