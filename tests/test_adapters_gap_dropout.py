@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from scipy import stats
-from torch import nn
+from torch import Tensor, nn
 
 from mtlora_vision.adapters.gap_dropout import GapDropout, bernoulli_positions
 
@@ -30,6 +30,33 @@ def test_positions_are_bernoulli_counts_and_gaps() -> None:
     for _ in range(4000):
         hits[bernoulli_positions(50, 0.3)] += 1
     assert (hits / 4000 - 0.3).abs().max() < 4 * math.sqrt(0.3 * 0.7 / 4000)
+
+
+def _positions_from_geometric(n: int, p: float) -> Tensor:
+    """Second code path: partial sums of ``Tensor.geometric_`` gaps, drawn in the same chunks."""
+    mean = n * p
+    chunk = int(mean + 6.0 * math.sqrt(mean * (1.0 - p)) + 16)
+    parts, end = [torch.empty(0, dtype=torch.float64)], 0.0
+    while end < n:
+        positions = torch.empty(chunk, dtype=torch.float64).geometric_(p).cumsum(0) + end
+        parts.append(positions)
+        end = float(positions[-1])
+    positions = torch.cat(parts)
+    return (positions[positions <= n] - 1).long()
+
+
+@pytest.mark.parametrize(
+    ("n", "p"), [(1, 0.5), (7, 0.05), (1000, 0.5), (100_000, 0.9), (1_204_224, 0.05)]
+)
+def test_positions_equal_geometric_draws_and_leave_the_generator_in_step(n: int, p: float) -> None:
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours, after_ours = bernoulli_positions(n, p), torch.rand(4)
+        torch.manual_seed(seed)
+        reference, after_reference = _positions_from_geometric(n, p), torch.rand(4)
+        assert ours.dtype == torch.int64
+        assert torch.equal(ours, reference)
+        assert torch.equal(after_ours, after_reference)
 
 
 def test_positions_of_an_empty_sequence_and_an_empty_input() -> None:
