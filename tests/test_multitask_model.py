@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 from mmengine.model import BaseDataPreprocessor
@@ -230,3 +232,24 @@ def test_bf16_autocast_training_and_merged_inference() -> None:
             merged = model(x)
     for task, logits in merged.items():
         assert (logits.float() - reference[task]).norm() / reference[task].norm() < 0.05
+
+
+def _backward_node_names(outputs: dict[str, torch.Tensor]) -> collections.Counter:
+    """Names of the autograd nodes reachable from ``outputs``, counted."""
+    seen, stack, names = set(), [o.grad_fn for o in outputs.values()], collections.Counter()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names[type(node).__name__] += 1
+        stack.extend(child for child, _ in node.next_functions)
+    return names
+
+
+def test_task_features_are_split_once_per_stage_for_the_backward_pass() -> None:
+    # Indexing a stage's stacked (T, B, C, H, W) features once per task makes T backward nodes
+    # that each zero-fill a full (T, ...) gradient; one unbind per stage stacks them instead.
+    model = build().train()
+    names = _backward_node_names(model(torch.randn(1, 3, 64, 64), mode="tensor"))
+    assert names["SelectBackward0"] == 0

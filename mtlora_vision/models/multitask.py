@@ -272,7 +272,9 @@ class MultiTaskModel(BaseModel):
         size = inputs.shape[-2:]
         outputs = {}
         with lean_activations(self.backbone.recompute_elementwise):  # heads too
-            feats = self.backbone(inputs)  # per stage: T, B, C, H, W
+            # unbind, not f[index]: one backward pass stacks the task gradients, where indexing
+            # would zero-fill a whole (T, ...) gradient per task and add the T of them up.
+            feats = [f.unbind(0) for f in self.backbone(inputs)]  # per stage: T x (B, C, H, W)
             for index, task in enumerate(self.tasks):
                 logits = self.heads[task](self.fusion[task]([f[index] for f in feats]))
                 outputs[task] = F.interpolate(
