@@ -13,6 +13,8 @@
 * mmengine's warnings about its own internal use of deprecated APIs are dropped;
 * the line mmengine prints to stdout when it loads a checkpoint (``Loads checkpoint by ...``,
   ``print_log`` without a logger) goes to the run's log instead;
+* a Runner started in the same second as another one in the same work dir gets its own log folder
+  ``WORK_DIR/<timestamp>_2`` (``_3``, ...) and experiment name (:func:`claim_log_dir`);
 * a second Runner of the same config started within the same second in one process gets its own
   logger, message hub and visualiser (mmengine names them by config and second and would hand it
   the first one's, which writes into the first run's log file).
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
+import os
 import os.path as osp
 from collections import OrderedDict
 
 import torch
-from mmengine.dist import master_only
+from mmengine.dist import broadcast, get_rank, master_only
 from mmengine.logging import MessageHub, MMLogger
 from mmengine.runner import Runner
 from mmengine.utils.dl_utils import collect_env
@@ -72,6 +76,36 @@ def unused_instance_name(name: str) -> str:
     return candidate
 
 
+def log_dir_name(timestamp: str, count: int) -> str:
+    """Log folder name of the ``count``-th run started at ``timestamp`` (``timestamp_2``, ...)."""
+    return timestamp if count == 1 else f"{timestamp}_{count}"
+
+
+def claim_log_dir(work_dir: str, timestamp: str) -> int:
+    """Create a log folder ``work_dir/log_dir_name(timestamp, count)`` no other run has.
+
+    mmengine names the log folder, log file and experiment by the second the run started, so two
+    runs started in the same second in one work dir (a sweep script, tests) would share them.
+    ``os.mkdir`` either creates the folder or fails because it exists, atomically, so concurrent
+    runs never claim the same name. A finer timestamp instead would still collide (a coarse
+    clock, concurrent starts) and would rename every run's folder, not only the second one's.
+
+    Args:
+        work_dir: The run's work dir (it exists).
+        timestamp: mmengine's ``%Y%m%d_%H%M%S`` start time of the run.
+
+    Returns:
+        The smallest ``count`` whose folder did not exist yet (and now does).
+    """
+    for count in itertools.count(1):
+        try:
+            os.mkdir(osp.join(work_dir, log_dir_name(timestamp, count)))
+        except FileExistsError:
+            continue
+        return count
+    raise AssertionError("unreachable: itertools.count never ends")
+
+
 def runtime_environment(runner: Runner, env_cfg: dict) -> OrderedDict:
     """The runtime facts the log records: settings in force, device and processes."""
     env = OrderedDict()
@@ -97,6 +131,20 @@ class MultiTaskRunner(Runner):
         self._quiet: QuietStart | None = None
         super().__init__(*args, **kwargs)
         self.register_hook(RunSummaryHook(quiet=self._quiet))
+
+    def setup_env(self, env_cfg: dict) -> None:
+        """Set up as mmengine does, then make the timestamp name a log folder of this run only.
+
+        mmengine derives the log folder, log file and experiment name (and so the DefaultScope
+        instance) from ``self._timestamp``; rank 0 claims a fresh folder (:func:`claim_log_dir`)
+        and sends the suffix it got to the other ranks, so that all of them use the same name.
+        """
+        super().setup_env(env_cfg)
+        count = torch.ones((), dtype=torch.int64)
+        if get_rank() == 0:
+            count.fill_(claim_log_dir(self._work_dir, self._timestamp))
+        broadcast(count)  # nothing to do without a process group
+        self._timestamp = log_dir_name(self._timestamp, int(count.item()))
 
     def build_logger(self, log_level="INFO", log_file=None, **kwargs) -> MMLogger:
         """Build mmengine's logger, quiet on the console until the Runner is built."""
