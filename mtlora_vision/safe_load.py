@@ -256,21 +256,32 @@ def load_checkpoint_safely(
     return _replace_stand_ins(checkpoint)
 
 
-def peek_checkpoint(filename: str | Path) -> Any:
-    """Unpickle a checkpoint's structure cheaply, for its ``meta``: no integrity check.
+def peek_reads_in_full(filename: str | Path) -> bool:
+    """Whether :func:`peek_checkpoint` reads the whole file: torch's legacy (non-zip) format."""
+    return not zipfile.is_zipfile(osp.expanduser(str(filename)))
+
+
+def peek_checkpoint(filename: str | Path, check_legacy: bool = True) -> Any:
+    """Unpickle a checkpoint's structure cheaply, for its ``meta``; a zip file is not checked.
 
     Torch's zip files are memory-mapped, so tensor data is not read; a file in torch's legacy
-    format is loaded in full. The same restricted unpickler as :func:`load_checkpoint_safely`
-    applies. Whatever is chosen from the result must still pass :func:`check_checkpoint_integrity`
-    before it is trusted (``--resume`` does: :func:`mtlora_vision.engine.resume.latest_checkpoint`).
+    format is loaded in full, so its integrity is checked first. The same restricted unpickler as
+    :func:`load_checkpoint_safely` applies. Whatever is chosen from the result must still pass
+    :func:`check_checkpoint_integrity` before it is trusted (``--resume`` does:
+    :func:`mtlora_vision.engine.resume.latest_checkpoint`).
+
+    Args:
+        filename: Local checkpoint path (``~`` is expanded).
+        check_legacy: Check a legacy-format file before reading it; callers that have just
+            checked it pass False, so that it is checked once.
 
     Raises:
         DamagedCheckpointError: If the file's structure cannot be read.
         UnsafeCheckpointError: If it holds a type outside the allow-list.
     """
     path = osp.expanduser(str(filename))
-    mmap = zipfile.is_zipfile(path)
-    if not mmap:
+    mmap = not peek_reads_in_full(path)
+    if not mmap and check_legacy:
         check_checkpoint_integrity(path)  # empty, truncated zip or unknown format: say which
     return _replace_stand_ins(_restricted_load(path, "cpu", (), mmap=mmap))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -10,7 +11,11 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mtlora_vision.engine.checkpoint import save_checkpoint_file
+from mtlora_vision.engine.checkpoint import (
+    load_from_local_safe,
+    save_checkpoint_file,
+    write_checkpoint_bytes,
+)
 from mtlora_vision.engine.resume import (
     CheckpointProgress,
     latest_checkpoint,
@@ -109,6 +114,42 @@ def test_checkpoint_without_record_is_still_used(tmp_path):
     path = tmp_path / "epoch_2.pth"
     torch.save({"state_dict": {}, "meta": {"epoch": 2, "iter": 8}}, path)
     assert latest_checkpoint(str(tmp_path)) == CheckpointProgress(str(path), 2, 8)
+
+
+def _count_verifications(monkeypatch) -> list[str]:
+    """Record each file that safe_load's integrity check (size + SHA-256 or container) reads."""
+    import mtlora_vision.safe_load as safe_load
+
+    verified = []
+    real_check = safe_load.check_file_integrity
+    monkeypatch.setattr(
+        safe_load, "check_file_integrity", lambda p: verified.append(p) or real_check(p)
+    )
+    return verified
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
+@pytest.mark.parametrize("resume", ["auto", "path"])
+def test_a_resumed_checkpoint_is_verified_once_for_its_choice_and_once_to_load(
+    tmp_path, monkeypatch, legacy, resume
+):
+    buffer = io.BytesIO()
+    checkpoint = {"state_dict": {"w": torch.ones(8)}, "meta": {"epoch": 2, "iter": 8}}
+    torch.save(checkpoint, buffer, _use_new_zipfile_serialization=not legacy)
+    path = str(tmp_path / "epoch_2.pth")
+    write_checkpoint_bytes(buffer.getvalue(), path)  # with its size + SHA-256 record
+    cfg = Config(dict(work_dir=str(tmp_path), resume=False, load_from=None, train_cfg={}))
+    verified = _count_verifications(monkeypatch)
+    assert resolve_resume(cfg, resume if resume == "auto" else path).epoch == 2
+    assert verified == [path]  # chosen: verified once, before the Runner is built
+    assert load_from_local_safe(cfg.load_from)["meta"]["iter"] == 8
+    assert verified == [path, path]  # loaded by the Runner: verified once more
+
+    (tmp_path / "epoch_2.pth").write_bytes(buffer.getvalue()[:-10])  # still refused, naming it
+    with pytest.raises(DamagedCheckpointError, match=r"epoch_2\.pth' is damaged: it is truncated"):
+        resolve_resume(cfg, path)
+    with pytest.raises(DamagedCheckpointError, match=r"epoch_2\.pth is damaged: it is truncated"):
+        resolve_resume(cfg, "auto")
 
 
 def test_resolve_resume_and_finished_runs(tmp_path):

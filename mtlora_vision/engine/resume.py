@@ -15,7 +15,8 @@
   complete one is used. Only when every candidate is damaged is it an error.
 * **Cheap.** Each candidate's ``meta`` is read through a memory map (no tensor data), and only
   the most advanced ones are checksummed, from the top down until one is complete: a work dir of
-  many large checkpoints is not read in full.
+  many large checkpoints is not read in full. A file in torch's legacy (non-zip) format cannot be
+  memory-mapped: it is checked before its ``meta`` is read, and that check is not repeated.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from mtlora_vision.safe_load import (
     UnsafeCheckpointError,
     check_checkpoint_integrity,
     peek_checkpoint,
+    peek_reads_in_full,
 )
 
 logger = logging.getLogger(__name__)
@@ -90,12 +92,24 @@ def checkpoint_progress(path: str) -> CheckpointProgress:
 
 
 def _recorded_progress(path: str) -> CheckpointProgress:
-    """The progress in a checkpoint's ``meta``, read without checking the file's integrity."""
-    checkpoint = peek_checkpoint(path)
+    """The progress in a checkpoint's ``meta``; a legacy-format file must have been checked."""
+    checkpoint = peek_checkpoint(path, check_legacy=False)
     meta = checkpoint.get("meta") if isinstance(checkpoint, Mapping) else None
     if not isinstance(meta, Mapping) or "epoch" not in meta or "iter" not in meta:
         raise ValueError(f"{path!r} records no training progress (meta.epoch, meta.iter).")
     return CheckpointProgress(path, int(meta["epoch"]), int(meta["iter"]))
+
+
+def _candidate_progress(path: str, checked: set[str]) -> CheckpointProgress:
+    """The progress in a candidate's ``meta``, for :func:`latest_checkpoint`.
+
+    A zip checkpoint is peeked through a memory map, unchecked (only the chosen one is checked
+    later); a legacy-format file is read in full, so it is checked first and added to ``checked``.
+    """
+    if peek_reads_in_full(path):
+        check_checkpoint_integrity(path)
+        checked.add(path)
+    return _recorded_progress(path)
 
 
 def checkpoint_candidates(work_dir: str) -> list[str]:
@@ -125,6 +139,7 @@ def latest_checkpoint(work_dir: str) -> CheckpointProgress | None:
         DamagedCheckpointError: If there are checkpoints but every one is damaged.
     """
     recorded, skipped = [], []
+    checked: set[str] = set()  # legacy files, checked before peeking: once is enough
 
     def skip(path: str, reason: str) -> None:
         skipped.append(f"{path} is damaged: {reason}.")
@@ -132,7 +147,7 @@ def latest_checkpoint(work_dir: str) -> CheckpointProgress | None:
 
     for path in checkpoint_candidates(work_dir):
         try:
-            recorded.append(_recorded_progress(path))
+            recorded.append(_candidate_progress(path, checked))
         except UnsafeCheckpointError:
             raise  # never skipped quietly: a refused file in a work dir needs a look
         except DamagedCheckpointError as err:
@@ -142,7 +157,8 @@ def latest_checkpoint(work_dir: str) -> CheckpointProgress | None:
             logger.warning("--resume skips %s: %s", path, err)
     for point in sorted(recorded, key=lambda c: (c.iter, c.epoch), reverse=True):
         try:
-            check_checkpoint_integrity(point.path)
+            if point.path not in checked:
+                check_checkpoint_integrity(point.path)
         except DamagedCheckpointError as err:
             skip(point.path, err.reason)
             continue
