@@ -47,3 +47,18 @@ def test_mixed_dtypes_under_autocast_keep_parameter_dtypes(op) -> None:
     assert out.dtype == torch.bfloat16
     assert w.grad.dtype == torch.float32
     assert x.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_expand_up_sums_the_task_gradients_into_the_base(layout) -> None:
+    # The base gradient is a product with a row of ones for a contiguous gradient, else sum(0).
+    base = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(3, 7, 2, dtype=torch.float64, requires_grad=True)
+    f = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, 7, 5, dtype=torch.float64)
+    if layout == "transposed":
+        grad = torch.randn(3, 5, 7, dtype=torch.float64).transpose(1, 2)
+    expand_up(base, c, f).backward(grad)
+    torch.testing.assert_close(base.grad, grad[0] + grad[1] + grad[2])
+    torch.testing.assert_close(c.grad, torch.einsum("tmn,tnr->tmr", grad, f))
+    torch.testing.assert_close(f.grad, torch.einsum("tmn,tmr->tnr", grad, c))

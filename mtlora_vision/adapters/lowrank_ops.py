@@ -2,13 +2,21 @@
 
 Task adapters multiply ``(T, M, K)`` activations by per-task matrices where one side is the rank
 (``r = 4``): the down-projection ``A_t u_t`` (``N = r``) and the up-projection ``B_t c_t``
-(``K = r``). CPU BLAS is slow on batched products whose *result* has a tiny dimension in the
-column position or that reduce over the long token axis with a transposed operand: measured on
-this project's CPU for ``T=4, M=25088, C=384, r=4``, ``bmm(g^T, c)`` takes 92 ms where the
-equivalent ``bmm(c^T, g)^T`` takes 12 ms, and ``bmm(g, F)`` 38 ms against 16 ms for
-``bmm(F^T, g^T)^T``. Autograd's default backward of ``bmm``/``baddbmm`` lands on the slow forms,
-so these two functions have their own backward that computes every product with the rank as the
-*row* dimension of the result. Values are those of the plain products (float rounding aside).
+(``K = r``). CPU BLAS speed on such thin batched products depends on the operands' layout, and
+autograd's default backward of ``bmm``/``baddbmm`` lands on slow forms, so these two functions
+have their own backward. Chosen by timing whole training steps of Swin-T MTLoRA r64 at 448x448
+(batch 1, one thread, the tools' allocator tuning, steps interleaved in one process):
+
+* the coefficient gradient of the up-projection is ``bmm(g, F)``, contiguous: the transposed form
+  ``bmm(F^T, g^T)^T`` was 3x slower alone in float32 and handed the down-projection a transposed
+  gradient (steps 0.972x in fp32, 0.985x in bf16 autocast; gradients bit-identical);
+* the gradient of the shared base is ``ones(1, T) @ g`` rather than ``g.sum(0)`` (0.78x / 0.75x
+  the time alone in fp32 / bf16);
+* the down-projection's input gradient ``bmm(g, A)`` stays: its transposed form made the step
+  1.13x slower (a transposed gradient downstream), and its weight gradient reduces over the long
+  token axis as ``bmm(g^T, x)``.
+
+Values are those of the plain products (float rounding aside).
 """
 
 from __future__ import annotations
@@ -53,14 +61,21 @@ class _ExpandUp(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         c, f = ctx.saved_tensors
         grad = grad.to(c.dtype)
-        grad_base = grad.sum(0) if ctx.needs_input_grad[0] else None
+        grad_base = _sum_tasks(grad) if ctx.needs_input_grad[0] else None
         grad_c = grad_f = None
-        if ctx.needs_input_grad[1]:  # (f^T grad^T)^T: the rank as the result's row dimension
-            grad_c = torch.bmm(f.transpose(1, 2), grad.transpose(1, 2)).transpose(1, 2)
-            grad_c = grad_c.to(ctx.dtypes[0])  # T, M, r
+        if ctx.needs_input_grad[1]:
+            grad_c = torch.bmm(grad, f).to(ctx.dtypes[0])  # T, M, r
         if ctx.needs_input_grad[2]:
             grad_f = torch.bmm(c.transpose(1, 2), grad).transpose(1, 2).to(ctx.dtypes[1])
         return grad_base, grad_c, grad_f
+
+
+def _sum_tasks(grad: Tensor) -> Tensor:
+    """``grad.sum(0)`` of ``(T, M, N)``; as ``ones(1, T) @ grad`` when contiguous (faster here)."""
+    if not grad.is_contiguous():
+        return grad.sum(0)
+    T = grad.shape[0]
+    return torch.mm(grad.new_ones(1, T), grad.view(T, -1)).view(grad.shape[1:])
 
 
 def project_down(x: Tensor, w: Tensor, gelu: str | None = None) -> Tensor:
