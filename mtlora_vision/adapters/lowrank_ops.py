@@ -53,7 +53,9 @@ class _ExpandUp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, base: Tensor, c: Tensor, f: Tensor) -> Tensor:
         ctx.dtypes = (c.dtype, f.dtype)
-        c, f = c.to(base.dtype), f.to(base.dtype)
+        # A contiguous copy of the thin c (T x M x r): baddbmm was 2.5x slower alone with the
+        # transposed c that project_down returns (training step 0.989x bf16, 0.995x fp32).
+        c, f = c.to(base.dtype).contiguous(), f.to(base.dtype)
         ctx.save_for_backward(c, f)
         return torch.baddbmm(base.expand(c.shape[0], -1, -1), c, f.transpose(1, 2).contiguous())
 
