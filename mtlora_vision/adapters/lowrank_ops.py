@@ -26,6 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _project(x: Tensor, w: Tensor) -> Tensor:
+    """Per-task ``x @ w^T``, ``(T, M, K) x (T, r, K) -> (T, M, r)``, computed as ``(w x^T)^T``."""
+    return torch.bmm(w, x.transpose(1, 2)).transpose(1, 2)
+
+
 class _ProjectDown(torch.autograd.Function):
     """``x @ w^T`` for ``x (T, M, K)`` and a thin ``w (T, r, K)``: ``(T, M, r)``."""
 
@@ -34,7 +39,7 @@ class _ProjectDown(torch.autograd.Function):
         ctx.w_dtype = w.dtype
         w = w.to(x.dtype)  # adapter weights may stay float32 under autocast
         ctx.save_for_backward(x, w)
-        return torch.bmm(w, x.transpose(1, 2)).transpose(1, 2)
+        return _project(x, w)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -111,48 +116,34 @@ def expand_up(base: Tensor, c: Tensor, f: Tensor) -> Tensor:
     return _ExpandUp.apply(base, c, f)
 
 
-#: Elements per chunk of :func:`gelu_project_down` (16 MB in float32).
-CHUNK_ELEMENTS = 1 << 22
-
-
 class _GeluProjectDown(torch.autograd.Function):
-    """``gelu(u) @ w^T`` per task, in row chunks: the GELU output is never stored whole."""
+    """``gelu(u) @ w^T`` per task, saving ``u`` only: the GELU output is recomputed in backward.
+
+    The products and the GELU are those of ``project_down(F.gelu(u), w)``, forward and backward,
+    so values and gradients equal that path bit for bit; only the GELU output is not kept between
+    the passes. It exists whole for a moment in each pass, while the activations of this block's
+    stage are alive, which is not where a training step peaks (the end of the forward pass).
+    """
 
     @staticmethod
     def forward(ctx, u: Tensor, w: Tensor, approximate: str) -> Tensor:
         ctx.w_dtype, ctx.approximate = w.dtype, approximate
         w = w.to(u.dtype)
         ctx.save_for_backward(u, w)
-        T, M, K = u.shape
-        out = u.new_empty(T, w.shape[1], M)  # the fast orientation, transposed at the end
-        for t, rows in _chunks(T, M, K):
-            h = F.gelu(u[t, rows], approximate=approximate)
-            out[t, :, rows] = torch.mm(w[t], h.t())
-        return out.transpose(1, 2)
+        return _project(F.gelu(u, approximate=approximate), w)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         u, w = ctx.saved_tensors
         grad = grad.to(u.dtype)
-        T, M, K = u.shape
-        grad_u = torch.empty_like(u) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
-        for t, rows in _chunks(T, M, K):
-            g = grad[t, rows]  # m, r
-            if grad_w is not None:
-                h = F.gelu(u[t, rows], approximate=ctx.approximate)
-                grad_w[t].addmm_(g.t(), h)
-            if grad_u is not None:
-                torch.ops.aten.gelu_backward.grad_input(
-                    g @ w[t], u[t, rows], approximate=ctx.approximate, grad_input=grad_u[t, rows]
-                )
-        return grad_u, None if grad_w is None else grad_w.to(ctx.w_dtype), None
-
-
-def _chunks(tasks: int, rows: int, width: int) -> list[tuple[int, slice]]:
-    """(task, row slice) pairs covering a contiguous ``(tasks, rows, width)`` tensor in chunks."""
-    step = max(1, CHUNK_ELEMENTS // width)
-    return [(t, slice(s, s + step)) for t in range(tasks) for s in range(0, rows, step)]
+        grad_u = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.bmm(grad, w)  # T, M, K
+            grad_u = torch.ops.aten.gelu_backward(grad_h, u, approximate=ctx.approximate)
+        if ctx.needs_input_grad[1]:
+            h = F.gelu(u, approximate=ctx.approximate)
+            grad_w = torch.bmm(grad.transpose(1, 2), h).to(ctx.w_dtype)  # T, r, K
+        return grad_u, grad_w, None
 
 
 def gelu_project_down(u: Tensor, w: Tensor, approximate: str = "none") -> Tensor:
