@@ -119,10 +119,10 @@ def expand_up(base: Tensor, c: Tensor, f: Tensor) -> Tensor:
 class _GeluProjectDown(torch.autograd.Function):
     """``gelu(u) @ w^T`` per task, saving ``u`` only: the GELU output is recomputed in backward.
 
-    The products and the GELU are those of ``project_down(F.gelu(u), w)``, forward and backward,
-    so values and gradients equal that path bit for bit; only the GELU output is not kept between
-    the passes. It exists whole for a moment in each pass, while the activations of this block's
-    stage are alive, which is not where a training step peaks (the end of the forward pass).
+    One task at a time, so the GELU output exists for one task's ``(M, K)`` at a time; the
+    products reduce over the whole of ``K`` (forward) and ``M`` (weight gradient) in one call
+    each, as ``project_down(F.gelu(u), w)`` does, so values and gradients equal that path's (bit
+    for bit on this CPU, tested).
     """
 
     @staticmethod
@@ -130,20 +130,26 @@ class _GeluProjectDown(torch.autograd.Function):
         ctx.w_dtype, ctx.approximate = w.dtype, approximate
         w = w.to(u.dtype)
         ctx.save_for_backward(u, w)
-        return _project(F.gelu(u, approximate=approximate), w)
+        out = u.new_empty(u.shape[0], w.shape[1], u.shape[1])  # T, r, M: the fast orientation
+        for t in range(u.shape[0]):
+            torch.mm(w[t], F.gelu(u[t], approximate=approximate).t(), out=out[t])
+        return out.transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         u, w = ctx.saved_tensors
         grad = grad.to(u.dtype)
-        grad_u = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_h = torch.bmm(grad, w)  # T, M, K
-            grad_u = torch.ops.aten.gelu_backward(grad_h, u, approximate=ctx.approximate)
-        if ctx.needs_input_grad[1]:
-            h = F.gelu(u, approximate=ctx.approximate)
-            grad_w = torch.bmm(grad.transpose(1, 2), h).to(ctx.w_dtype)  # T, r, K
-        return grad_u, grad_w, None
+        grad_u = torch.empty_like(u) if ctx.needs_input_grad[0] else None
+        grad_w = torch.empty_like(w) if ctx.needs_input_grad[1] else None
+        for t in range(u.shape[0]):
+            if grad_w is not None:
+                h = F.gelu(u[t], approximate=ctx.approximate)
+                torch.mm(grad[t].t(), h, out=grad_w[t])
+            if grad_u is not None:
+                torch.ops.aten.gelu_backward.grad_input(
+                    grad[t] @ w[t], u[t], approximate=ctx.approximate, grad_input=grad_u[t]
+                )
+        return grad_u, None if grad_w is None else grad_w.to(ctx.w_dtype), None
 
 
 def gelu_project_down(u: Tensor, w: Tensor, approximate: str = "none") -> Tensor:
