@@ -8,7 +8,9 @@ of ``tools/benchmark.py``), their FLOP ratio (the floor) and the time over it, `
 frozen``, split per aten operator and per module (forward and backward) with the largest shares
 first. How the split is made: :mod:`mtlora_vision.benchmarking.profiling`. Timings come from the
 profiler (a few microseconds per operator on both variants); ``tools/benchmark.py`` gives the
-unprofiled medians.
+unprofiled medians. ``--by-shape N`` adds the model's N most expensive aten calls per step keyed by
+operator, argument shapes and layout (:mod:`mtlora_vision.benchmarking.op_shapes`), where a slow
+product on a transposed view or a needless copy shows.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--phases", nargs="+", choices=PHASES, default=["train", "infer_merged"], help="phases"
     )
     parser.add_argument("--top", type=int, default=12, help="rows per table (largest excess)")
+    parser.add_argument(
+        "--by-shape",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also list the model's N most expensive aten calls per step by operator, argument "
+        "shapes and strides (2 more steps per phase and precision)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     add_precision_argument(parser, several=True)
     parser.add_argument("--json", action="store_true", help="print one JSON object, no tables")
@@ -48,6 +58,7 @@ def profile(args: argparse.Namespace, progress) -> dict[str, Any]:
     """Profiles of ``model`` and ``frozen`` per phase and precision, with the floor split."""
     import torch
 
+    from mtlora_vision.benchmarking.op_shapes import time_by_shape, top_rows
     from mtlora_vision.benchmarking.profiling import over_floor, profile_interleaved
     from mtlora_vision.benchmarking.steps import count_flops, in_precision, prepare
     from mtlora_vision.benchmarking.timing import resolve_precisions
@@ -83,6 +94,10 @@ def profile(args: argparse.Namespace, progress) -> dict[str, Any]:
                     for table in ("kinds", "ops", "modules", "module_ops")
                 },
             }
+            if args.by_shape > 0:
+                progress(f"{phase}@{precision.mode}: timing the model's aten calls by shape")
+                rows = time_by_shape(steps["model"][0], images, steps=2, warmup=0)
+                report[f"{phase}@{precision.mode}"]["by_shape"] = top_rows(rows, args.by_shape)
     return report
 
 
@@ -110,13 +125,28 @@ def format_report(report: dict[str, Any], top: int) -> str:
             if rest:
                 lines.append(f"  {f'{len(rest)} more':<{width}} {'':>9} {'':>9} "
                              f"{sum(r[3] for r in rest):>8.1f}")  # fmt: skip
+        if "by_shape" in entry:
+            lines.append("  model's aten calls by operator, argument shapes and strides, per step:")
+            lines += format_shape_rows(entry["by_shape"])
     lines += ["", "over ms: model - FLOP ratio x frozen; each table's rows sum to the time over "
               "the floor."]  # fmt: skip
     return "\n".join(lines)
 
 
+def format_shape_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """Lines of the ``--by-shape`` table: time and calls per step, operator and arguments."""
+    lines = [f"  {'ms':>8} {'calls':>6}  operator: arguments (shape dtype [strides])"]
+    for row in rows:
+        label = f"{row['op']}: {', '.join(row['args'])}" if row["args"] else row["op"]
+        lines.append(f"  {row['ms']:>8.2f} {row['calls']:>6g}  {label}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.by_shape < 0:
+        parser.error(f"--by-shape {args.by_shape}: give a number of rows, 0 or more.")
     args.cfg_options = parse_cfg_options(args.cfg_options)
     args.precision = args.precision or [default_precision()]
     from mtlora_vision.benchmarking.process import setup_process
