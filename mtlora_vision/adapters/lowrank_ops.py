@@ -26,11 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _project(x: Tensor, w: Tensor) -> Tensor:
-    """Per-task ``x @ w^T``, ``(T, M, K) x (T, r, K) -> (T, M, r)``, computed as ``(w x^T)^T``."""
-    return torch.bmm(w, x.transpose(1, 2)).transpose(1, 2)
-
-
 class _ProjectDown(torch.autograd.Function):
     """``x @ w^T`` for ``x (T, M, K)`` and a thin ``w (T, r, K)``: ``(T, M, r)``."""
 
@@ -39,7 +34,7 @@ class _ProjectDown(torch.autograd.Function):
         ctx.w_dtype = w.dtype
         w = w.to(x.dtype)  # adapter weights may stay float32 under autocast
         ctx.save_for_backward(x, w)
-        return _project(x, w)
+        return torch.bmm(w, x.transpose(1, 2)).transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
