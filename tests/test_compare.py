@@ -322,3 +322,14 @@ def test_the_console_shows_the_table_and_warnings_not_package_info(runs, tmp_pat
     assert "| method |" in result.stdout
     assert "INFO" not in result.stdout + result.stderr
     assert "WARNING: No run has a Delta-m" in result.stderr  # no single-task runs given
+
+
+def test_find_run_reads_the_newest_run_of_a_second_also_past_nine(tmp_path: Path) -> None:
+    # Runs started in the same second get <timestamp>_2, _3, ...: _10 is newer than _9.
+    for count, miou in ((9, 40.0), (10, 50.0)):
+        make_run(tmp_path, "seg", ("semseg",), {}, [{"semseg/mIoU": miou}],
+                 stamp=f"20250101_000000_{count}")  # fmt: skip
+    config, metrics, source = find_run(tmp_path / "seg")
+    assert metrics["semseg/mIoU"] == 50.0
+    assert "20250101_000000_10" in source
+    assert config.parent.parent.name == "20250101_000000_10"

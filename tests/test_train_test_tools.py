@@ -20,6 +20,7 @@ import pytest
 import torch
 from engine_utils import DEMO, REPO, tiny_options, write_tiny_pretrained
 
+from mtlora_vision.engine.log_dirs import log_dir_order
 from mtlora_vision.safe_load import (
     DamagedCheckpointError,
     UnsafeCheckpointError,
@@ -394,7 +395,8 @@ def test_a_checkpointed_run_says_its_allocator_is_left_untuned(tmp_path):
 
 
 def _newest_log(work_dir) -> str:
-    return sorted(work_dir.glob("*/*.log"))[-1].read_text()
+    logs = sorted(work_dir.glob("*/*.log"), key=lambda p: log_dir_order(p.parent.name))
+    return logs[-1].read_text()
 
 
 def test_console_summary_full_log_and_one_data_root(tmp_path):

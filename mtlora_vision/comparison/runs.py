@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mtlora_vision.engine.log_dirs import log_dir_order
+
 if TYPE_CHECKING:  # mmengine and torch are imported where used: tools' --help answers without them
     from mmengine.config import Config
 
@@ -95,7 +97,12 @@ def find_run(work_dir: Path) -> tuple[Path, dict[str, float], str]:
     if not work_dir.is_dir():
         raise FileNotFoundError(f"Work dir {str(work_dir)!r} does not exist.")
     metrics, source, config = None, "", None
-    for scalars in sorted(work_dir.glob("*/vis_data/scalars.json"), reverse=True):
+    newest_first = sorted(
+        work_dir.glob("*/vis_data/scalars.json"),
+        key=lambda path: log_dir_order(path.parent.parent.name),
+        reverse=True,
+    )
+    for scalars in newest_first:
         metrics = last_validation(scalars)
         if metrics is not None:
             source, config = str(scalars), scalars.parent / "config.py"

@@ -37,6 +37,7 @@ from mmengine.runner import Runner
 from mmengine.utils.dl_utils import collect_env
 from mmengine.visualization import Visualizer
 
+from mtlora_vision.engine.log_dirs import log_dir_name
 from mtlora_vision.engine.run_logging import (
     MMENGINE_SELF_DEPRECATIONS,
     DropMessages,
@@ -74,11 +75,6 @@ def unused_instance_name(name: str) -> str:
         count += 1
         candidate = f"{name}_{count}"
     return candidate
-
-
-def log_dir_name(timestamp: str, count: int) -> str:
-    """Log folder name of the ``count``-th run started at ``timestamp`` (``timestamp_2``, ...)."""
-    return timestamp if count == 1 else f"{timestamp}_{count}"
 
 
 def claim_log_dir(work_dir: str, timestamp: str) -> int:
