@@ -119,7 +119,10 @@ def find_run(work_dir: Path) -> tuple[Path, dict[str, float], str]:
         )
     if config is None or not config.is_file():
         dumped = sorted(work_dir.glob("*.py"), key=lambda p: p.stat().st_mtime)
-        dumped += sorted(work_dir.glob("*/vis_data/config.py"))
+        dumped += sorted(
+            work_dir.glob("*/vis_data/config.py"),
+            key=lambda path: log_dir_order(path.parent.parent.name),
+        )
         if not dumped:
             raise FileNotFoundError(
                 f"No config in work dir {str(work_dir)!r} (looked for <work_dir>/*.py and "
