@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from timm.models.swin_transformer import (
@@ -64,8 +66,22 @@ def test_masked_pairs_get_an_exact_zero_softmax_weight_not_a_subnormal() -> None
     assert (weights[geom.mask != 0] == 0).all()
 
 
-def test_mask_value_gives_the_bits_of_the_official_minus_100(monkeypatch) -> None:
-    """Shifted and padded windows (16x16 grid, window 7), forward and backward in float32."""
+def test_masked_pairs_pass_with_the_official_minus_100_only_for_large_logits() -> None:
+    # Why MASK_VALUE is a deviation: a masked logit 95 above the allowed ones gets weight about
+    # exp(-5) with the official -100, and exactly 0 with ours.
+    scores = torch.zeros(1, 3)
+    scores[0, 2] = 95.0  # key 2 is masked
+    official = (scores + torch.tensor([0.0, 0.0, -100.0])).softmax(-1)
+    ours = (scores + torch.tensor([0.0, 0.0, MASK_VALUE])).softmax(-1)
+    assert official[0, 2] == pytest.approx(math.exp(-5) / (2 + math.exp(-5)), rel=1e-5)
+    assert ours[0, 2] == 0
+
+
+def test_mask_value_gives_the_bits_of_the_official_minus_100_in_a_fresh_model(monkeypatch) -> None:
+    """Shifted and padded windows (16x16 grid, window 7), forward and backward in float32.
+
+    A freshly initialised model's logits stay far below the 80 or so where the two values part.
+    """
     results = []
     try:
         for value in (MASK_VALUE, -100.0):

@@ -31,12 +31,15 @@ from mtlora_vision.adapters.mtlora import MTLoRALinear
 from mtlora_vision.recompute import lean_enabled, recomputable
 
 #: Additive attention-mask value for forbidden pairs. The official Swin adds -100, whose softmax
-#: weight ``exp(-100)`` (about 3.7e-44) is a float32 subnormal: every masked pair then feeds
-#: subnormal numbers into the attention's matrix products, which this project's CPU runs slowly
-#: (fp32 training step 5% slower, README Speed). At -1e4 the weight underflows to exactly 0. A
-#: weight of 3.7e-44 is far below the rounding of the softmax's normaliser (at least 1), so the
-#: outputs and gradients of the tests are bit-identical to -100's. -1e4 also fits fp16 and bf16,
-#: and a row whose keys are all masked (a padded query, cropped away later) stays finite.
+#: weight ``exp(s - 100 - max)`` is a float32 subnormal (about 3.7e-44) when the masked logit ``s``
+#: is near its row's maximum: every masked pair then feeds subnormal numbers into the attention's
+#: matrix products, which this project's CPU runs slowly (fp32 training step 5% slower, README
+#: Speed). At -1e4 the weight underflows to exactly 0. The two agree to the bit while no masked
+#: logit exceeds the largest allowed one of its row by more than about 80 (a freshly initialised
+#: model: tested); beyond that -100 lets masked pairs through (exp(-5) at 95 above) and -1e4 does
+#: not, so a trained model can differ: a 12-epoch demo run (single-task normals, seed 0) moved in
+#: its last digits. Pretrained Swin weights were trained with -100 (docs/model.md, Backbone).
+#: -1e4 also fits fp16 and bf16, and a row whose keys are all masked stays finite.
 MASK_VALUE = -1e4
 
 
