@@ -84,6 +84,11 @@ def last_validation(scalars_file: Path) -> dict[str, float] | None:
     return kept
 
 
+def _run_order(path: Path) -> tuple[str, int]:
+    """Sort key of a ``<log folder>/vis_data/<file>`` path: its run's start (``log_dir_order``)."""
+    return log_dir_order(path.parent.parent.name)
+
+
 def find_run(work_dir: Path) -> tuple[Path, dict[str, float], str]:
     """Return the config file, final metrics and their source of one work dir.
 
@@ -97,12 +102,7 @@ def find_run(work_dir: Path) -> tuple[Path, dict[str, float], str]:
     if not work_dir.is_dir():
         raise FileNotFoundError(f"Work dir {str(work_dir)!r} does not exist.")
     metrics, source, config = None, "", None
-    newest_first = sorted(
-        work_dir.glob("*/vis_data/scalars.json"),
-        key=lambda path: log_dir_order(path.parent.parent.name),
-        reverse=True,
-    )
-    for scalars in newest_first:
+    for scalars in sorted(work_dir.glob("*/vis_data/scalars.json"), key=_run_order, reverse=True):
         metrics = last_validation(scalars)
         if metrics is not None:
             source, config = str(scalars), scalars.parent / "config.py"
@@ -119,10 +119,7 @@ def find_run(work_dir: Path) -> tuple[Path, dict[str, float], str]:
         )
     if config is None or not config.is_file():
         dumped = sorted(work_dir.glob("*.py"), key=lambda p: p.stat().st_mtime)
-        dumped += sorted(
-            work_dir.glob("*/vis_data/config.py"),
-            key=lambda path: log_dir_order(path.parent.parent.name),
-        )
+        dumped += sorted(work_dir.glob("*/vis_data/config.py"), key=_run_order)
         if not dumped:
             raise FileNotFoundError(
                 f"No config in work dir {str(work_dir)!r} (looked for <work_dir>/*.py and "
