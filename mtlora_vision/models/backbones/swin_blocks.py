@@ -30,17 +30,13 @@ from torch import Tensor
 from mtlora_vision.adapters.mtlora import MTLoRALinear
 from mtlora_vision.recompute import lean_enabled, recomputable
 
-#: Additive attention-mask value for forbidden pairs. The official Swin adds -100, whose softmax
-#: weight ``exp(s - 100 - max)`` is a float32 subnormal (about 3.7e-44) when the masked logit ``s``
-#: is near its row's maximum: every masked pair then feeds subnormal numbers into the attention's
-#: matrix products, which this project's CPU runs slowly (fp32 training step 5% slower, README
-#: Speed). At -1e4 the weight underflows to exactly 0. The two agree to the bit while no masked
-#: logit exceeds the largest allowed one of its row by more than about 80 (a freshly initialised
-#: model: tested); beyond that -100 lets masked pairs through (exp(-5) at 95 above) and -1e4 does
-#: not, so a trained model can differ: a 12-epoch demo run (single-task normals, seed 0) moved in
-#: its last digits. Pretrained Swin weights were trained with -100 (docs/model.md, Backbone).
-#: -1e4 also fits fp16 and bf16, and a row whose keys are all masked stays finite.
-MASK_VALUE = -1e4
+#: Additive attention-mask value for forbidden pairs: the official Swin's -100, which its pretrained
+#: weights were trained with. A masked pair's softmax weight is ``exp(s - 100 - max)``: a float32
+#: subnormal (about 3.7e-44) when the masked logit ``s`` is near its row's maximum, which this
+#: project's CPU multiplies slowly (fp32 training steps about 5% slower than with -1e4, README
+#: Speed), and not negligible when ``s`` exceeds the maximum by more than about 80, as it does in
+#: trained models: a larger magnitude would change their outputs (docs/model.md, Backbone).
+MASK_VALUE = -100.0
 
 
 class WindowGeometry(NamedTuple):
