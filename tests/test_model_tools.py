@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -294,6 +295,21 @@ def test_benchmark_lean_variants_recompute_the_parts_they_name(tmp_path):
     # A wrong part is an input error naming it, raised before any model is built.
     with pytest.raises(ConfigError, match=r"'lean:gelu\+nope'.*unknown part\(s\) \['nope'\]"):
         benchmarking.variant_specs(tool.parse_args([config, "--variants", "lean:gelu+nope"]))
+
+
+def test_benchmark_checkpointed_variants_checkpoint_the_stages_they_name(tmp_path):
+    config = tiny_config(tmp_path)
+    cfg = benchmarking.load_cfg(config)
+    for name, stages in (("model", (False,) * 4), ("checkpointed", (True,) * 4),
+                         ("checkpointed:0+1", (True, True, False, False)),
+                         ("checkpointed:3", (False, False, False, True))):  # fmt: skip
+        model = benchmarking.build_variant(cfg, name, 64)
+        assert model.backbone.grad_checkpointing == stages, name
+        lean = {"norm", "gelu", "dropout", "heads"} if name != "model" else set()
+        assert model.backbone.recompute_elementwise == lean, name
+    for bad in ("checkpointed:4", "checkpointed:0+0", "checkpointed:one", "checkpointed:"):
+        with pytest.raises(ConfigError, match=re.escape(f"Variant '{bad}'")):
+            benchmarking.build_variant(cfg, bad, 64)
 
 
 def test_benchmark_times_precisions_side_by_side_against_the_flop_floor(tmp_path):

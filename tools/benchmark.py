@@ -32,7 +32,8 @@ VARIANT_HELP = {
     "frozen": "adapters removed, whole Swin frozen (the reference of every ratio)",
     "no_adapter": "adapters removed, other backbone parts trainable as in the config",
     "checkpointed": "the config with activation checkpointing in every stage and element-wise "
-    "recomputation of every part, heads included (recompute_elementwise='all'; not by default)",
+    "recomputation of every part, heads included (recompute_elementwise='all'; not by default); "
+    "checkpointed:STAGE+STAGE checkpoints only those stages, e.g. checkpointed:0+1",
     "lean": "the config with element-wise recomputation (recompute_elementwise=True; not default); "
     "lean:PART+PART recomputes only those parts, e.g. lean:gelu+dropout (parts: norm, gelu, "
     "dropout, heads, all)",

@@ -6,7 +6,8 @@
 * ``no_adapter``: adapters removed, the other backbone groups trainable as in the config's policy,
   so the backward pass runs through the backbone as it does for the model.
 * ``checkpointed``: the config with activation checkpointing in every stage and element-wise
-  recomputation of every part (the heads' BatchNorm + ReLU too);
+  recomputation of every part (the heads' BatchNorm + ReLU too); ``checkpointed:0+1``
+  checkpoints only those stages (counted from 0), with the same recomputation;
 * ``lean``: the config with element-wise recomputation (``recompute_elementwise=True``);
   ``lean:PART+PART`` recomputes only those parts (``lean:gelu+dropout``; parts as in
   :data:`mtlora_vision.recompute.LEAN_PARTS`, or ``all``), so parts can be timed side by side.
@@ -29,6 +30,7 @@ from torch import nn
 from mtlora_vision.engine.fast_slow import set_fast_slow_driver
 from mtlora_vision.engine.runtime import load_config
 from mtlora_vision.errors import ConfigError
+from mtlora_vision.models.backbones.swin import resolve_arch
 from mtlora_vision.recompute import lean_parts
 
 #: Variant name -> function turning the config's model dict into the variant's.
@@ -82,19 +84,52 @@ def _lean(model: ConfigDict) -> ConfigDict:
 
 #: Prefix of a ``lean`` variant with chosen parts: ``lean:gelu+dropout``.
 LEAN_PREFIX = "lean:"
+#: Prefix of a ``checkpointed`` variant with chosen stages: ``checkpointed:0+1``.
+CHECKPOINTED_PREFIX = "checkpointed:"
+
+
+def _stages_of(name: str) -> list[int]:
+    """The stages a ``checkpointed:S+S`` variant names, checked to be distinct stage numbers."""
+    fields = name[len(CHECKPOINTED_PREFIX) :].split("+")
+    if not all(f.isdigit() for f in fields) or len(set(fields)) != len(fields):
+        raise ConfigError(
+            f"Variant {name!r}: give distinct stage numbers counted from 0, e.g. "
+            f"{CHECKPOINTED_PREFIX}0+1."
+        )
+    return sorted(int(f) for f in fields)
+
+
+def _checkpointed_stages(name: str) -> Callable[[ConfigDict], ConfigDict]:
+    stages = _stages_of(name)
+
+    def checkpointed_in(model: ConfigDict) -> ConfigDict:
+        num_stages = len(resolve_arch(model.backbone.get("arch", "tiny"))["depths"])
+        if stages[-1] >= num_stages:
+            raise ConfigError(f"Variant {name!r}: the backbone has stages 0-{num_stages - 1}.")
+        model.backbone.grad_checkpointing = [i in stages for i in range(num_stages)]
+        model.backbone.recompute_elementwise = "all"
+        return model
+
+    return checkpointed_in
 
 
 def transform_of(name: str) -> Callable[[ConfigDict], ConfigDict]:
-    """The model-dict transform of a variant: a :data:`VARIANTS` key or ``lean:PART+PART``.
+    """The model-dict transform of a variant (a :data:`VARIANTS` key or a prefixed name).
+
+    Prefixed names: ``lean:PART+PART`` and ``checkpointed:STAGE+STAGE``.
 
     Raises:
-        ConfigError: If the name is neither, or names a part that does not exist.
+        ConfigError: If the name is none of these, or names a part that does not exist or
+            stages that are not distinct numbers.
     """
     if name in VARIANTS:
         return VARIANTS[name]
+    if name.startswith(CHECKPOINTED_PREFIX):
+        return _checkpointed_stages(name)
     if not name.startswith(LEAN_PREFIX):
         raise ConfigError(
-            f"Unknown variant {name!r}; use one of {sorted(VARIANTS)} or {LEAN_PREFIX}PART+PART."
+            f"Unknown variant {name!r}; use one of {sorted(VARIANTS)}, {LEAN_PREFIX}PART+PART "
+            f"or {CHECKPOINTED_PREFIX}STAGE+STAGE."
         )
     parts = name[len(LEAN_PREFIX) :].split("+")
     try:
