@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from test_model_tools import tiny_config
@@ -13,6 +15,7 @@ from mtlora_vision.benchmarking.profiling import (
     attribute,
     module_ranges,
     over_floor,
+    profile_step,
 )
 from mtlora_vision.errors import ConfigError
 
@@ -35,6 +38,27 @@ def test_operators_are_attributed_to_the_module_of_their_forward_also_in_backwar
     assert not any(hasattr(m, "_profile_range") for m in model.modules())  # hooks cleaned up
     assert model[0]._forward_hooks == {}
     assert model[0]._forward_pre_hooks == {}
+
+
+def test_profiled_steps_drop_kinetos_console_lines_and_pass_on_the_rest(capfd):
+    model = nn.Linear(8, 8)
+    noise = (
+        "USDT:2026-12-03 09:10:59 11:11 SyncActivityProfilerHandler.cpp:39] profiler_start\n"
+        "ERROR:2026-12-03 09:10:59 11:11 DeviceProperties.cpp:56] gpuGetDeviceCount failed "
+        "with code 35\n"
+    )
+
+    def step(images: torch.Tensor) -> None:
+        os.write(2, noise.encode())  # the lines kineto writes from C++
+        os.write(2, b"a real warning\n")
+        model(images).sum().backward()
+
+    result = profile_step(step, model, torch.randn(2, 8))
+    assert result["wall_ms"]["total"] > 0
+    err = capfd.readouterr().err
+    assert "a real warning\n" in err
+    assert "USDT" not in err  # ours and kineto's own
+    assert "gpuGetDeviceCount" not in err
 
 
 def test_over_floor_rows_sum_to_the_time_over_the_floor():

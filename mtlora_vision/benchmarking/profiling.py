@@ -28,6 +28,10 @@ few microseconds per operator to both variants.
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -40,6 +44,37 @@ from torch.autograd.profiler_util import FunctionEvent
 MODULE_PREFIX = "module:"
 BACKWARD_PREFIX = "autograd::engine::evaluate_function: "
 UNTRACED = "[python and untraced]"
+
+#: Lines that kineto (the profiler's backend) writes to file descriptor 2 on every profile of a
+#: CPU-only build: its start and stop markers and a failed GPU count.
+KINETO_NOISE = re.compile(
+    r"^(USDT:.*\] profiler_(start|stop)|ERROR:.*\] gpuGetDeviceCount failed with code \d+)$"
+)
+
+
+@contextmanager
+def kineto_noise_filtered() -> Iterator[None]:
+    """Drop :data:`KINETO_NOISE` lines from file descriptor 2 while inside; pass on the others.
+
+    Kineto writes from C++, so ``sys.stderr`` cannot catch it: descriptor 2 goes to a temporary
+    file meanwhile, and what else was written there is written to stderr on the way out.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [line for line in lines if not KINETO_NOISE.match(line.rstrip("\n"))]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 @contextmanager
@@ -129,7 +164,11 @@ def profile_step(
         sums to the wall time, and ``wall_ms: {"total": ...}``.
     """
     activities = [torch.profiler.ProfilerActivity.CPU]
-    with module_ranges(model), torch.profiler.profile(activities=activities) as prof:
+    with (
+        kineto_noise_filtered(),
+        module_ranges(model),
+        torch.profiler.profile(activities=activities) as prof,
+    ):
         start = time.perf_counter()
         step(images)
         wall_ms = (time.perf_counter() - start) * 1e3
