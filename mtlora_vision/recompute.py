@@ -41,7 +41,7 @@ _STATE = threading.local()
 #: dropout, and the decoder heads' BatchNorm + ReLU.
 LEAN_PARTS = ("norm", "gelu", "dropout", "heads")
 #: What ``True`` selects. The heads' BatchNorm + ReLU is left out: recomputing it cost about 10%
-#: of a 448x448 training step on this project's CPU and did not lower the peak RSS (README, Speed).
+#: of a 448x448 training step on this project's CPU and did not lower the peak RSS (docs/speed.md).
 DEFAULT_LEAN_PARTS = ("norm", "gelu", "dropout")
 
 

@@ -72,7 +72,7 @@ def compiled_step(
         outputs (training outputs differ by their dropout draws, so they are not compared).
     """
     # Inference: inductor's freezing folds the weights in as constants and prepacks them for
-    # oneDNN; without it the compiled model was slower than eager on this CPU (README, Speed).
+    # oneDNN; without it the compiled model was slower than eager on this CPU (docs/speed.md).
     # torch.compile(options={"freezing": True}) did not take effect; the config patch does.
     compiled = torch.compile(model, dynamic=False)  # one graph per input shape
     run = train_step if phase == "train" else infer_step

@@ -33,9 +33,9 @@ from mtlora_vision.recompute import lean_enabled, recomputable
 #: Additive attention-mask value for forbidden pairs: the official Swin's -100, which its pretrained
 #: weights were trained with. A masked pair's softmax weight is ``exp(s - 100 - max)``: a float32
 #: subnormal (about 3.7e-44) when the masked logit ``s`` is near its row's maximum, which this
-#: project's CPU multiplies slowly (fp32 training steps about 5% slower than with -1e4, README
-#: Speed), and not negligible when ``s`` exceeds the maximum by more than about 80, as it does in
-#: trained models: a larger magnitude would change their outputs (docs/model.md, Backbone).
+#: project's CPU multiplies slowly (fp32 training steps about 7% slower than with -1e4,
+#: docs/speed.md), and not negligible when ``s`` exceeds the maximum by more than about 80, as it
+#: does in trained models: a larger magnitude would change their outputs (docs/model.md).
 MASK_VALUE = -100.0
 
 
