@@ -74,8 +74,8 @@ def tune_for_training(grad_checkpointing: bool) -> bool:
     """:func:`tune_cpu_allocator` for a training run, unless it checkpoints activations.
 
     A run that checkpoints activations asks for memory first; the tuning's heap fragmentation
-    takes much of that saving back (448x448, batch 8, fp32: peak RSS 0.59-0.73x of the plain step's
-    with the tuning, 0.35x without it, at 1.41-1.45x and 2.02x its step time; README, Speed), so the
+    takes much of that saving back (448x448, batch 8, fp32: peak RSS 0.75x of the plain step's
+    with the tuning, 0.33x without it, at 1.44x and 2.20x its step time; docs/speed.md), so the
     allocator stays at glibc's defaults unless ``MTLORA_MALLOC_TUNING=1``.
 
     Returns:
