@@ -11,6 +11,9 @@
   SHA-256); :func:`check_file_integrity` compares a file against it. A file without a record
   (older runs, files from elsewhere) is checked by its container instead: torch's zip checkpoints
   store a CRC-32 for every member, which :mod:`zipfile` verifies (``torch.load`` does not).
+  A file that passed is not read again in the same process while its identity, size and
+  modification time and its record stay the same and it had not just been written (a resumed
+  checkpoint is checked when it is chosen and again when the Runner loads it).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import os.path as osp
 import re
 import secrets
+import time
 import zipfile
 from pathlib import Path
 
@@ -35,6 +39,11 @@ RECORD_SUFFIX = ".sha256.json"
 #: First bytes of torch's legacy (pre-1.6, non-zip) format: pickle protocol 2, then its magic.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _CHUNK = 1 << 20
+#: Files that passed :func:`check_file_integrity` in this process: their state -> how.
+_passed: dict[tuple, str] = {}
+#: Only files last modified at least this long before their check are remembered: a rewrite within
+#: the file system's timestamp granularity could leave the modification time as it was.
+_SETTLED_NS = 2_000_000_000
 
 
 class DamagedFileError(InputError, ValueError):
@@ -173,6 +182,9 @@ def check_file_integrity(path: str | Path) -> str:
     With an integrity record (written when the file was saved), the size and the SHA-256 must
     match. Without one, the file must be a zip archive whose members all pass their CRC-32 check,
     or a file in torch's legacy format (which carries no checksum; such a file is only loaded).
+    A file that passed earlier in this process is not read again while its path, device, inode,
+    size, modification time (ns) and record are unchanged, if it was last modified at least 2 s
+    before that check (a faster rewrite might keep a coarse modification time).
 
     Returns:
         How the file was checked, e.g. ``"size and SHA-256 match its record"``.
@@ -184,8 +196,20 @@ def check_file_integrity(path: str | Path) -> str:
     path = str(path)
     if not osp.isfile(path):
         raise FileNotFoundError(f"{path!r} does not exist; check the path.")
-    size = osp.getsize(path)
+    stat = os.stat(path)
     record = _read_record(path)
+    state = (osp.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    state += (None,) if record is None else (record["size"], record["sha256"])
+    if state in _passed:
+        return f"{_passed[state]} (earlier in this process; the file has not changed since)"
+    how = _check_against(path, stat.st_size, record)
+    if time.time_ns() - stat.st_mtime_ns >= _SETTLED_NS:
+        _passed[state] = how
+    return how
+
+
+def _check_against(path: str, size: int, record: dict | None) -> str:
+    """The checks of :func:`check_file_integrity` for a file of ``size`` bytes and its record."""
     if record is None:
         return _check_container(path, size)
     if size != record["size"]:

@@ -6,11 +6,13 @@ import io
 import logging
 import os
 import shutil
+import time
 
 import pytest
 import torch
 from mmengine.config import Config
 
+from mtlora_vision import fileio
 from mtlora_vision.engine.checkpoint import (
     load_from_local_safe,
     save_checkpoint_file,
@@ -130,7 +132,7 @@ def _count_verifications(monkeypatch) -> list[str]:
 
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
 @pytest.mark.parametrize("resume", ["auto", "path"])
-def test_a_resumed_checkpoint_is_verified_once_for_its_choice_and_once_to_load(
+def test_a_resumed_checkpoint_is_hashed_once_for_its_choice_and_its_load(
     tmp_path, monkeypatch, legacy, resume
 ):
     buffer = io.BytesIO()
@@ -138,12 +140,18 @@ def test_a_resumed_checkpoint_is_verified_once_for_its_choice_and_once_to_load(
     torch.save(checkpoint, buffer, _use_new_zipfile_serialization=not legacy)
     path = str(tmp_path / "epoch_2.pth")
     write_checkpoint_bytes(buffer.getvalue(), path)  # with its size + SHA-256 record
+    past = time.time() - 60  # saved by an earlier run
+    os.utime(path, (past, past))
     cfg = Config(dict(work_dir=str(tmp_path), resume=False, load_from=None, train_cfg={}))
     verified = _count_verifications(monkeypatch)
+    hashed = []
+    real_hash = fileio.sha256_of_file
+    monkeypatch.setattr(fileio, "sha256_of_file", lambda p: hashed.append(p) or real_hash(p))
     assert resolve_resume(cfg, resume if resume == "auto" else path).epoch == 2
     assert verified == [path]  # chosen: verified once, before the Runner is built
     assert load_from_local_safe(cfg.load_from)["meta"]["iter"] == 8
-    assert verified == [path, path]  # loaded by the Runner: verified once more
+    assert verified == [path, path]  # loaded by the Runner: checked once more...
+    assert hashed == [path]  # ...without reading the unchanged file again
 
     (tmp_path / "epoch_2.pth").write_bytes(buffer.getvalue()[:-10])  # still refused, naming it
     with pytest.raises(DamagedCheckpointError, match=r"epoch_2\.pth' is damaged: it is truncated"):

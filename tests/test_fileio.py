@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,39 @@ def test_recorded_file_damage_is_named(tmp_path, damage, reason):
     path.write_bytes(damage(data))
     with pytest.raises(DamagedFileError, match=reason):
         check_file_integrity(path)
+
+
+def _backdate(path, seconds: float = 60.0) -> None:
+    """Set the file's modification time into the past: a file saved by an earlier run."""
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_a_settled_file_that_passed_is_not_hashed_again_until_it_changes(tmp_path, monkeypatch):
+    path, data = _recorded(tmp_path)
+    _backdate(path)
+    hashed = []
+    real_hash = fileio.sha256_of_file
+    monkeypatch.setattr(fileio, "sha256_of_file", lambda p: hashed.append(p) or real_hash(p))
+    assert check_file_integrity(path) == "size and SHA-256 match its record"
+    assert check_file_integrity(path).startswith("size and SHA-256 match its record (earlier")
+    assert len(hashed) == 1  # the second check reused the first
+    # Altered in place, same size: a new modification time, so it is read and refused again.
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(DamagedFileError, match="SHA-256 differs"):
+        check_file_integrity(path)
+    assert len(hashed) == 2
+
+
+def test_a_just_written_file_is_checked_every_time(tmp_path, monkeypatch):
+    # Written in the last 2 s: a same-size rewrite could keep a coarse modification time.
+    path, _ = _recorded(tmp_path)
+    hashed = []
+    real_hash = fileio.sha256_of_file
+    monkeypatch.setattr(fileio, "sha256_of_file", lambda p: hashed.append(p) or real_hash(p))
+    for _ in range(2):
+        assert check_file_integrity(path) == "size and SHA-256 match its record"
+    assert len(hashed) == 2
 
 
 def _flip_in_tensor_data(data: bytes) -> bytes:
