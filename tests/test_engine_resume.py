@@ -6,13 +6,12 @@ import io
 import logging
 import os
 import shutil
-import time
 
 import pytest
 import torch
 from mmengine.config import Config
+from test_fileio import backdate, count_hashes
 
-from mtlora_vision import fileio
 from mtlora_vision.engine.checkpoint import (
     load_from_local_safe,
     save_checkpoint_file,
@@ -140,13 +139,10 @@ def test_a_resumed_checkpoint_is_hashed_once_for_its_choice_and_its_load(
     torch.save(checkpoint, buffer, _use_new_zipfile_serialization=not legacy)
     path = str(tmp_path / "epoch_2.pth")
     write_checkpoint_bytes(buffer.getvalue(), path)  # with its size + SHA-256 record
-    past = time.time() - 60  # saved by an earlier run
-    os.utime(path, (past, past))
+    backdate(path)  # saved by an earlier run
     cfg = Config(dict(work_dir=str(tmp_path), resume=False, load_from=None, train_cfg={}))
     verified = _count_verifications(monkeypatch)
-    hashed = []
-    real_hash = fileio.sha256_of_file
-    monkeypatch.setattr(fileio, "sha256_of_file", lambda p: hashed.append(p) or real_hash(p))
+    hashed = count_hashes(monkeypatch)
     assert resolve_resume(cfg, resume if resume == "auto" else path).epoch == 2
     assert verified == [path]  # chosen: verified once, before the Runner is built
     assert load_from_local_safe(cfg.load_from)["meta"]["iter"] == 8

@@ -164,18 +164,24 @@ def test_recorded_file_damage_is_named(tmp_path, damage, reason):
         check_file_integrity(path)
 
 
-def _backdate(path, seconds: float = 60.0) -> None:
+def backdate(path, seconds: float = 60.0) -> None:
     """Set the file's modification time into the past: a file saved by an earlier run."""
     past = time.time() - seconds
     os.utime(path, (past, past))
 
 
-def test_a_settled_file_that_passed_is_not_hashed_again_until_it_changes(tmp_path, monkeypatch):
-    path, data = _recorded(tmp_path)
-    _backdate(path)
+def count_hashes(monkeypatch) -> list:
+    """Record every file that ``fileio.sha256_of_file`` reads."""
     hashed = []
     real_hash = fileio.sha256_of_file
     monkeypatch.setattr(fileio, "sha256_of_file", lambda p: hashed.append(p) or real_hash(p))
+    return hashed
+
+
+def test_a_settled_file_that_passed_is_not_hashed_again_until_it_changes(tmp_path, monkeypatch):
+    path, data = _recorded(tmp_path)
+    backdate(path)
+    hashed = count_hashes(monkeypatch)
     assert check_file_integrity(path) == "size and SHA-256 match its record"
     assert check_file_integrity(path).startswith("size and SHA-256 match its record (earlier")
     assert len(hashed) == 1  # the second check reused the first
@@ -189,9 +195,7 @@ def test_a_settled_file_that_passed_is_not_hashed_again_until_it_changes(tmp_pat
 def test_a_just_written_file_is_checked_every_time(tmp_path, monkeypatch):
     # Written in the last 2 s: a same-size rewrite could keep a coarse modification time.
     path, _ = _recorded(tmp_path)
-    hashed = []
-    real_hash = fileio.sha256_of_file
-    monkeypatch.setattr(fileio, "sha256_of_file", lambda p: hashed.append(p) or real_hash(p))
+    hashed = count_hashes(monkeypatch)
     for _ in range(2):
         assert check_file_integrity(path) == "size and SHA-256 match its record"
     assert len(hashed) == 2

@@ -69,11 +69,15 @@ def _no_adapter(model: ConfigDict) -> ConfigDict:
     return model
 
 
-@register_variant("checkpointed")
-def _checkpointed(model: ConfigDict) -> ConfigDict:
-    model.backbone.grad_checkpointing = True  # every stage's blocks recomputed in the backward
+def _with_checkpointing(model: ConfigDict, switches: bool | list[bool]) -> ConfigDict:
+    model.backbone.grad_checkpointing = switches  # the stages' blocks recomputed in the backward
     model.backbone.recompute_elementwise = "all"  # and stored lean when recomputed, heads too
     return model
+
+
+@register_variant("checkpointed")
+def _checkpointed(model: ConfigDict) -> ConfigDict:
+    return _with_checkpointing(model, True)
 
 
 @register_variant("lean")
@@ -106,9 +110,7 @@ def _checkpointed_stages(name: str) -> Callable[[ConfigDict], ConfigDict]:
         num_stages = len(resolve_arch(model.backbone.get("arch", "tiny"))["depths"])
         if stages[-1] >= num_stages:
             raise ConfigError(f"Variant {name!r}: the backbone has stages 0-{num_stages - 1}.")
-        model.backbone.grad_checkpointing = [i in stages for i in range(num_stages)]
-        model.backbone.recompute_elementwise = "all"
-        return model
+        return _with_checkpointing(model, [i in stages for i in range(num_stages)])
 
     return checkpointed_in
 
