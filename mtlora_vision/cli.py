@@ -46,8 +46,12 @@ def add_launcher(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
 
 
-def run_tool(main: Callable[[], Any]) -> NoReturn:
+def run_tool(main: Callable[[], Any], preload_allocator: bool = False) -> NoReturn:
     """Run a tool's ``main`` and exit; an input error ends it with its message alone.
+
+    With ``preload_allocator`` (the tools that run models), the process first re-executes itself
+    with mimalloc preloaded where ``MTLORA_ALLOCATOR`` asks for it
+    (:func:`mtlora_vision.allocator.preload_mimalloc`; ``auto``, the default, where installed).
 
     An error that marks the user's input as wrong (:class:`mtlora_vision.errors.InputError`, or a
     missing file or folder) is printed as ``<tool>: error: <message>`` with exit status 2, like
@@ -56,6 +60,10 @@ def run_tool(main: Callable[[], Any]) -> NoReturn:
     returns is the exit status; anything else it returns (e.g. ``tools/test.py``'s metrics) means 0.
     """
     try:
+        if preload_allocator:
+            from mtlora_vision.allocator import preload_mimalloc
+
+            preload_mimalloc()  # returns unless it re-executes; before any work
         status = main()
     except Exception as err:
         if not _is_input_error(err) or os.environ.get("MTLORA_TRACEBACK") == "1":

@@ -54,7 +54,7 @@ EXPECTED_KEYS = {
 
 def run_tool(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    env.pop("MTLORA_MALLOC_TUNING", None)  # the tools' own allocator choice
+    env.pop("MTLORA_ALLOCATOR", None)  # the tools' own allocator choice
     return subprocess.run(
         [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -384,14 +384,13 @@ def test_ddp_with_two_gloo_processes(tmp_path):
     assert "nccl" not in log.split("Config:")[0]  # the runtime environment names gloo only
 
 
-def test_a_checkpointed_run_says_its_allocator_is_left_untuned(tmp_path):
+def test_a_checkpointed_run_says_it_runs_on_mimalloc(tmp_path):
     options = [*tiny_options(tmp_path / "data"), "model.backbone.grad_checkpointing=True"]
     command = ["tools/train.py", DEMO, "--work-dir", str(tmp_path / "work"), "--cfg-options"]
     result = run_tool([*command, *options])
     assert result.returncode == 0, result.stderr[-3000:]
-    line = "CPU allocator: glibc defaults (checkpointing: memory first; MTLORA_MALLOC_TUNING=1"
-    assert line in result.stdout
-    assert "activation checkpointing is on" in _newest_log(tmp_path / "work")
+    assert "allocator:  mimalloc (LD_PRELOAD; MTLORA_ALLOCATOR=tuned or glibc" in result.stdout
+    assert "activation checkpointing is on" not in _newest_log(tmp_path / "work")  # no fallback
 
 
 def _newest_log(work_dir) -> str:

@@ -12,8 +12,9 @@ and how: :mod:`mtlora_vision.benchmarking` (one module per part). Each ``--metho
 one more variant, named by its file stem, built as that config is. Merged inference (``--merged``)
 times every as-is variant after :func:`~mtlora_vision.adapters.merge.merge_for_inference`
 against the frozen reference. ``--precision`` takes several values: every variant is then timed in
-each, keyed ``variant@mode``, in the same interleaved rounds. The CPU allocator is tuned as in the
-train and test tools (``MTLORA_MALLOC_TUNING=0`` times glibc's defaults).
+each, keyed ``variant@mode``, in the same interleaved rounds. The CPU allocator is chosen as in the
+train and test tools (mimalloc where installed; ``MTLORA_ALLOCATOR=tuned`` or ``glibc`` times
+glibc's malloc, tuned or at its defaults).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['config']}: {report['img_size']}x{report['img_size']}, batch "
         f"{report['batch_size']}, {report['iters']} timed steps, {report['threads']} thread(s)",
         *(f"  {mode}: {text}" for mode, text in report["precisions"].items()),
+        f"  CPU allocator: {report['cpu_allocator']}",
     ]
     width = max([14, *(len(n) for phase in PHASE_NAMES for n in report.get(phase, {}))])
     header = (
@@ -161,17 +163,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from mtlora_vision.benchmarking import run
     from mtlora_vision.benchmarking.process import setup_process
 
-    # the allocator is tuned as in the train and test tools
-    malloc_tuned, stamp = setup_process(args.img_size, args.threads)
+    # the allocator is chosen as in the train and test tools
+    allocator, stamp = setup_process(args.img_size, args.threads)
 
     def progress(message: str) -> None:
         print(stamp(message), file=sys.stderr, flush=True)
 
     report = run(args, progress)
-    report["malloc_tuned"] = malloc_tuned
+    report["cpu_allocator"] = allocator
     print(json.dumps(report) if args.json else format_report(report))
     return report
 
 
 if __name__ == "__main__":
-    run_tool(main)
+    run_tool(main, preload_allocator=True)

@@ -182,4 +182,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    run_tool(main)
+    run_tool(main, preload_allocator=True)

@@ -82,4 +82,4 @@ def write_figure(model, result: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    run_tool(main)
+    run_tool(main, preload_allocator=True)

@@ -7,18 +7,24 @@ from collections.abc import Callable
 
 import torch
 
-from mtlora_vision.allocator import tune_cpu_allocator
+from mtlora_vision.allocator import (
+    active_allocator,
+    describe_allocator,
+    requested_allocator,
+    tune_cpu_allocator,
+)
 from mtlora_vision.errors import ConfigError
 
 
-def setup_process(img_size: int, threads: int | None) -> tuple[bool, Callable[[str], str]]:
+def setup_process(img_size: int, threads: int | None) -> tuple[str, Callable[[str], str]]:
     """Check ``img_size``, tune the CPU allocator as the train and test tools do, set threads.
 
-    ``MTLORA_MALLOC_TUNING=0`` keeps glibc's defaults (``mtlora_vision.allocator``).
+    ``MTLORA_ALLOCATOR`` chooses the allocator (``mtlora_vision.allocator``; the tools preload
+    mimalloc before this runs).
 
     Returns:
-        Whether the allocator was tuned, and ``stamp(message)``: the message behind the seconds
-        since this call (the tools' progress lines).
+        The allocator's description (the start-up summary's line), and ``stamp(message)``: the
+        message behind the seconds since this call (the tools' progress lines).
 
     Raises:
         ConfigError: If ``img_size`` is not a multiple of 32, naming the nearest that is (the
@@ -30,7 +36,9 @@ def setup_process(img_size: int, threads: int | None) -> tuple[bool, Callable[[s
             f"--img-size {img_size}: the Swin backbones take multiples of 32; use e.g. "
             f"--img-size {fixed}."
         )
-    malloc_tuned = tune_cpu_allocator()
+    allocator = describe_allocator(
+        active_allocator(), tune_cpu_allocator(), choice=requested_allocator()
+    )
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -38,4 +46,4 @@ def setup_process(img_size: int, threads: int | None) -> tuple[bool, Callable[[s
     def stamp(message: str) -> str:
         return f"[{time.perf_counter() - start:6.1f} s] {message}"
 
-    return malloc_tuned, stamp
+    return allocator, stamp

@@ -73,8 +73,8 @@ def startup_rows(runner, phase: str) -> list[tuple[str, str]]:
     chosen = runner.cfg.get("precision")  # the tools' --precision, with the reason
     if chosen or phase == "train":
         rows.append(("precision", chosen or precision_of(runner.cfg.get("optim_wrapper"), device)))
-    if device == "cpu" and runner.cfg.get("cpu_allocator"):  # set by tools/train.py
-        rows.append(("CPU allocator", runner.cfg.cpu_allocator))
+    if device == "cpu" and runner.cfg.get("cpu_allocator"):  # set by tools/train.py and test.py
+        rows.append(("allocator", runner.cfg.cpu_allocator))
     if phase == "train":
         randomness = runner.cfg.get("randomness") or {}
         rows.append(
