@@ -10,7 +10,7 @@ from engine_utils import square_loss_model
 from torch.utils.data import Dataset
 
 from mtlora_vision.engine import runner as runner_module
-from mtlora_vision.engine.runner import MultiTaskRunner, unused_instance_name
+from mtlora_vision.engine.runner import MultiTaskRunner, instance_name_taken
 
 
 class _Data(Dataset):
@@ -39,22 +39,30 @@ def _runner(work_dir, name: str = "same_config", default_scope=None) -> MultiTas
     )
 
 
-def test_same_second_runners_get_their_own_logger_hub_and_log_file(tmp_path, monkeypatch):
+def test_same_second_runners_get_their_own_logger_hub_scope_and_log_file(tmp_path, monkeypatch):
     frozen = time.time()
     monkeypatch.setattr(time, "time", lambda: frozen)  # both Runners in the same second
-    first, second = _runner(tmp_path / "a"), _runner(tmp_path / "b")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = _runner(tmp_path / "a", default_scope="mmengine")
+        second = _runner(tmp_path / "b", default_scope="mmengine")
     monkeypatch.undo()
-    assert first.timestamp == second.timestamp
-    assert first.experiment_name != second.experiment_name
+    stamp = time.strftime("%Y%m%d_%H%M%S", time.localtime(frozen))
+    assert first.timestamp == stamp
+    assert second.timestamp == f"{stamp}_2"  # passed over: the first run's experiment name
+    assert second.log_dir == str(tmp_path / "b" / f"{stamp}_2")
     assert second.experiment_name == f"{first.experiment_name}_2"
     assert first.logger is not second.logger
     assert first.message_hub is not second.message_hub
+    assert first.default_scope is not second.default_scope
+    assert not [w for w in caught if "has been created" in str(w.message)]
     second.logger.info("written by the second run")
     first_log = next((tmp_path / "a").glob("*/*.log")).read_text()
     second_log = next((tmp_path / "b").glob("*/*.log")).read_text()
     assert "written by the second run" in second_log
     assert "written by the second run" not in first_log
-    assert unused_instance_name("never_used_name") == "never_used_name"
+    assert instance_name_taken(first.experiment_name)
+    assert not instance_name_taken("never_used_name")
 
 
 def test_same_second_runners_in_one_work_dir_get_their_own_log_folder(tmp_path, monkeypatch):

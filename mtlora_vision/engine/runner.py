@@ -15,9 +15,10 @@
   ``print_log`` without a logger) goes to the run's log instead;
 * a Runner started in the same second as another one in the same work dir gets its own log folder
   ``WORK_DIR/<timestamp>_2`` (``_3``, ...) and experiment name (:func:`claim_log_dir`);
-* a second Runner of the same config started within the same second in one process gets its own
-  logger, message hub and visualiser (mmengine names them by config and second and would hand it
-  the first one's, which writes into the first run's log file).
+* a second Runner of the same config started within the same second in one process, in another
+  work dir, gets the log folder ``<timestamp>_2`` too, and with it its own logger, message hub,
+  visualiser and default scope (mmengine names them by config and second and would hand it the
+  first one's: a logger that writes into the first run's log file, and a warning).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import logging
 import os
 import os.path as osp
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from mmengine.dist import broadcast, get_rank, master_only
 from mmengine.logging import MessageHub, MMLogger
+from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 from mmengine.utils.dl_utils import collect_env
 from mmengine.visualization import Visualizer
@@ -62,22 +65,16 @@ def quiet_run_logger(logger: logging.Logger) -> QuietStart:
     return quiet
 
 
-def unused_instance_name(name: str) -> str:
-    """A name no mmengine logger, message hub or visualiser of this process holds yet.
-
-    ``name`` itself, else ``name_2``, ``name_3``, ... (a Runner of the same config started in the
-    same second).
-    """
-    candidate, count = name, 1
-    while any(
-        kind.check_instance_created(candidate) for kind in (MMLogger, MessageHub, Visualizer)
-    ):
-        count += 1
-        candidate = f"{name}_{count}"
-    return candidate
+def instance_name_taken(name: str) -> bool:
+    """Whether an mmengine logger, message hub, visualiser or default scope of this process has
+    ``name`` (a Runner names all four by its experiment name)."""
+    kinds = (MMLogger, MessageHub, Visualizer, DefaultScope)
+    return any(kind.check_instance_created(name) for kind in kinds)
 
 
-def claim_log_dir(work_dir: str, timestamp: str) -> int:
+def claim_log_dir(
+    work_dir: str, timestamp: str, taken: Callable[[str], bool] = lambda _: False
+) -> int:
     """Create a log folder ``work_dir/log_dir_name(timestamp, count)`` no other run has.
 
     mmengine names the log folder, log file and experiment by the second the run started, so two
@@ -89,11 +86,15 @@ def claim_log_dir(work_dir: str, timestamp: str) -> int:
     Args:
         work_dir: The run's work dir (it exists).
         timestamp: mmengine's ``%Y%m%d_%H%M%S`` start time of the run.
+        taken: Folder names to pass over although the folder is free (names in use in this
+            process by a Runner of another work dir).
 
     Returns:
         The smallest ``count`` whose folder did not exist yet (and now does).
     """
     for count in itertools.count(1):
+        if taken(log_dir_name(timestamp, count)):
+            continue
         try:
             os.mkdir(osp.join(work_dir, log_dir_name(timestamp, count)))
         except FileExistsError:
@@ -125,27 +126,36 @@ class MultiTaskRunner(Runner):
 
     def __init__(self, *args, **kwargs) -> None:
         self._quiet: QuietStart | None = None
+        self._name_prefix = kwargs.get("experiment_name")  # as Runner.from_cfg passes it
         super().__init__(*args, **kwargs)
         self.register_hook(RunSummaryHook(quiet=self._quiet))
 
     def setup_env(self, env_cfg: dict) -> None:
         """Set up as mmengine does, then make the timestamp name a log folder of this run only.
 
-        mmengine derives the log folder, log file and experiment name (and so the DefaultScope
-        instance) from ``self._timestamp``; rank 0 claims a fresh folder (:func:`claim_log_dir`)
-        and sends the suffix it got to the other ranks, so that all of them use the same name.
+        mmengine derives the log folder, log file and experiment name (``<config>_<timestamp>``,
+        which names the run's logger, message hub, visualiser and DefaultScope) from
+        ``self._timestamp``. Rank 0 claims a fresh folder (:func:`claim_log_dir`), passing over
+        names whose experiment name a Runner of another work dir already holds in this process (a
+        run of the same config started in the same second), and sends the suffix it got to the
+        other ranks, so that all of them use the same name.
         """
         super().setup_env(env_cfg)
+        if self._name_prefix is None and self.cfg.filename is not None:
+            self._name_prefix = osp.splitext(osp.basename(self.cfg.filename))[0]
+        prefix = "" if self._name_prefix is None else f"{self._name_prefix}_"
+
+        def taken(folder: str) -> bool:
+            return instance_name_taken(prefix + folder)
+
         count = torch.ones((), dtype=torch.int64)
         if get_rank() == 0:
-            count.fill_(claim_log_dir(self._work_dir, self._timestamp))
+            count.fill_(claim_log_dir(self._work_dir, self._timestamp, taken))
         broadcast(count)  # nothing to do without a process group
         self._timestamp = log_dir_name(self._timestamp, int(count.item()))
 
     def build_logger(self, log_level="INFO", log_file=None, **kwargs) -> MMLogger:
         """Build mmengine's logger, quiet on the console until the Runner is built."""
-        if "name" not in kwargs:  # the logger, message hub and visualiser share this name
-            self._experiment_name = unused_instance_name(self._experiment_name)
         logger = super().build_logger(log_level=log_level, log_file=log_file, **kwargs)
         self._quiet = quiet_run_logger(logger)
         attach_run_logger(logger)
