@@ -4,10 +4,10 @@ python tools/benchmark_data.py                      # synthetic PASCAL_MT at 375
 python tools/benchmark_data.py --root data/PASCAL_MT --runs 5
 python tools/benchmark_data.py --loader-workers 2   # through a DataLoader, divided by the workers
 python tools/benchmark_data.py --without flag-packing   # what one speed-only layer earns
-MTLORA_MALLOC_TUNING=0 python tools/benchmark_data.py   # ... and the heap-friendly malloc
+MTLORA_ALLOCATOR=glibc python tools/benchmark_data.py   # ... and the allocator (glibc's defaults)
 
 In-process mode emulates one data-loader worker (the settings of ``datasets/worker.py``: OpenCV
-single-threaded, large blocks kept on the heap; torch single-threaded) and reports the
+single-threaded, freed blocks kept for reuse; torch single-threaded) and reports the
 median over runs of both wall-clock and CPU-time throughput; the CPU-time figure is the one that
 stays meaningful when other processes share the machine. The first pass over the images fills the
 derived-label cache (edges, human parts) and is not timed.
@@ -15,8 +15,9 @@ derived-label cache (edges, human parts) and is not timed.
 ``--without LAYER`` replaces one speed-only layer of the loader by its plain equivalent (same
 values), to measure what the layer earns: ``label-cache`` computes edges and human parts per
 sample (``use_cache=False``), ``flag-packing`` gives every label map its own mask channel (five
-channels: albumentations warps them in two chunks). The heap-friendly malloc is switched off by
-``MTLORA_MALLOC_TUNING=0``. Compare variants run side by side, alternated.
+channels: albumentations warps them in two chunks). ``MTLORA_ALLOCATOR`` chooses the allocator
+as for the other tools (``mtlora_vision.allocator``: mimalloc by default, ``tuned`` or ``glibc``).
+Compare variants run side by side, alternated.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ such array costs a page fault per 4 kB page; on a 448x448 PASCAL sample that was
 CPU time. :func:`mtlora_vision.allocator.tune_cpu_allocator` keeps them on the heap, where freed
 blocks are reused. It changes no values, only where the memory comes from. Workers forked from a
 process of our tools inherit the setting; spawned workers, or loaders in other programs, get it
-here.
+here. Workers of a tool that preloaded mimalloc (the default, ``mtlora_vision.allocator``) inherit
+mimalloc through ``LD_PRELOAD``, and glibc is left alone.
 """
 
 from __future__ import annotations
