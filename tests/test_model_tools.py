@@ -283,7 +283,8 @@ def test_benchmark_lean_variants_recompute_the_parts_they_name(tmp_path):
     tool = load_tool("benchmark")
     config = tiny_config(tmp_path)
     cfg = benchmarking.load_cfg(config)
-    for name, parts in (("model", set()), ("lean", {"norm", "gelu", "dropout"}),
+    for name, parts in (("model", {"norm", "gelu", "dropout"}), ("stored", set()),
+                        ("lean", {"norm", "gelu", "dropout"}),
                         ("lean:gelu+dropout", {"gelu", "dropout"}),
                         ("lean:all", {"norm", "gelu", "dropout", "heads"})):  # fmt: skip
         model = benchmarking.build_variant(cfg, name, 64)
@@ -306,7 +307,7 @@ def test_benchmark_checkpointed_variants_checkpoint_the_stages_they_name(tmp_pat
                          ("checkpointed:3", (False, False, False, True))):  # fmt: skip
         model = benchmarking.build_variant(cfg, name, 64)
         assert model.backbone.grad_checkpointing == stages, name
-        lean = {"norm", "gelu", "dropout", "heads"} if name != "model" else set()
+        lean = {"norm", "gelu", "dropout", "heads"} if name != "model" else {"norm", "gelu", "dropout"}
         assert model.backbone.recompute_elementwise == lean, name
     for bad in ("checkpointed:4", "checkpointed:0+0", "checkpointed:one", "checkpointed:"):
         with pytest.raises(ConfigError, match=re.escape(f"Variant '{bad}'")):

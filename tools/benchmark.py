@@ -35,9 +35,10 @@ VARIANT_HELP = {
     "checkpointed": "the config with activation checkpointing in every stage and element-wise "
     "recomputation of every part, heads included (recompute_elementwise='all'; not by default); "
     "checkpointed:STAGE+STAGE checkpoints only those stages, e.g. checkpointed:0+1",
-    "lean": "the config with element-wise recomputation (recompute_elementwise=True; not default); "
+    "lean": "the config with element-wise recomputation (recompute_elementwise=True, the default); "
     "lean:PART+PART recomputes only those parts, e.g. lean:gelu+dropout (parts: norm, gelu, "
     "dropout, heads, all)",
+    "stored": "the config without element-wise recomputation (recompute_elementwise=False)",
 }
 DEFAULT_VARIANTS = ["model", "frozen", "no_adapter"]
 

@@ -8,9 +8,12 @@
 * ``checkpointed``: the config with activation checkpointing in every stage and element-wise
   recomputation of every part (the heads' BatchNorm + ReLU too); ``checkpointed:0+1``
   checkpoints only those stages (counted from 0), with the same recomputation;
-* ``lean``: the config with element-wise recomputation (``recompute_elementwise=True``);
-  ``lean:PART+PART`` recomputes only those parts (``lean:gelu+dropout``; parts as in
-  :data:`mtlora_vision.recompute.LEAN_PARTS`, or ``all``), so parts can be timed side by side.
+* ``lean``: the config with element-wise recomputation (``recompute_elementwise=True``, the
+  backbone's default); ``lean:PART+PART`` recomputes only those parts (``lean:gelu+dropout``;
+  parts as in :data:`mtlora_vision.recompute.LEAN_PARTS`, or ``all``), so parts can be timed
+  side by side;
+* ``stored``: the config without element-wise recomputation (``recompute_elementwise=False``):
+  every element-wise output stored for the backward pass.
 
 Add more with :func:`register_variant`.
 """
@@ -83,6 +86,12 @@ def _checkpointed(model: ConfigDict) -> ConfigDict:
 @register_variant("lean")
 def _lean(model: ConfigDict) -> ConfigDict:
     model.backbone.recompute_elementwise = True  # element-wise outputs recomputed in backward
+    return model
+
+
+@register_variant("stored")
+def _stored(model: ConfigDict) -> ConfigDict:
+    model.backbone.recompute_elementwise = False  # every element-wise output kept for backward
     return model
 
 

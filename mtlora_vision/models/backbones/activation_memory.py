@@ -2,11 +2,12 @@
 
 Two ways to trade compute for the activation memory of a training step:
 
-* ``recompute_elementwise`` (off by default): outputs of LayerNorm, GELU, dropout and the window
-  partition (``True``; or chosen parts, the heads' BatchNorm + ReLU too) are recomputed in the
+* ``recompute_elementwise`` (``True`` by default): outputs of LayerNorm, GELU, dropout and the
+  window partition (or chosen parts, the heads' BatchNorm + ReLU too) are recomputed in the
   backward pass from inputs that are stored anyway, and dropout masks are stored as bool
-  (:mod:`mtlora_vision.recompute`); about one extra element-wise pass (measured at 448x448,
-  batch 2: 0.74x peak RSS at 1.01-1.05x step time in fp32, 0.81x at 1.09x in bf16; README).
+  (:mod:`mtlora_vision.recompute`); about one extra element-wise pass. At 448x448, batch 2, with
+  the tools' mimalloc: 0.72x the peak RSS of storing everything at 0.98x its step time in fp32,
+  0.82x at 1.12x in bf16 (docs/speed.md). ``False`` stores every output.
 * ``grad_checkpointing`` (off by default, per stage): every block of a switched-on stage keeps
   only its input and runs again in the backward pass (``torch.utils.checkpoint``, non-reentrant,
   random state of DropPath and dropout restored); about one extra forward pass of the backbone.

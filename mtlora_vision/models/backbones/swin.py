@@ -126,7 +126,8 @@ class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
             gradients are recorded, each block of a switched-on stage keeps only its input and
             recomputes its forward in the backward pass (:meth:`set_grad_checkpointing`).
         recompute_elementwise: Recompute LayerNorm, GELU and dropout outputs in the backward
-            pass (True), or the listed :data:`~mtlora_vision.recompute.LEAN_PARTS`.
+            pass (True, the default), only the listed :data:`~mtlora_vision.recompute.LEAN_PARTS`,
+            or store them all (False).
     """
 
     def __init__(
@@ -140,7 +141,7 @@ class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
         adapter: AdapterConfig | None = None,
         fused_attn: bool | None = None,
         grad_checkpointing: bool | Sequence[bool] = False,
-        recompute_elementwise: bool | Sequence[str] = False,
+        recompute_elementwise: bool | Sequence[str] = True,
     ) -> None:
         super().__init__()
         spec = resolve_arch(arch)
