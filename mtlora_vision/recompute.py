@@ -220,10 +220,17 @@ def lean_activations(enabled: bool | Iterable[str] = True) -> Iterator[None]:
         enabled: The parts to recompute (:func:`lean_parts`: ``True`` for the default ones).
 
     Re-entrant: an inner call while one is active changes nothing. ``enabled=False`` (or no
-    part) and calls without autograd (inference) are no-ops.
+    part), calls without autograd (inference) and code that ``torch.compile`` traces are no-ops:
+    inductor's partitioner decides itself which outputs to save and recomputes cheap element-wise
+    ones, and the saved-tensor hooks would break its graph into pieces.
     """
     parts = lean_parts(enabled)
-    if not parts or not torch.is_grad_enabled() or getattr(_STATE, "registry", None) is not None:
+    if (
+        not parts
+        or not torch.is_grad_enabled()
+        or torch.compiler.is_compiling()
+        or getattr(_STATE, "registry", None) is not None
+    ):
         yield  # nothing is saved without autograd: inference runs the plain code
         return
     _STATE.registry = _Registry()

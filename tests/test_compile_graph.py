@@ -16,6 +16,7 @@ def test_backbone_traces_as_one_graph_without_rebuilding_window_tables() -> None
     adapter = MTLoRAConfig(shared_rank=2, task_rank=1, dropout=0.0)
     backbone = tiny_backbone(tasks=("semseg", "sal"), adapter=adapter)
     backbone.train()  # training runs the task branches with their own autograd functions
+    assert backbone.recompute_elementwise  # the default: its saved-tensor hooks stay out of traces
     torch._dynamo.reset()
     report = torch._dynamo.explain(backbone)(torch.randn(1, 3, 64, 64))
     assert report.graph_count == 1
