@@ -1,4 +1,4 @@
-"""The tools' CPU allocator: mimalloc preloaded by a re-execution, else glibc tuned to keep memory."""
+"""The tools' CPU allocator: mimalloc preloaded by re-execution, else glibc tuned to keep memory."""
 
 from __future__ import annotations
 
@@ -77,12 +77,18 @@ def run_probe(**env: str) -> tuple[str, bool, float]:
 
 
 def run_mini_tool(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run :data:`TOOL`; ``.pid``: the process started (stdout names the one that ran)."""
     script = tmp_path / "mini_tool.py"
     script.write_text(TOOL)
+    command = [sys.executable, "-B", str(script), *args]
     env = clean_env(PYTHONPATH=str(REPO), **env)
-    return subprocess.run(
-        [sys.executable, "-B", str(script), *args], env=env, capture_output=True, text=True
-    )
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        stdout, stderr = proc.communicate(timeout=120)
+    result = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+    result.pid = proc.pid
+    return result
 
 
 @linux_glibc
@@ -102,7 +108,8 @@ def test_glibc_defaults_return_large_blocks():
 @linux_glibc
 def test_mimalloc_is_installed_with_the_package_and_keeps_freed_memory():
     library = mimalloc_library()
-    assert library is not None and os.path.isfile(library)  # a Linux dependency (setup.cfg)
+    assert library is not None  # a Linux dependency (setup.cfg)
+    assert os.path.isfile(library)
     name, applied, returned = run_probe(**preload_environment({}, library))
     assert (name, applied) == ("mimalloc", False)  # glibc's tuning stays out of its way
     assert returned < 8  # MIMALLOC_PURGE_DELAY=-1: kept for reuse
@@ -114,8 +121,9 @@ def test_a_tool_reexecutes_itself_once_with_mimalloc_and_its_arguments(tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert len(lines) == 1  # main ran once, in the re-executed process
-    name, _pid, purge, *rest = lines[0].split(maxsplit=3)
+    name, pid, purge, *rest = lines[0].split(maxsplit=3)
     assert (name, purge) == ("mimalloc", "-1")
+    assert int(pid) == out.pid  # the same process (execve), as launchers such as torchrun expect
     assert rest[0] == "['--flag', 'a b'] 1"  # arguments and interpreter options (-B) kept
 
 
@@ -124,15 +132,22 @@ def test_a_tool_reexecutes_itself_once_with_mimalloc_and_its_arguments(tmp_path)
 def test_a_tool_keeps_glibc_when_asked(tmp_path, choice):
     out = run_mini_tool(tmp_path, **{ENV_CHOICE: choice})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[:3] == ["glibc", str(out.stdout.split()[1]), "None"]
+    name, pid, purge = out.stdout.split()[:3]
+    assert (name, int(pid), purge) == (
+        "glibc",
+        out.pid,
+        "None",
+    )  # not re-executed: no mimalloc settings either
 
 
 def test_a_tool_names_a_wrong_choice_before_any_work(tmp_path):
     out = run_mini_tool(tmp_path, **{ENV_CHOICE: "jemaloc"})
-    assert out.returncode == 2 and out.stdout == ""
+    assert out.returncode == 2
+    assert out.stdout == ""
     assert f"{ENV_CHOICE}='jemaloc' is not an allocator choice" in out.stderr
     out = run_mini_tool(tmp_path, **{RETIRED_SWITCH: "0"})
-    assert out.returncode == 2 and out.stdout == ""
+    assert out.returncode == 2
+    assert out.stdout == ""
     assert f"{RETIRED_SWITCH} was replaced by {ENV_CHOICE}" in out.stderr
     assert f"{ENV_CHOICE}=glibc" in out.stderr
 
@@ -156,7 +171,8 @@ def test_preloaded_allocators_are_recognised():
 
 def test_preload_environment_puts_mimalloc_first_and_keeps_user_settings():
     env = preload_environment({"LD_PRELOAD": "/a/libfoo.so", "HOME": "/h"}, "/m/libmimalloc.so")
-    assert env == {"LD_PRELOAD": "/m/libmimalloc.so:/a/libfoo.so", "HOME": "/h", **MIMALLOC_SETTINGS}
+    expected = {"LD_PRELOAD": "/m/libmimalloc.so:/a/libfoo.so", "HOME": "/h", **MIMALLOC_SETTINGS}
+    assert env == expected
     kept = preload_environment({"MIMALLOC_PURGE_DELAY": "100"}, "/m/libmimalloc.so")
     assert kept == {"LD_PRELOAD": "/m/libmimalloc.so", "MIMALLOC_PURGE_DELAY": "100"}
 
@@ -175,7 +191,8 @@ def test_active_allocator_reads_the_memory_map(tmp_path):
     maps = tmp_path / "maps"
     maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
     assert active_allocator(str(maps)) == "glibc"
-    maps.write_text(maps.read_text() + "7f02-7f03 r-xp 0 08:01 2 /site/cmeel.prefix/lib/libmimalloc.so.3\n")
+    mimalloc = "7f02-7f03 r-xp 0 08:01 2 /site/cmeel.prefix/lib/libmimalloc.so.3\n"
+    maps.write_text(maps.read_text() + mimalloc)
     assert active_allocator(str(maps)) == "mimalloc"
     assert active_allocator(str(tmp_path / "absent")).startswith("unknown")
 

@@ -66,8 +66,10 @@ def quiet_run_logger(logger: logging.Logger) -> QuietStart:
 
 
 def instance_name_taken(name: str) -> bool:
-    """Whether an mmengine logger, message hub, visualiser or default scope of this process has
-    ``name`` (a Runner names all four by its experiment name)."""
+    """Whether this process has an mmengine logger, hub, visualiser or default scope ``name``.
+
+    A Runner names all four by its experiment name.
+    """
     kinds = (MMLogger, MessageHub, Visualizer, DefaultScope)
     return any(kind.check_instance_created(name) for kind in kinds)
 
