@@ -11,10 +11,10 @@ CPU performance guide recommends a preloaded allocator for this. ``MTLORA_ALLOCA
   without mimalloc gets ``glibc`` (memory first).
 * ``mimalloc``: the tools re-execute themselves once, at start-up, with mimalloc in
   ``LD_PRELOAD``, ``MIMALLOC_PURGE_DELAY=-1`` (freed memory is kept for reuse, never returned
-  to the system) and ``MIMALLOC_ALLOW_THP=0`` (:data:`MIMALLOC_SETTINGS`). Its size-segregated pages keep fragmentation low, so a run is both fast and
-  lean: 448x448, batch 8, fp32, activation checkpointing in every stage: 0.31x the peak memory of
-  the plain step on the tuned glibc heap, where glibc's own fragmentation keeps it at 0.75x
-  (docs/speed.md).
+  to the system) and ``MIMALLOC_ALLOW_THP=0`` (:data:`MIMALLOC_SETTINGS`). Its size-segregated
+  pages keep fragmentation low, so a run is both fast and lean: 448x448, batch 8, fp32,
+  activation checkpointing in every stage: 0.31x the peak memory of the plain step on the tuned
+  glibc heap, where glibc's own fragmentation kept it at 0.75x (docs/speed.md).
 * ``tuned``: two glibc ``mallopt`` calls, ``M_MMAP_MAX = 0`` (every request from the heap) and
   ``M_TRIM_THRESHOLD = 2 GiB - 1`` (freed heap memory is kept). Fast, but the heap fragments.
 * ``glibc``: glibc's defaults.
