@@ -174,7 +174,8 @@ def test_preload_environment_puts_mimalloc_first_and_keeps_user_settings():
     expected = {"LD_PRELOAD": "/m/libmimalloc.so:/a/libfoo.so", "HOME": "/h", **MIMALLOC_SETTINGS}
     assert env == expected
     kept = preload_environment({"MIMALLOC_PURGE_DELAY": "100"}, "/m/libmimalloc.so")
-    assert kept == {"LD_PRELOAD": "/m/libmimalloc.so", "MIMALLOC_PURGE_DELAY": "100"}
+    user = {"LD_PRELOAD": "/m/libmimalloc.so", "MIMALLOC_PURGE_DELAY": "100"}  # the user's wins
+    assert kept == {**MIMALLOC_SETTINGS, **user}
 
 
 def test_asking_for_mimalloc_without_it_is_an_error(monkeypatch):

@@ -5,9 +5,9 @@
   the backward pass never enters the backbone.
 * ``no_adapter``: adapters removed, the other backbone groups trainable as in the config's policy,
   so the backward pass runs through the backbone as it does for the model.
-* ``checkpointed``: the config with activation checkpointing in every stage and element-wise
-  recomputation of every part (the heads' BatchNorm + ReLU too); ``checkpointed:0+1``
-  checkpoints only those stages (counted from 0), with the same recomputation;
+* ``checkpointed``: the config with activation checkpointing in every stage (and its element-wise
+  recomputation, on by default, so recomputed blocks store lean activations);
+  ``checkpointed:0+1`` checkpoints only those stages (counted from 0);
 * ``lean``: the config with element-wise recomputation (``recompute_elementwise=True``, the
   backbone's default); ``lean:PART+PART`` recomputes only those parts (``lean:gelu+dropout``;
   parts as in :data:`mtlora_vision.recompute.LEAN_PARTS`, or ``all``), so parts can be timed
@@ -74,8 +74,7 @@ def _no_adapter(model: ConfigDict) -> ConfigDict:
 
 def _with_checkpointing(model: ConfigDict, switches: bool | list[bool]) -> ConfigDict:
     model.backbone.grad_checkpointing = switches  # the stages' blocks recomputed in the backward
-    model.backbone.recompute_elementwise = "all"  # and stored lean when recomputed, heads too
-    return model
+    return model  # with the config's recompute_elementwise (lean when recomputed, by default)
 
 
 @register_variant("checkpointed")
