@@ -21,7 +21,7 @@ CPU performance guide recommends a preloaded allocator for this. ``MTLORA_ALLOCA
 
 An allocator that the user preloads (jemalloc, tcmalloc, mimalloc in ``LD_PRELOAD``) is left as it
 is. The choice is made by the tools (:func:`preload_mimalloc` in ``mtlora_vision.cli.run_tool``,
-then :func:`tune_cpu_allocator` or :func:`tune_for_training`); importing the library never changes
+then :func:`set_up_allocator` or :func:`tune_cpu_allocator`); importing the library never changes
 process-wide settings. Data-loader workers inherit the tool's allocator (and tune glibc at their
 first sample, :mod:`mtlora_vision.datasets.worker`).
 """
@@ -211,6 +211,19 @@ def tune_cpu_allocator() -> bool:
     _applied = True
     logger.debug("glibc malloc: no mmap for large blocks, freed memory kept for reuse.")
     return True
+
+
+def set_up_allocator(grad_checkpointing: bool = False) -> str:
+    """Apply the allocator choice for this run (:func:`tune_for_training`) and describe it.
+
+    Args:
+        grad_checkpointing: Whether the run checkpoints activations (training only).
+
+    Returns:
+        The start-up summary's line (:func:`describe_allocator`).
+    """
+    tuned = tune_for_training(grad_checkpointing)
+    return describe_allocator(active_allocator(), tuned, grad_checkpointing, requested_allocator())
 
 
 def describe_allocator(

@@ -73,12 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def run_test(args: argparse.Namespace) -> dict[str, float]:
-    from mtlora_vision.allocator import (
-        active_allocator,
-        describe_allocator,
-        requested_allocator,
-        tune_cpu_allocator,
-    )
+    from mtlora_vision.allocator import set_up_allocator
     from mtlora_vision.engine.checkpoint import register_checkpoint_io
     from mtlora_vision.engine.data_root import apply_data_root
     from mtlora_vision.engine.precision import (
@@ -99,11 +94,11 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
     from mtlora_vision.engine.visualization_hook import PredictionWriterHook
     from mtlora_vision.safe_load import check_checkpoint_integrity
 
-    tuned = tune_cpu_allocator()  # large CPU tensors without page faults on every step
+    allocator = set_up_allocator()  # large CPU tensors without page faults on every step
     check_checkpoint_integrity(args.checkpoint)  # missing or damaged: say so before any work
     register_checkpoint_io()  # safe (allow-listed) checkpoint loading and atomic writes
     cfg = load_config(args.config, args.cfg_options)
-    cfg.cpu_allocator = describe_allocator(active_allocator(), tuned, False, requested_allocator())
+    cfg.cpu_allocator = allocator
     apply_data_root(cfg, args.data_root, args.cfg_options)
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
     apply_precision(cfg, detect_precision(requested_precision(args)))

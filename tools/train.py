@@ -60,12 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from mtlora_vision.allocator import (
-        active_allocator,
-        describe_allocator,
-        requested_allocator,
-        tune_for_training,
-    )
+    from mtlora_vision.allocator import set_up_allocator
     from mtlora_vision.engine.checkpoint import register_checkpoint_io
     from mtlora_vision.engine.data_root import apply_data_root
     from mtlora_vision.engine.precision import (
@@ -92,10 +87,7 @@ def train(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.cfg_options)
     # large CPU tensors without page faults on every step, unless the run asks for memory first
     checkpointing = checkpointing_requested(cfg)
-    tuned = tune_for_training(checkpointing)
-    cfg.cpu_allocator = describe_allocator(
-        active_allocator(), tuned, checkpointing, requested_allocator()
-    )
+    cfg.cpu_allocator = set_up_allocator(checkpointing)
     apply_data_root(cfg, args.data_root, args.cfg_options)
     # work_dir is determined in this priority: CLI > segment in file > filename
     cfg.work_dir = resolve_work_dir(cfg, args.config, args.work_dir)

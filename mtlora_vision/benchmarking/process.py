@@ -7,12 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from mtlora_vision.allocator import (
-    active_allocator,
-    describe_allocator,
-    requested_allocator,
-    tune_cpu_allocator,
-)
+from mtlora_vision.allocator import set_up_allocator
 from mtlora_vision.errors import ConfigError
 
 
@@ -36,9 +31,7 @@ def setup_process(img_size: int, threads: int | None) -> tuple[str, Callable[[st
             f"--img-size {img_size}: the Swin backbones take multiples of 32; use e.g. "
             f"--img-size {fixed}."
         )
-    allocator = describe_allocator(
-        active_allocator(), tune_cpu_allocator(), choice=requested_allocator()
-    )
+    allocator = set_up_allocator()
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()

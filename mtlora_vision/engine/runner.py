@@ -95,10 +95,11 @@ def claim_log_dir(
         The smallest ``count`` whose folder did not exist yet (and now does).
     """
     for count in itertools.count(1):
-        if taken(log_dir_name(timestamp, count)):
+        name = log_dir_name(timestamp, count)
+        if taken(name):
             continue
         try:
-            os.mkdir(osp.join(work_dir, log_dir_name(timestamp, count)))
+            os.mkdir(osp.join(work_dir, name))
         except FileExistsError:
             continue
         return count
@@ -128,7 +129,7 @@ class MultiTaskRunner(Runner):
 
     def __init__(self, *args, **kwargs) -> None:
         self._quiet: QuietStart | None = None
-        self._name_prefix = kwargs.get("experiment_name")  # as Runner.from_cfg passes it
+        self._requested_name = kwargs.get("experiment_name")  # as Runner.from_cfg passes it
         super().__init__(*args, **kwargs)
         self.register_hook(RunSummaryHook(quiet=self._quiet))
 
@@ -143,9 +144,10 @@ class MultiTaskRunner(Runner):
         other ranks, so that all of them use the same name.
         """
         super().setup_env(env_cfg)
-        if self._name_prefix is None and self.cfg.filename is not None:
-            self._name_prefix = osp.splitext(osp.basename(self.cfg.filename))[0]
-        prefix = "" if self._name_prefix is None else f"{self._name_prefix}_"
+        stem = self._requested_name  # mmengine's experiment name: this, or the config's stem
+        if stem is None and self.cfg.filename is not None:
+            stem = osp.splitext(osp.basename(self.cfg.filename))[0]
+        prefix = "" if stem is None else f"{stem}_"
 
         def taken(folder: str) -> bool:
             return instance_name_taken(prefix + folder)
