@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mtlora_vision.adapters.merge import is_merged, merge_adapters, unmerge_adapters
-from mtlora_vision.adapters.mtlora import MTLoRALinear
+from mtlora_vision.adapters.mtlora import MTLoRAFactors, MTLoRALinear
 
 TASKS = ("semseg", "sal", "normals")
 
@@ -182,5 +182,38 @@ def test_bad_inputs_raise() -> None:
     layer = make_layer()
     with pytest.raises(ValueError, match=r"\(3, 4, 6\)"):
         layer.forward_tasks(torch.randn(4, 6), torch.randn(2, 4, 6))
+    factors = make_layer().forward_task_factors(torch.randn(4, 6))
+    with pytest.raises(ValueError, match="needs task_gelu"):
+        layer.forward_tasks(torch.randn(4, 6), factors)
+    with pytest.raises(ValueError, match=r"\(3, 5, 6\)"):
+        layer.forward_tasks(torch.randn(5, 6), factors, task_gelu="none")
     with pytest.raises(ValueError, match="plain LoRA"):
         MTLoRALinear(nn.Linear(4, 4), shared_rank=2).forward_tasks(torch.randn(1, 4))
+
+
+@pytest.mark.parametrize("mode", ["matrix", "matrixv2"])
+def test_task_inputs_in_low_rank_form_give_the_expanded_results(mode: str) -> None:
+    # A previous layer's factored task outputs through a GELU: the same outputs and gradients as
+    # its expanded task outputs through the same GELU.
+    first = make_layer(mode)
+    second = MTLoRALinear(nn.Linear(5, 4), shared_rank=2, tasks=TASKS, task_rank=2, mode=mode)
+    with torch.no_grad():
+        for p in second.parameters():
+            if p.requires_grad:
+                p.normal_()
+    x = torch.randn(2, 7, 6, dtype=torch.float64, requires_grad=True)
+    first.double(), second.double()
+    results = []
+    for factored in (False, True):
+        hidden = first.forward_task_factors(x) if factored else first.forward_tasks(x)
+        assert isinstance(hidden, MTLoRAFactors) == factored
+        task_in = hidden if factored else hidden.tasks
+        out = second.forward_tasks(torch.nn.functional.gelu(hidden.shared), task_in, "none")
+        params = [x, *(p for p in (*first.parameters(), *second.parameters()) if p.requires_grad)]
+        loss = out.shared.sum() + (out.tasks * torch.arange(3.0).view(3, 1, 1, 1)).sum()
+        results.append((out, torch.autograd.grad(loss, params)))
+    (plain, plain_grads), (low, low_grads) = results
+    torch.testing.assert_close(low.shared, plain.shared, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(low.tasks, plain.tasks, rtol=1e-12, atol=1e-12)
+    for got, expected in zip(low_grads, plain_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

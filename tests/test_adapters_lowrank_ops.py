@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from mtlora_vision.adapters.lowrank_ops import expand_up, project_down
+from mtlora_vision.adapters.lowrank_ops import (
+    expand_gelu_project_down,
+    expand_up,
+    gelu_project_down,
+    project_down,
+)
 
 
 def test_project_down_gradcheck_and_value() -> None:
@@ -62,3 +68,68 @@ def test_expand_up_sums_the_task_gradients_into_the_base(layout) -> None:
     torch.testing.assert_close(base.grad, grad[0] + grad[1] + grad[2])
     torch.testing.assert_close(c.grad, torch.einsum("tmn,tnr->tmr", grad, f))
     torch.testing.assert_close(f.grad, torch.einsum("tmn,tmr->tnr", grad, c))
+
+
+def factored_inputs(dtype: torch.dtype, t: int = 3, m: int = 37, k: int = 16, r: int = 2):
+    """base ``(m, k)``, c ``(t, m, r)``, f ``(t, k, r)``, w ``(t, 4, k)``, all requiring grad."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(m, k), (t, m, r), (t, k, r), (t, 4, k)]
+    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def test_expand_gelu_project_down_gradcheck_and_value() -> None:
+    base, c, f, w = factored_inputs(torch.float64, m=7, k=5)
+    u = base + torch.einsum("tmr,tkr->tmk", c, f)
+    expected = torch.einsum("tmk,tsk->tms", F.gelu(u), w)
+    torch.testing.assert_close(expand_gelu_project_down(base, c, f, w), expected)
+    assert torch.autograd.gradcheck(expand_gelu_project_down, (base, c, f, w))
+    tanh = expand_gelu_project_down(base, c, f, w, "tanh")
+    expected = torch.einsum("tmk,tsk->tms", F.gelu(u, approximate="tanh"), w)
+    torch.testing.assert_close(tanh, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_expand_gelu_project_down_equals_the_expanded_path_bit_for_bit(dtype) -> None:
+    # Slices of the same batched products, so the values and gradients of expand_up then
+    # gelu_project_down to the last bit (the base gradient summed over tasks in task order).
+    base, c, f, w = inputs = factored_inputs(dtype, t=4, m=300, k=64, r=4)
+    fused = expand_gelu_project_down(base, c, f, w)
+    plain = gelu_project_down(expand_up(base, c, f), w)
+    assert torch.equal(fused, plain)
+    grad = torch.randn_like(fused)
+    got = torch.autograd.grad(fused, inputs, grad)
+    expected = torch.autograd.grad(plain, inputs, grad)
+    for name, g, e in zip(["base", "c", "f", "w"], got, expected, strict=True):
+        assert torch.equal(g, e), name
+
+
+def test_expand_gelu_project_down_saves_no_task_sized_tensor() -> None:
+    base, c, f, w = factored_inputs(torch.float32)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        expand_gelu_project_down(base, c, f, w)
+    assert sorted(t.numel() for t in saved) == sorted(t.numel() for t in (base, c, f, w))
+
+
+def test_expand_gelu_project_down_under_bf16_autocast() -> None:
+    # bf16 activations, float32 adapter weights: each gradient in its input's dtype, equal to the
+    # expanded path's; the task sum of the base gradient is taken in float32 and rounded once.
+    base, c, f, w = factored_inputs(torch.float32, t=4, m=64, k=32)
+    half = [t.detach().bfloat16().requires_grad_() for t in (base, c)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = expand_gelu_project_down(*half, f, w)
+        u = expand_up(*half, f)
+        plain = gelu_project_down(u, w)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, plain)
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (*half, f, w), grad)
+    assert [g.dtype for g in grads] == [torch.bfloat16] * 2 + [torch.float32] * 2
+    plain_grads = torch.autograd.grad(plain, (u, half[1], f, w), grad)
+    for name, got, expected in zip(["c", "f", "w"], grads[1:], plain_grads[1:], strict=True):
+        assert torch.equal(got, expected), name
+    task_grads = plain_grads[0]  # T, M, K in bf16
+    total = task_grads[0].float()
+    for task_grad in task_grads[1:]:
+        total = total + task_grad.float()
+    assert torch.equal(grads[0], total.bfloat16())

@@ -81,3 +81,24 @@ def test_per_stage_switches_and_inference_untouched():
     with torch.no_grad():  # nothing to recompute without autograd: one pass
         backbone(torch.randn(1, 3, 64, 64, dtype=torch.float64))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_task_branch_is_recomputed_in_two_parts_one_after_the_other(lean):
+    # A stage's last block is two checkpoints: the backward pass finishes the part after the
+    # attention (e.g. fc1's task LoRA gradients) before it recomputes the attention, so it never
+    # holds both parts' saved tensors at once.
+    backbone = build(ADAPTERS["mtlora"], True, lean)
+    block = backbone.layers[0].blocks[-1]
+    events = []
+    block.attn.qkv.register_forward_hook(lambda *_: events.append("attention"))
+    block.attn.proj.base_layer.register_forward_hook(lambda *_: events.append("rest"))
+    for name, param in block.mlp.fc1.named_parameters():
+        if param.requires_grad and "lora_tasks" in name:
+            param.register_post_accumulate_grad_hook(lambda _: events.append("fc1 gradient"))
+    backbone(torch.randn(2, 3, 64, 64, dtype=torch.float64))[0].sum().backward()
+    forward, backward = events[:2], events[2:]
+    assert forward == ["attention", "rest"]
+    first_gradient = backward.index("fc1 gradient")
+    assert backward[:first_gradient] == ["rest"]  # recomputed alone
+    assert "attention" in backward[first_gradient:]  # recomputed after

@@ -24,6 +24,7 @@ from mtlora_vision.models.multitask import MultiTaskModel
 from mtlora_vision.recompute import (
     DEFAULT_LEAN_PARTS,
     LEAN_PARTS,
+    _Registry,
     lean_activations,
     lean_dropout,
     lean_parts,
@@ -281,3 +282,29 @@ def test_gelu_project_down_keeps_only_its_input_for_backward() -> None:
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         lowrank_ops.gelu_project_down(u, w)
     assert sorted(t.numel() for t in saved) == [w.numel(), u.numel()]
+
+
+@pytest.mark.parametrize("mode", ["matrix", "addition"])
+def test_lean_task_branch_never_stores_the_task_hidden_tensors(monkeypatch, mode):
+    # The last block of each stage feeds fc1's task outputs, in low-rank form, through the GELU
+    # into fc2's task down-projections: no (T, M, 4C) tensor is saved for backward. The addition
+    # mode needs fc1's task outputs expanded (its shared output normalises their sum).
+    saved: list[tuple[int, ...]] = []
+    pack = _Registry.pack
+    monkeypatch.setattr(
+        _Registry, "pack", lambda self, t: saved.append(tuple(t.shape)) or pack(self, t)
+    )
+    model = MultiTaskModel(
+        tasks=TASKS,
+        backbone={"type": SwinBackbone, "arch": ARCH, "img_size": 64, "window_size": 4},
+        adapter={"type": MTLoRAConfig, "shared_rank": 3, "task_rank": 2, "mode": mode},
+        fusion={"channels": 4},
+    ).train()
+    model(torch.randn(2, 3, 64, 64), mode="tensor")
+    T = len(TASKS)
+    hidden = [  # the task hidden tensors of each stage's last block, (T, B*H*W, 4C)
+        (T, 2 * side * side, 4 * channels)
+        for side, channels in zip((16, 8, 4, 2), (16, 32, 64, 128), strict=True)
+    ]
+    stored = [shape for shape in hidden if shape in saved]
+    assert stored == ([] if mode == "matrix" else hidden)

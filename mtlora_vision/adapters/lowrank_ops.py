@@ -159,3 +159,98 @@ def gelu_project_down(u: Tensor, w: Tensor, approximate: str = "none") -> Tensor
         ``(T, M, r)``, the values of ``project_down(F.gelu(u), w)``.
     """
     return _GeluProjectDown.apply(u, w, approximate)
+
+
+class _ExpandGeluProjectDown(torch.autograd.Function):
+    """``gelu(base + c[t] @ f[t]^T) @ w[t]^T`` per task, never holding the ``T`` task inputs.
+
+    Each task's input ``u_t = base + c[t] @ f[t]^T`` (``(M, K)``) is formed, used and dropped one
+    task at a time, in the forward pass and again in the backward pass; only ``base``, the thin
+    ``c``, ``f``, ``w`` are saved. Against ``expand_up`` then ``gelu_project_down`` this saves the
+    ``(T, M, K)`` input and, in the backward pass, its ``(T, M, K)`` gradient, for one more rank-r
+    product per task.
+    """
+
+    @staticmethod
+    def forward(ctx, base: Tensor, c: Tensor, f: Tensor, w: Tensor, approximate: str) -> Tensor:
+        ctx.dtypes, ctx.approximate = (c.dtype, f.dtype, w.dtype), approximate
+        # The orientations expand_up and gelu_project_down use, so the products are theirs.
+        c, f, w = c.to(base.dtype).contiguous(), f.to(base.dtype), w.to(base.dtype)
+        f_t = f.transpose(1, 2).contiguous()  # T, r, K
+        ctx.save_for_backward(base, c, f, w)
+        out = base.new_empty(c.shape[0], w.shape[1], base.shape[0])  # T, r', M
+        for t in range(c.shape[0]):
+            h = F.gelu(_task_input(base, c, f_t, t), approximate=approximate)
+            torch.mm(w[t], h.t(), out=out[t])
+        return out.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        base, c, f, w = ctx.saved_tensors
+        f_t = f.transpose(1, 2).contiguous()  # T, r, K
+        grad = grad.to(base.dtype)
+        need_base, need_c, need_f, need_w = ctx.needs_input_grad[:4]
+        # The task sum of the base's gradient, in float32 for half types and rounded once at the
+        # end (expand_up's bf16 matmul sum can be one unit in the last place off that).
+        acc_dtype = _accumulation_dtype(base.dtype)
+        grad_base = torch.zeros_like(base, dtype=acc_dtype) if need_base else None
+        grad_c = torch.empty_like(c) if need_c else None
+        grad_f = torch.empty_like(f, memory_format=torch.contiguous_format) if need_f else None
+        grad_w = torch.empty_like(w) if need_w else None
+        for t in range(c.shape[0]):
+            u = _task_input(base, c, f_t, t)  # M, K
+            if need_w:
+                torch.mm(grad[t].t(), F.gelu(u, approximate=ctx.approximate), out=grad_w[t])
+            if not (need_base or need_c or need_f):
+                continue
+            grad_u = torch.ops.aten.gelu_backward(grad[t] @ w[t], u, approximate=ctx.approximate)
+            del u
+            one = grad_u.unsqueeze(0)  # slices of expand_up's batched products: the same values
+            if need_c:
+                torch.bmm(one, f[t : t + 1], out=grad_c[t : t + 1])  # M, r
+            if need_f:
+                grad_f[t] = torch.bmm(c[t : t + 1].transpose(1, 2), one)[0].t()  # K, r
+            if need_base:
+                grad_base.add_(grad_u)
+        if grad_base is not None:
+            grad_base = grad_base.to(base.dtype)
+        c_dtype, f_dtype, w_dtype = ctx.dtypes
+        return (
+            grad_base,
+            None if grad_c is None else grad_c.to(c_dtype),
+            None if grad_f is None else grad_f.to(f_dtype),
+            None if grad_w is None else grad_w.to(w_dtype),
+            None,
+        )
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for the half types, else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def _task_input(base: Tensor, c: Tensor, f_t: Tensor, t: int) -> Tensor:
+    """``base + c[t] @ f_t[t]`` ``(M, K)``, as one slice of ``expand_up``'s batched product."""
+    return torch.baddbmm(base.unsqueeze(0), c[t : t + 1], f_t[t : t + 1])[0]
+
+
+def expand_gelu_project_down(
+    base: Tensor, c: Tensor, f: Tensor, w: Tensor, approximate: str = "none"
+) -> Tensor:
+    """Per-task ``gelu(base + c[t] @ f[t]^T) @ w[t]^T``, the task inputs never stored whole.
+
+    The values of ``gelu_project_down(expand_up(base, c, f), w, approximate)``: a layer's task
+    outputs in low-rank form (:class:`~mtlora_vision.adapters.mtlora.MTLoRAFactors`) fed through
+    a GELU into the next layer's task down-projections, without the ``(T, M, K)`` tensors.
+
+    Args:
+        base: Shared part of the task inputs ``(M, K)``.
+        c: Task coefficients ``(T, M, r)``.
+        f: Task up-projections ``(T, K, r)``.
+        w: Per-task ``A`` matrices of the next layer ``(T, r', K)``.
+        approximate: ``F.gelu``'s ``approximate``.
+
+    Returns:
+        ``(T, M, r')``.
+    """
+    return _ExpandGeluProjectDown.apply(base, c, f, w, approximate)

@@ -37,7 +37,11 @@ from torch import Tensor, nn
 
 from mtlora_vision.adapters.config import AdapterSpec
 from mtlora_vision.adapters.gap_dropout import GapDropout
-from mtlora_vision.adapters.lowrank_ops import expand_up, project_down
+from mtlora_vision.adapters.lowrank_ops import (
+    expand_gelu_project_down,
+    expand_up,
+    project_down,
+)
 from mtlora_vision.recompute import lean_dropout
 
 
@@ -85,6 +89,32 @@ def expand_task_factors(base: Tensor, coeffs: Tensor, factors: Tensor) -> Tensor
     T, r, out = coeffs.shape[0], coeffs.shape[-1], base.shape[-1]
     tasks = expand_up(base.reshape(-1, out), coeffs.reshape(T, -1, r), factors)  # T, M, out
     return tasks.view(T, *base.shape)
+
+
+def _check_task_inputs(
+    task_x: Tensor | MTLoRAFactors | None,
+    task_gelu: str | None,
+    num_tasks: int,
+    shape: torch.Size,
+    task_names: Sequence[str],
+) -> None:
+    """Raise ValueError unless ``task_x`` holds ``num_tasks`` inputs of the shared ``shape``."""
+    if task_x is None:
+        return
+    if isinstance(task_x, MTLoRAFactors):
+        if task_gelu is None:
+            raise ValueError(
+                "task_x given as MTLoRAFactors needs task_gelu: only the GELU-then-project path "
+                "takes task inputs in low-rank form; pass the expanded (T, ..., in) inputs instead."
+            )
+        got = (task_x.coeffs.shape[0], *task_x.base.shape)
+    else:
+        got = tuple(task_x.shape)
+    if got != (num_tasks, *shape):
+        raise ValueError(
+            f"task_x has shape {got}; expected {(num_tasks, *shape)} "
+            f"(tasks {list(task_names)} stacked in front of the shared input's shape)."
+        )
 
 
 class MTLoRALinear(nn.Module):
@@ -305,14 +335,16 @@ class MTLoRALinear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
     def forward_tasks(
-        self, x: Tensor, task_x: Tensor | None = None, task_gelu: str | None = None
+        self, x: Tensor, task_x: Tensor | MTLoRAFactors | None = None, task_gelu: str | None = None
     ) -> MTLoRAOutput:
         """Shared output and every task's output, the task outputs stacked.
 
         Args:
             x: Shared input ``(..., in_features)``.
             task_x: Optional task inputs ``(T, ..., in_features)`` in task order; without them
-                every task's low-rank term reads the (dropped-out) shared input.
+                every task's low-rank term reads the (dropped-out) shared input. They may also
+                be the previous layer's :class:`MTLoRAFactors` (with ``task_gelu``): the task
+                inputs ``base + coeffs[t] @ factors[t].T`` are then never formed whole.
             task_gelu: GELU (its ``approximate``) applied to ``task_x`` first, never stored whole.
 
         Returns:
@@ -326,7 +358,7 @@ class MTLoRALinear(nn.Module):
         return MTLoRAOutput(shared, tasks)
 
     def forward_task_factors(
-        self, x: Tensor, task_x: Tensor | None = None, task_gelu: str | None = None
+        self, x: Tensor, task_x: Tensor | MTLoRAFactors | None = None, task_gelu: str | None = None
     ) -> MTLoRAFactors:
         """Shared output, the task outputs' common base and their low-rank parts.
 
@@ -342,11 +374,7 @@ class MTLoRALinear(nn.Module):
         if not self.task_names:
             raise ValueError("forward_tasks needs task adapters; this layer is plain LoRA.")
         T = self.num_tasks
-        if task_x is not None and task_x.shape != (T, *x.shape):
-            raise ValueError(
-                f"task_x has shape {tuple(task_x.shape)}; expected {(T, *x.shape)} "
-                f"(tasks {list(self.task_names)} stacked in front of the shared input's shape)."
-            )
+        _check_task_inputs(task_x, task_gelu, T, x.shape, self.task_names)
         flat = x.reshape(-1, self.in_features)  # M, in
         base = self.base_layer(flat)  # M, out
         dropped = lean_dropout(self.dropout, flat)
@@ -360,6 +388,15 @@ class MTLoRALinear(nn.Module):
                 low = F.linear(dropped, a_all)  # M, r + T*r_t
                 shared_low, task_low = low.split([self.shared_rank, T * self.task_rank], dim=-1)
             task_low = task_low.unflatten(-1, (T, self.task_rank)).transpose(0, 1)  # T, M, r_t
+        elif isinstance(task_x, MTLoRAFactors):
+            r_in = task_x.coeffs.shape[-1]
+            task_low = expand_gelu_project_down(
+                task_x.base.reshape(-1, self.in_features),
+                task_x.coeffs.reshape(T, -1, r_in),
+                task_x.factors,
+                self._stacked_task_a(),
+                task_gelu,
+            )  # T, M, r_t
         else:
             task_flat = task_x.reshape(T, -1, self.in_features)  # T, M, in
             task_low = project_down(task_flat, self._stacked_task_a(), task_gelu)  # T, M, r_t

@@ -34,8 +34,9 @@ from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig, TALoRA
 from mtlora_vision.models.backbones.activation_memory import ActivationMemory
 from mtlora_vision.models.backbones.swin_blocks import (
     block_forward,
-    block_forward_tasks,
     patch_merge,
+    task_branch_after_attention,
+    windowed_attention,
 )
 from mtlora_vision.models.backbones.swin_checkpoint import (
     filter_swin_checkpoint,
@@ -366,23 +367,26 @@ class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
             for block in stage.blocks[:-1]:
                 x = self.maybe_checkpoint(i, block_forward, block, x, fused)
             merge = self.layers[i + 1].downsample if i + 1 < self.num_stages else None
-            x, task_x = self.maybe_checkpoint(i, self._stage_end, stage.blocks[-1], merge, x, fused)
+            x, task_x = self._stage_end(i, stage.blocks[-1], merge, x, fused)
             feat = x.unsqueeze(0).expand(self.num_streams, *x.shape) if task_x is None else task_x
             feats.append(feat.permute(0, 1, 4, 2, 3))  # T, B, C, H, W
         return feats
 
     def _stage_end(
-        self, block: nn.Module, merge: nn.Module | None, x: Tensor, fused: bool
+        self, stage: int, block: nn.Module, merge: nn.Module | None, x: Tensor, fused: bool
     ) -> tuple[Tensor, Tensor | None]:
         """Last block of a stage, then the next stage's patch merging (None after the last stage).
+
+        A checkpointed task branch is two checkpoints, the shared window attention and the rest
+        (with the merging): the backward pass then never holds the saved tensors of both parts
+        at once, and only the attention output ``(B * nW, N, C)`` is stored between them.
 
         Returns:
             Shared tokens ``(B, h, w, c)`` for the next stage and task features
             ``(T, B, h, w, c)``, or None without task branches.
         """
         if not self.task_branching:
-            x = block_forward(block, x, fused)
-            return (x if merge is None else patch_merge(merge, x)), None
+            return self.maybe_checkpoint(stage, _block_then_merge, block, merge, x, fused), None
         B, H, W = x.shape[:3]
         if self.factored_task_branch and not self.training and supports_factored_branch(block):
             x, streams = block_forward_task_streams(block, x, fused)
@@ -392,9 +396,31 @@ class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
                 tasks = patch_merge_task_streams(merge, streams)
             else:
                 tasks = patch_merge(merge, streams.expand().flatten(0, 1))
+            x = x if merge is None else patch_merge(merge, x)
         else:
-            x, tasks = block_forward_tasks(block, x, fused)  # T*B, H, W, C
-            tasks = tasks if merge is None else patch_merge(merge, tasks)
-        if merge is not None:
-            x = patch_merge(merge, x)
+            attended = self.maybe_checkpoint(stage, windowed_attention, block, x, fused)
+            x, tasks = self.maybe_checkpoint(
+                stage, _task_branch_then_merge, block, merge, x, attended
+            )
         return x, tasks.view(-1, B, *tasks.shape[-3:])
+
+
+def _block_then_merge(block: nn.Module, merge: nn.Module | None, x: Tensor, fused: bool) -> Tensor:
+    """A block on the shared stream ``(B, H, W, C)``, then the patch merging if any."""
+    x = block_forward(block, x, fused)
+    return x if merge is None else patch_merge(merge, x)
+
+
+def _task_branch_then_merge(
+    block: nn.Module, merge: nn.Module | None, x: Tensor, attended: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`task_branch_after_attention`, then the patch merging of both outputs if any.
+
+    Returns:
+        Shared ``(B, h, w, c)`` and task outputs ``(T * B, h, w, c)``.
+    """
+    shared, tasks = task_branch_after_attention(block, x, attended)
+    if merge is None:
+        return shared, tasks
+    tasks = patch_merge(merge, tasks)
+    return patch_merge(merge, shared), tasks

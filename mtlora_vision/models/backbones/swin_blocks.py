@@ -328,12 +328,44 @@ def block_forward_tasks(
     Attention is shared; ``proj``, ``fc1`` and ``fc2`` give per-task outputs. The T task streams are
     stacked along the batch dimension, so every op after the low-rank terms runs once for all tasks.
     Residuals of the task streams start from the shared input ``x``; DropPath draws per sample, so
-    each task gets its own mask.
+    each task gets its own mask. The two parts, :func:`windowed_attention` and
+    :func:`task_branch_after_attention`, can be checkpointed separately.
 
     Args:
         block: Block whose ``attn.proj``, ``mlp.fc1``, ``mlp.fc2`` are ``MTLoRALinear`` with tasks.
         x: Shared tokens ``(B, H, W, C)``.
         fused: Use fused attention.
+
+    Returns:
+        Shared output ``(B, H, W, C)`` and task outputs ``(T * B, H, W, C)`` (task-major).
+    """
+    return task_branch_after_attention(block, x, windowed_attention(block, x, fused))
+
+
+def windowed_attention(block: torch.nn.Module, x: Tensor, fused: bool = True) -> Tensor:
+    """A block's window attention of its normalised input, before the output projection.
+
+    Args:
+        block: The block.
+        x: Tokens ``(B, H, W, C)``.
+        fused: Use fused attention.
+
+    Returns:
+        Per-window attention outputs ``(B * nW, N, C)``.
+    """
+    geom = window_geometry_of(block, x)
+    return window_attention(block.attn, normed_windows(block, x, geom), geom, fused)
+
+
+def task_branch_after_attention(
+    block: torch.nn.Module, x: Tensor, attended: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`block_forward_tasks` from the attention output on: per-task ``proj``, MLP, residuals.
+
+    Args:
+        block: As for :func:`block_forward_tasks`.
+        x: The block's shared input ``(B, H, W, C)``.
+        attended: :func:`windowed_attention` of ``x``, ``(B * nW, N, C)``.
 
     Returns:
         Shared output ``(B, H, W, C)`` and task outputs ``(T * B, H, W, C)`` (task-major).
@@ -344,19 +376,24 @@ def block_forward_tasks(
     B, H, W, C = x.shape
     T = proj.num_tasks
     geom = window_geometry_of(block, x)
-    attended = window_attention(block.attn, normed_windows(block, x, geom), geom, fused)
     out = proj.forward_tasks(attended)  # B*nW, N, C and T, B*nW, N, C
     shared = x + block.drop_path1(from_windows(out.shared, geom, (H, W)))
     task_p = from_windows(out.tasks.flatten(0, 1), geom, (H, W))  # T*B, H, W, C
     tasks = x.unsqueeze(0) + block.drop_path1(task_p).view(T, B, H, W, C)
     norm2, act = block.norm2, block.mlp.act
-    hidden = fc1.forward_tasks(
-        recomputable(norm2, shared, part="norm"), recomputable(norm2, tasks, part="norm")
-    )
+    normed = recomputable(norm2, shared, part="norm"), recomputable(norm2, tasks, part="norm")
     if lean_enabled("gelu") and isinstance(act, torch.nn.GELU):  # GELU fused with the projections
+        # fc1's task outputs stay low-rank (base + coeffs @ factors.T) into fc2's task
+        # down-projections: the T hidden tensors are never stored (addition mode needs them).
+        if fc1.mode != "addition":
+            hidden = task_in = fc1.forward_task_factors(*normed)
+        else:
+            hidden = fc1.forward_tasks(*normed)
+            task_in = hidden.tasks
         shared_in = recomputable(act, hidden.shared, part="gelu")
-        out = fc2.forward_tasks(shared_in, hidden.tasks, task_gelu=act.approximate)
+        out = fc2.forward_tasks(shared_in, task_in, task_gelu=act.approximate)
     else:
+        hidden = fc1.forward_tasks(*normed)
         out = fc2.forward_tasks(act(hidden.shared), act(hidden.tasks))
     shared = shared + block.drop_path2(out.shared)
     tasks = tasks.flatten(0, 1) + block.drop_path2(out.tasks.flatten(0, 1))
