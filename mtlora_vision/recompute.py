@@ -37,8 +37,8 @@ from torch import Tensor, nn
 _STATE = threading.local()
 
 #: The element-wise work that lean mode can recompute, by part name: the backbone's LayerNorms
-#: and window partition, its GELUs (the task streams' fused with their down-projections), LoRA
-#: dropout, and the decoder heads' BatchNorm + ReLU.
+#: and window partition, its GELUs (the task streams' fused with their down-projections, which
+#: read fc1's task outputs in low-rank form), LoRA dropout, and the decoder heads' BatchNorm + ReLU.
 LEAN_PARTS = ("norm", "gelu", "dropout", "heads")
 #: What ``True`` selects. The heads' BatchNorm + ReLU is left out: recomputing it cost about 10%
 #: of a 448x448 training step on this project's CPU and did not lower the peak RSS (docs/speed.md).

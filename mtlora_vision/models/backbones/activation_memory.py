@@ -37,9 +37,10 @@ class ActivationMemory:
     def set_grad_checkpointing(self, enable: bool | Sequence[bool] = True) -> None:
         """Switch activation checkpointing on or off, for all stages or one value per stage.
 
-        A checkpointed block stores only its input tokens; its forward pass (attention, MLP,
-        adapters, the task branch of a stage's last block and the next stage's patch merging)
-        runs again in the backward pass, with the random state of DropPath and dropout restored,
+        A checkpointed block stores only its input tokens (a stage's last block, whose task
+        branch is checkpointed in two parts, its attention output too); its forward pass
+        (attention, MLP, adapters, the task branch and the next stage's patch merging) runs again
+        in the backward pass, with the random state of DropPath and dropout restored,
         so gradients are exactly those of the plain pass. It trades about one more forward pass
         for the activation memory of all blocks but one: use it when a batch does not fit
         otherwise (e.g. the paper's batch 32 at 448x448).
