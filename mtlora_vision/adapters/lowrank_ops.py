@@ -180,7 +180,7 @@ class _ExpandGeluProjectDown(torch.autograd.Function):
         ctx.save_for_backward(base, c, f, w)
         out = base.new_empty(c.shape[0], w.shape[1], base.shape[0])  # T, r', M
         for t in range(c.shape[0]):
-            h = F.gelu(_task_input(base, c, f_t, t), approximate=approximate)
+            h = torch.ops.aten.gelu_(_task_input(base, c, f_t, t), approximate=approximate)
             torch.mm(w[t], h.t(), out=out[t])
         return out.transpose(1, 2)
 
@@ -193,25 +193,29 @@ class _ExpandGeluProjectDown(torch.autograd.Function):
         # The task sum of the base's gradient, in float32 for half types and rounded once at the
         # end (expand_up's bf16 matmul sum can be one unit in the last place off that).
         acc_dtype = _accumulation_dtype(base.dtype)
-        grad_base = torch.zeros_like(base, dtype=acc_dtype) if need_base else None
+        grad_base = None
         grad_c = torch.empty_like(c) if need_c else None
         grad_f = torch.empty_like(f, memory_format=torch.contiguous_format) if need_f else None
         grad_w = torch.empty_like(w) if need_w else None
         for t in range(c.shape[0]):
             u = _task_input(base, c, f_t, t)  # M, K
+            if need_base or need_c or need_f:
+                grad_u = grad[t] @ w[t]  # M, K; the GELU's backward in place below
+                torch.ops.aten.gelu_backward.grad_input(
+                    grad_u, u, approximate=ctx.approximate, grad_input=grad_u
+                )
+                one = grad_u.unsqueeze(0)  # slices of expand_up's batched products: same values
+                if need_c:
+                    torch.bmm(one, f[t : t + 1], out=grad_c[t : t + 1])  # M, r
+                if need_f:
+                    grad_f[t] = torch.bmm(c[t : t + 1].transpose(1, 2), one)[0].t()  # K, r
+                if need_base and grad_base is None:
+                    grad_base = grad_u.to(acc_dtype)  # grad_u itself when no cast is needed
+                elif need_base:
+                    grad_base.add_(grad_u)
             if need_w:
-                torch.mm(grad[t].t(), F.gelu(u, approximate=ctx.approximate), out=grad_w[t])
-            if not (need_base or need_c or need_f):
-                continue
-            grad_u = torch.ops.aten.gelu_backward(grad[t] @ w[t], u, approximate=ctx.approximate)
-            del u
-            one = grad_u.unsqueeze(0)  # slices of expand_up's batched products: the same values
-            if need_c:
-                torch.bmm(one, f[t : t + 1], out=grad_c[t : t + 1])  # M, r
-            if need_f:
-                grad_f[t] = torch.bmm(c[t : t + 1].transpose(1, 2), one)[0].t()  # K, r
-            if need_base:
-                grad_base.add_(grad_u)
+                h = torch.ops.aten.gelu_(u, approximate=ctx.approximate)  # u is not needed again
+                torch.mm(grad[t].t(), h, out=grad_w[t])
         if grad_base is not None:
             grad_base = grad_base.to(base.dtype)
         c_dtype, f_dtype, w_dtype = ctx.dtypes
