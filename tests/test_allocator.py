@@ -133,11 +133,8 @@ def test_a_tool_keeps_glibc_when_asked(tmp_path, choice):
     out = run_mini_tool(tmp_path, **{ENV_CHOICE: choice})
     assert out.returncode == 0, out.stderr[-2000:]
     name, pid, purge = out.stdout.split()[:3]
-    assert (name, int(pid), purge) == (
-        "glibc",
-        out.pid,
-        "None",
-    )  # not re-executed: no mimalloc settings either
+    # not re-executed (the same process), and no mimalloc settings either
+    assert (name, int(pid), purge) == ("glibc", out.pid, "None")
 
 
 def test_a_tool_names_a_wrong_choice_before_any_work(tmp_path):

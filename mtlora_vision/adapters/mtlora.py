@@ -357,6 +357,15 @@ class MTLoRALinear(nn.Module):
             shared = parts.base + self.lora_norm(tasks.sum(0))
         return MTLoRAOutput(shared, tasks)
 
+    @property
+    def shared_from_factors(self) -> bool:
+        """Whether :meth:`forward_task_factors` gives the real shared output (not ``addition``).
+
+        In ``addition`` mode the shared output normalises the sum of the expanded task outputs,
+        so only :meth:`forward_tasks` gives it.
+        """
+        return self.mode != "addition"
+
     def forward_task_factors(
         self, x: Tensor, task_x: Tensor | MTLoRAFactors | None = None, task_gelu: str | None = None
     ) -> MTLoRAFactors:

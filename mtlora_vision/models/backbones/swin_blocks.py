@@ -385,7 +385,7 @@ def task_branch_after_attention(
     if lean_enabled("gelu") and isinstance(act, torch.nn.GELU):  # GELU fused with the projections
         # fc1's task outputs stay low-rank (base + coeffs @ factors.T) into fc2's task
         # down-projections: the T hidden tensors are never stored (addition mode needs them).
-        if fc1.mode != "addition":
+        if fc1.shared_from_factors:
             hidden = task_in = fc1.forward_task_factors(*normed)
         else:
             hidden = fc1.forward_tasks(*normed)

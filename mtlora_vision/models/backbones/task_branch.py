@@ -65,7 +65,7 @@ class TaskStreams(NamedTuple):
 def supports_factored_branch(block: nn.Module) -> bool:
     """Whether ``block``'s task layers have a mode the factored branch handles (not addition)."""
     layers = (block.attn.proj, block.mlp.fc1, block.mlp.fc2)
-    return all(isinstance(m, MTLoRALinear) and m.mode != "addition" for m in layers)
+    return all(isinstance(m, MTLoRALinear) and m.shared_from_factors for m in layers)
 
 
 def block_forward_task_streams(
