@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from live_tensors import LiveTensors
 
 from mtlora_vision.adapters.lowrank_ops import (
     expand_gelu_project_down,
@@ -109,6 +110,27 @@ def test_expand_gelu_project_down_saves_no_task_sized_tensor() -> None:
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         expand_gelu_project_down(base, c, f, w)
     assert sorted(t.numel() for t in saved) == sorted(t.numel() for t in (base, c, f, w))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_expand_gelu_project_down_holds_one_task_at_a_time(dtype) -> None:
+    # The (M, K) task inputs and their gradients live in reused buffers: one in the forward
+    # pass; in the backward pass the task input, its gradient and the base gradient (float32 for
+    # bf16). Allocating a task's buffers while the previous task's were alive held two more.
+    t, m, k = 4, 512, 256
+    base, c, f, w = factored_inputs(torch.float32, t=t, m=m, k=k)
+    base = base.detach().to(dtype).requires_grad_()
+    one = m * k * base.element_size()  # bytes of one (M, K) buffer
+    with LiveTensors() as forward:
+        out = expand_gelu_project_down(base, c, f, w)
+    out_bytes = out.numel() * out.element_size()
+    small = 3 * 4 * (c.numel() + f.numel() + w.numel())  # thin factor copies and gradients
+    assert one + out_bytes <= forward.peak <= one + out_bytes + small
+    with LiveTensors() as backward:
+        out.backward(torch.ones_like(out))
+    grad_base = m * k * 4  # the task sum: float32 also for bf16
+    assert backward.peak <= 2 * one + grad_base + small
+    assert base.grad.dtype == dtype
 
 
 def test_expand_gelu_project_down_under_bf16_autocast() -> None:

@@ -179,8 +179,9 @@ class _ExpandGeluProjectDown(torch.autograd.Function):
         f_t = f.transpose(1, 2).contiguous()  # T, r, K
         ctx.save_for_backward(base, c, f, w)
         out = base.new_empty(c.shape[0], w.shape[1], base.shape[0])  # T, r', M
+        h = torch.empty_like(base)  # one task's input at a time, in one buffer
         for t in range(c.shape[0]):
-            h = torch.ops.aten.gelu_(_task_input(base, c, f_t, t), approximate=approximate)
+            torch.ops.aten.gelu_(_task_input(base, c, f_t, t, out=h), approximate=approximate)
             torch.mm(w[t], h.t(), out=out[t])
         return out.transpose(1, 2)
 
@@ -197,10 +198,13 @@ class _ExpandGeluProjectDown(torch.autograd.Function):
         grad_c = torch.empty_like(c) if need_c else None
         grad_f = torch.empty_like(f, memory_format=torch.contiguous_format) if need_f else None
         grad_w = torch.empty_like(w) if need_w else None
+        # One task at a time in two (M, K) buffers, reused, so that no task's buffers outlive it.
+        u = torch.empty_like(base)
+        grad_u = torch.empty_like(base) if need_base or need_c or need_f else None
         for t in range(c.shape[0]):
-            u = _task_input(base, c, f_t, t)  # M, K
-            if need_base or need_c or need_f:
-                grad_u = grad[t] @ w[t]  # M, K; the GELU's backward in place below
+            _task_input(base, c, f_t, t, out=u)  # M, K
+            if grad_u is not None:
+                torch.mm(grad[t], w[t], out=grad_u)  # the GELU's backward in place below
                 torch.ops.aten.gelu_backward.grad_input(
                     grad_u, u, approximate=ctx.approximate, grad_input=grad_u
                 )
@@ -210,12 +214,17 @@ class _ExpandGeluProjectDown(torch.autograd.Function):
                 if need_f:
                     grad_f[t] = torch.bmm(c[t : t + 1].transpose(1, 2), one)[0].t()  # K, r
                 if need_base and grad_base is None:
-                    grad_base = grad_u.to(acc_dtype)  # grad_u itself when no cast is needed
+                    # The first task's gradient starts the sum: a float32 copy for half types,
+                    # else the buffer itself, which the next task then must not overwrite.
+                    grad_base = grad_u.to(acc_dtype)
+                    if grad_base is grad_u and t + 1 < c.shape[0]:
+                        grad_u = torch.empty_like(base)
                 elif need_base:
                     grad_base.add_(grad_u)
             if need_w:
-                h = torch.ops.aten.gelu_(u, approximate=ctx.approximate)  # u is not needed again
-                torch.mm(grad[t].t(), h, out=grad_w[t])
+                torch.ops.aten.gelu_(u, approximate=ctx.approximate)  # u is not needed again
+                torch.mm(grad[t].t(), u, out=grad_w[t])
+        del u, grad_u  # freed before the base gradient's cast below
         if grad_base is not None:
             grad_base = grad_base.to(base.dtype)
         c_dtype, f_dtype, w_dtype = ctx.dtypes
@@ -233,9 +242,10 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
-def _task_input(base: Tensor, c: Tensor, f_t: Tensor, t: int) -> Tensor:
-    """``base + c[t] @ f_t[t]`` ``(M, K)``, as one slice of ``expand_up``'s batched product."""
-    return torch.baddbmm(base.unsqueeze(0), c[t : t + 1], f_t[t : t + 1])[0]
+def _task_input(base: Tensor, c: Tensor, f_t: Tensor, t: int, out: Tensor) -> Tensor:
+    """``base + c[t] @ f_t[t]`` into ``out (M, K)``, a slice of ``expand_up``'s batched product."""
+    torch.baddbmm(base.unsqueeze(0), c[t : t + 1], f_t[t : t + 1], out=out.unsqueeze(0))
+    return out
 
 
 def expand_gelu_project_down(
