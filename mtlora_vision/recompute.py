@@ -40,23 +40,31 @@ _STATE = threading.local()
 #: and window partition, its GELUs (the task streams' fused with their down-projections, which
 #: read fc1's task outputs in low-rank form), LoRA dropout, and the decoder heads' BatchNorm + ReLU.
 LEAN_PARTS = ("norm", "gelu", "dropout", "heads")
-#: What ``True`` selects. The heads' BatchNorm + ReLU is left out: recomputing it cost about 10%
-#: of a 448x448 training step on this project's CPU and did not lower the peak RSS (docs/speed.md).
+#: What ``True`` selects. The heads' BatchNorm + ReLU is left out: without activation
+#: checkpointing, recomputing it cost about 10% of a 448x448 training step on this project's CPU
+#: and did not lower the peak RSS (docs/speed.md).
 DEFAULT_LEAN_PARTS = ("norm", "gelu", "dropout")
+#: What ``True`` selects in a model that checkpoints activations, where memory comes first: the
+#: heads' BatchNorm + ReLU too. Their stored outputs set the checkpointed step's peak.
+CHECKPOINTING_LEAN_PARTS = (*DEFAULT_LEAN_PARTS, "heads")
 
 
-def lean_parts(setting: bool | Iterable[str]) -> frozenset[str]:
+def lean_parts(setting: bool | Iterable[str], checkpointing: bool = False) -> frozenset[str]:
     """The parts a ``recompute_elementwise`` setting selects.
 
     Args:
-        setting: False (none), True (:data:`DEFAULT_LEAN_PARTS`), or part names from
-            :data:`LEAN_PARTS`; ``"all"`` stands for every part.
+        setting: False (none), True (:data:`DEFAULT_LEAN_PARTS`, or
+            :data:`CHECKPOINTING_LEAN_PARTS` with ``checkpointing``), or part names from
+            :data:`LEAN_PARTS`, used as given; ``"all"`` stands for every part.
+        checkpointing: Whether the model checkpoints activations in any stage.
 
     Raises:
         ValueError: If a name is not a part.
     """
     if isinstance(setting, bool):
-        return frozenset(DEFAULT_LEAN_PARTS if setting else ())
+        if not setting:
+            return frozenset()
+        return frozenset(CHECKPOINTING_LEAN_PARTS if checkpointing else DEFAULT_LEAN_PARTS)
     names = [setting] if isinstance(setting, str) else list(setting)
     if "all" in names:
         names = [n for n in names if n != "all"] + list(LEAN_PARTS)

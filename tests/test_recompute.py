@@ -22,6 +22,7 @@ from mtlora_vision.models.heads.hrnet import HRNetHead
 from mtlora_vision.models.heads.mlp import MLPHead
 from mtlora_vision.models.multitask import MultiTaskModel
 from mtlora_vision.recompute import (
+    CHECKPOINTING_LEAN_PARTS,
     DEFAULT_LEAN_PARTS,
     LEAN_PARTS,
     _Registry,
@@ -175,10 +176,28 @@ def test_recompute_settings_name_their_parts():
         SwinBackbone(ARCH, img_size=64, window_size=4, recompute_elementwise=["bogus"])
     backbone = SwinBackbone(ARCH, img_size=64, window_size=4, recompute_elementwise=True)
     assert backbone.recompute_elementwise == {"norm", "gelu", "dropout"}
+    # True means the heads too while any stage checkpoints (memory first); a list is as given.
+    assert lean_parts(True, checkpointing=True) == frozenset(CHECKPOINTING_LEAN_PARTS)
+    assert set(CHECKPOINTING_LEAN_PARTS) == {"norm", "gelu", "dropout", "heads"}
+    backbone.set_grad_checkpointing([False, True, False, False])
+    assert backbone.recompute_elementwise == {"norm", "gelu", "dropout", "heads"}
+    backbone.recompute_elementwise = ["gelu"]
+    assert backbone.recompute_elementwise == {"gelu"}
+    with pytest.raises(ValueError, match="'bogus'"):  # when set, not at the first step
+        backbone.recompute_elementwise = ["gelu", "bogus"]
+    backbone.set_grad_checkpointing(False)
+    backbone.recompute_elementwise = True
+    assert backbone.recompute_elementwise == {"norm", "gelu", "dropout"}
 
 
-@pytest.mark.parametrize(("parts", "recomputed"), [(True, False), (["heads"], True)])
-def test_heads_batchnorm_relu_is_recomputed_only_when_asked(monkeypatch, parts, recomputed):
+@pytest.mark.parametrize(
+    ("parts", "checkpointing", "recomputed"),
+    [(True, False, False), (["heads"], False, True), (True, True, True), (["norm"], True, False)],
+)
+def test_heads_batchnorm_relu_is_recomputed_only_when_asked(
+    monkeypatch, parts, checkpointing, recomputed
+):
+    # Asked: by name, or by True (the default) in a model that checkpoints activations.
     calls = []
     again = hrnet.bn_relu_again
 
@@ -187,7 +206,7 @@ def test_heads_batchnorm_relu_is_recomputed_only_when_asked(monkeypatch, parts, 
         return again(*args)
 
     monkeypatch.setattr(hrnet, "bn_relu_again", counted)
-    model = build("mtlora", parts)
+    model = build("mtlora", parts, checkpointing)
     step(model, torch.randn(2, 3, 64, 64, dtype=torch.float64))
     assert len(calls) == (4 if recomputed else 0)  # each head (HRNet x3, MLP) once in backward
 

@@ -33,8 +33,8 @@ VARIANT_HELP = {
     "frozen": "adapters removed, whole Swin frozen (the reference of every ratio)",
     "no_adapter": "adapters removed, other backbone parts trainable as in the config",
     "checkpointed": "the config with activation checkpointing in every stage (not by default; "
-    "--cfg-options model.backbone.recompute_elementwise=all adds the heads' recomputation); "
-    "checkpointed:STAGE+STAGE checkpoints only those stages, e.g. checkpointed:0+1",
+    "with recompute_elementwise=True, the default, the heads' BatchNorm + ReLU are recomputed "
+    "too); checkpointed:STAGE+STAGE checkpoints only those stages, e.g. checkpointed:0+1",
     "lean": "the config with element-wise recomputation (recompute_elementwise=True, the default); "
     "lean:PART+PART recomputes only those parts, e.g. lean:gelu+dropout (parts: norm, gelu, "
     "dropout, heads, all)",

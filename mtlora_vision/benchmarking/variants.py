@@ -6,8 +6,9 @@
 * ``no_adapter``: adapters removed, the other backbone groups trainable as in the config's policy,
   so the backward pass runs through the backbone as it does for the model.
 * ``checkpointed``: the config with activation checkpointing in every stage (and its element-wise
-  recomputation, on by default, so recomputed blocks store lean activations);
-  ``checkpointed:0+1`` checkpoints only those stages (counted from 0);
+  recomputation, on by default, so recomputed blocks store lean activations; with ``True``, the
+  default, the heads' BatchNorm + ReLU are recomputed too); ``checkpointed:0+1`` checkpoints only
+  those stages (counted from 0);
 * ``lean``: the config with element-wise recomputation (``recompute_elementwise=True``, the
   backbone's default); ``lean:PART+PART`` recomputes only those parts (``lean:gelu+dropout``;
   parts as in :data:`mtlora_vision.recompute.LEAN_PARTS`, or ``all``), so parts can be timed

@@ -11,6 +11,8 @@ Two ways to trade compute for the activation memory of a training step:
 * ``grad_checkpointing`` (off by default, per stage): every block of a switched-on stage keeps
   only its input and runs again in the backward pass (``torch.utils.checkpoint``, non-reentrant,
   random state of DropPath and dropout restored); about one extra forward pass of the backbone.
+  While any stage checkpoints, ``recompute_elementwise=True`` includes the heads' BatchNorm +
+  ReLU (memory first; :data:`~mtlora_vision.recompute.CHECKPOINTING_LEAN_PARTS`).
 
 Both keep the gradients exactly those of the plain pass.
 """
@@ -24,7 +26,7 @@ import torch
 import torch.utils.checkpoint
 
 from mtlora_vision.adapters.config import per_stage
-from mtlora_vision.recompute import lean_checkpoint
+from mtlora_vision.recompute import lean_checkpoint, lean_parts
 
 
 class ActivationMemory:
@@ -32,7 +34,21 @@ class ActivationMemory:
 
     num_stages: int
     grad_checkpointing: tuple[bool, ...]
-    recompute_elementwise: frozenset[str]  # the parts of mtlora_vision.recompute.LEAN_PARTS
+    _recompute_setting: bool | frozenset[str] = False
+
+    @property
+    def recompute_elementwise(self) -> frozenset[str]:
+        """The element-wise parts recomputed (:data:`~mtlora_vision.recompute.LEAN_PARTS`).
+
+        Set it to a ``recompute_elementwise`` setting (:func:`~mtlora_vision.recompute.lean_parts`);
+        ``True`` selects the heads too while any stage checkpoints.
+        """
+        return lean_parts(self._recompute_setting, checkpointing=any(self.grad_checkpointing))
+
+    @recompute_elementwise.setter
+    def recompute_elementwise(self, setting: bool | Sequence[str]) -> None:
+        parts = lean_parts(setting)  # a wrong part name is an error now, not at the first step
+        self._recompute_setting = setting if isinstance(setting, bool) else parts
 
     def set_grad_checkpointing(self, enable: bool | Sequence[bool] = True) -> None:
         """Switch activation checkpointing on or off, for all stages or one value per stage.

@@ -58,7 +58,7 @@ from mtlora_vision.models.backbones.task_conditioned import (
     inject_task_conditioned,
 )
 from mtlora_vision.models.state_dict_check import compare_state_dicts
-from mtlora_vision.recompute import lean_activations, lean_parts
+from mtlora_vision.recompute import lean_activations
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
             gradients are recorded, each block of a switched-on stage keeps only its input and
             recomputes its forward in the backward pass (:meth:`set_grad_checkpointing`).
         recompute_elementwise: Recompute LayerNorm, GELU and dropout outputs in the backward
-            pass (True, the default), only the listed :data:`~mtlora_vision.recompute.LEAN_PARTS`,
+            pass (True, the default; with ``grad_checkpointing`` in any stage, the heads'
+            BatchNorm + ReLU too), only the listed :data:`~mtlora_vision.recompute.LEAN_PARTS`,
             or store them all (False).
     """
 
@@ -192,7 +193,7 @@ class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
             for i, c in enumerate(out_dims)
         ]
         self.set_grad_checkpointing(grad_checkpointing)
-        self.recompute_elementwise = lean_parts(recompute_elementwise)
+        self.recompute_elementwise = recompute_elementwise
         self.adapter_config = adapter
         self.task_branching = False
         #: In eval mode, keep the task streams low-rank and merge them once (:mod:`.task_branch`);
