@@ -9,13 +9,15 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from live_tensors import LiveTensors
 from torch import nn
 
-from mtlora_vision.adapters import lowrank_ops
+from mtlora_vision.adapters import lowrank_ops, mtlora
 from mtlora_vision.adapters.config import MTLoRAConfig
 from mtlora_vision.adapters.gap_dropout import GapDropout
 from mtlora_vision.adapters.mtl_lora import MTLLoRALinear
 from mtlora_vision.adapters.task_conditioned_config import MTLLoRAConfig
+from mtlora_vision.models.backbones import swin
 from mtlora_vision.models.backbones.swin import SwinBackbone
 from mtlora_vision.models.heads import hrnet
 from mtlora_vision.models.heads.hrnet import HRNetHead
@@ -327,3 +329,38 @@ def test_lean_task_branch_never_stores_the_task_hidden_tensors(monkeypatch, mode
     ]
     stored = [shape for shape in hidden if shape in saved]
     assert stored == ([] if mode == "matrix" else hidden)
+
+
+def test_lean_task_branch_frees_its_intermediates_before_fc2(monkeypatch):
+    # A checkpointed stage's backward pass recomputes the task branch, and its live tensors peak
+    # where fc2's task down-projections run. By then the branch holds only what is still used
+    # there or later: the shared and task residual streams (C channels, 1 + T of them), fc1's
+    # shared output (its GELU's stored input), fc1's frozen output (the task inputs' base) and
+    # the GELU output (4C each), and thin tensors. Projection outputs, LayerNorm outputs and
+    # fc2's dropout output, all already used or not yet needed, are not alive.
+    tracker = LiveTensors()
+    held: list[int] = []
+    branch, op = swin.task_branch_after_attention, mtlora.expand_gelu_project_down
+
+    def tracked_branch(*args):
+        start = tracker.live
+        record = lambda *a: held.append(tracker.live - start) or op(*a)  # noqa: E731
+        monkeypatch.setattr(mtlora, "expand_gelu_project_down", record)
+        return branch(*args)
+
+    monkeypatch.setattr(swin, "task_branch_after_attention", tracked_branch)
+    model = MultiTaskModel(
+        tasks=TASKS,
+        backbone={"type": SwinBackbone, "arch": ARCH, "img_size": 64, "window_size": 4},
+        adapter=ADAPTERS["mtlora"],
+        fusion={"channels": 4},
+    ).train()
+    with tracker:
+        model(torch.randn(2, 3, 64, 64), mode="tensor")
+    T = len(TASKS)
+    assert len(held) == 4  # one call per stage
+    # stages 0 and 1 (16x16 and 8x8 tokens): later ones are too small for per-token bounds
+    for stage, (got, M, C) in enumerate(zip(held, (512, 128), (16, 32), strict=False)):
+        must = 4 * M * C * ((1 + T) + 3 * 4)  # float32 bytes
+        thin = 4 * M * (2 * C + 64)  # ranks, norm statistics, dropout indices: < one 4C tensor
+        assert must <= got <= must + thin, stage

@@ -385,6 +385,8 @@ class MTLoRALinear(nn.Module):
         T = self.num_tasks
         _check_task_inputs(task_x, task_gelu, T, x.shape, self.task_names)
         flat = x.reshape(-1, self.in_features)  # M, in
+        if task_x is not None:  # first, so that the shared path's tensors do not exist yet
+            task_low = self._project_task_inputs(task_x, task_gelu)  # T, M, r_t
         base = self.base_layer(flat)  # M, out
         dropped = lean_dropout(self.dropout, flat)
         shared_low = None
@@ -397,18 +399,6 @@ class MTLoRALinear(nn.Module):
                 low = F.linear(dropped, a_all)  # M, r + T*r_t
                 shared_low, task_low = low.split([self.shared_rank, T * self.task_rank], dim=-1)
             task_low = task_low.unflatten(-1, (T, self.task_rank)).transpose(0, 1)  # T, M, r_t
-        elif isinstance(task_x, MTLoRAFactors):
-            r_in = task_x.coeffs.shape[-1]
-            task_low = expand_gelu_project_down(
-                task_x.base.reshape(-1, self.in_features),
-                task_x.coeffs.reshape(T, -1, r_in),
-                task_x.factors,
-                self._stacked_task_a(),
-                task_gelu,
-            )  # T, M, r_t
-        else:
-            task_flat = task_x.reshape(T, -1, self.in_features)  # T, M, in
-            task_low = project_down(task_flat, self._stacked_task_a(), task_gelu)  # T, M, r_t
         shared, task_base = self._shared_and_task_base(flat, dropped, base, shared_low)
         lead = x.shape[:-1]
         shared_out = shared.view(*lead, self.out_features)
@@ -420,6 +410,21 @@ class MTLoRALinear(nn.Module):
             task_low.reshape(T, *lead, self.task_rank),
             self.task_factors().to(task_low.dtype),
         )
+
+    def _project_task_inputs(self, task_x: Tensor | MTLoRAFactors, task_gelu: str | None) -> Tensor:
+        """The task down-projections ``(T, M, r_t)`` of given task inputs (after ``task_gelu``)."""
+        T = self.num_tasks
+        if isinstance(task_x, MTLoRAFactors):
+            r_in = task_x.coeffs.shape[-1]
+            return expand_gelu_project_down(
+                task_x.base.reshape(-1, self.in_features),
+                task_x.coeffs.reshape(T, -1, r_in),
+                task_x.factors,
+                self._stacked_task_a(),
+                task_gelu,
+            )
+        task_flat = task_x.reshape(T, -1, self.in_features)  # T, M, in
+        return project_down(task_flat, self._stacked_task_a(), task_gelu)
 
     def _shared_and_task_base(
         self, flat: Tensor, dropped: Tensor, base: Tensor, shared_low: Tensor | None

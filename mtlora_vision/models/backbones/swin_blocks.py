@@ -376,10 +376,14 @@ def task_branch_after_attention(
     B, H, W, C = x.shape
     T = proj.num_tasks
     geom = window_geometry_of(block, x)
+    # Intermediates that nothing saves are released (del) as soon as they are used: lean mode
+    # stores recipes, not them, and a checkpointed stage's backward pass peaks in this function.
     out = proj.forward_tasks(attended)  # B*nW, N, C and T, B*nW, N, C
     shared = x + block.drop_path1(from_windows(out.shared, geom, (H, W)))
-    task_p = from_windows(out.tasks.flatten(0, 1), geom, (H, W))  # T*B, H, W, C
-    tasks = x.unsqueeze(0) + block.drop_path1(task_p).view(T, B, H, W, C)
+    task_p = block.drop_path1(from_windows(out.tasks.flatten(0, 1), geom, (H, W)))  # T*B,H,W,C
+    del out
+    tasks = x.unsqueeze(0) + task_p.view(T, B, H, W, C)
+    del task_p
     norm2, act = block.norm2, block.mlp.act
     normed = recomputable(norm2, shared, part="norm"), recomputable(norm2, tasks, part="norm")
     if lean_enabled("gelu") and isinstance(act, torch.nn.GELU):  # GELU fused with the projections
@@ -390,6 +394,7 @@ def task_branch_after_attention(
         else:
             hidden = fc1.forward_tasks(*normed)
             task_in = hidden.tasks
+        del normed
         shared_in = recomputable(act, hidden.shared, part="gelu")
         out = fc2.forward_tasks(shared_in, task_in, task_gelu=act.approximate)
     else:
