@@ -397,7 +397,7 @@ class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
                 tasks = patch_merge_task_streams(merge, streams)
             else:
                 tasks = patch_merge(merge, streams.expand().flatten(0, 1))
-            x = x if merge is None else patch_merge(merge, x)
+            x = _merged(merge, x)
         else:
             attended = self.maybe_checkpoint(stage, windowed_attention, block, x, fused)
             x, tasks = self.maybe_checkpoint(
@@ -406,10 +406,14 @@ class SwinBackbone(ActivationMemory, TaskConditionedForward, nn.Module):
         return x, tasks.view(-1, B, *tasks.shape[-3:])
 
 
+def _merged(merge: nn.Module | None, x: Tensor) -> Tensor:
+    """The next stage's patch merging of ``x (B, H, W, C)``; ``x`` itself after the last stage."""
+    return x if merge is None else patch_merge(merge, x)
+
+
 def _block_then_merge(block: nn.Module, merge: nn.Module | None, x: Tensor, fused: bool) -> Tensor:
     """A block on the shared stream ``(B, H, W, C)``, then the patch merging if any."""
-    x = block_forward(block, x, fused)
-    return x if merge is None else patch_merge(merge, x)
+    return _merged(merge, block_forward(block, x, fused))
 
 
 def _task_branch_then_merge(
@@ -421,7 +425,5 @@ def _task_branch_then_merge(
         Shared ``(B, h, w, c)`` and task outputs ``(T * B, h, w, c)``.
     """
     shared, tasks = task_branch_after_attention(block, x, attended)
-    if merge is None:
-        return shared, tasks
-    tasks = patch_merge(merge, tasks)
-    return patch_merge(merge, shared), tasks
+    tasks = _merged(merge, tasks)
+    return _merged(merge, shared), tasks
