@@ -17,12 +17,16 @@ from torch.utils._pytree import tree_leaves
 
 
 class LiveTensors(TorchDispatchMode):
-    """Live bytes of the tensors created inside the mode: ``live`` now, ``peak`` so far."""
+    """Live bytes of the tensors created inside the mode: ``live`` now, ``peak`` so far.
+
+    ``created`` lists the shape of every new tensor in order.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
+        self.created: list[tuple[int, ...]] = []
         self._holders: dict[int, list[int]] = {}  # storage address -> [bytes, live tensors]
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -47,6 +51,7 @@ class LiveTensors(TorchDispatchMode):
             return  # an input's storage (a view of it, an out= buffer): not created here
         else:
             self._holders[ptr] = [storage.nbytes(), 1]
+            self.created.append(tuple(t.shape))
             self.live += storage.nbytes()
             self.peak = max(self.peak, self.live)
         weakref.finalize(t, self._release, ptr)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from live_tensors import LiveTensors
 
 from mtlora_vision.adapters.config import MTLoRAConfig
 from mtlora_vision.adapters.merge import merge_adapters
@@ -78,6 +81,24 @@ def test_factored_branch_equals_direct_path(options, merged) -> None:
     assert_features_close(ours, expected)
     # The features really are task-specific (a shared copy would also "match" a broken branch).
     assert not torch.allclose(ours[1][0], ours[1][1], atol=1e-3)
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["unmerged", "merged"])
+def test_factored_branch_never_forms_the_task_hidden_tensors(merged) -> None:
+    # fc1's task outputs reach fc2 in low-rank form, the GELU fused with fc2's task
+    # down-projections one task at a time: no (T, B, H, W, 4C) tensor is created in any stage.
+    backbone = make_backbone()
+    if merged:
+        merge_adapters(backbone)
+    with torch.no_grad(), LiveTensors() as tracker:
+        backbone(torch.randn(2, 3, 96, 96))
+    T = len(TASKS)
+    hidden = [
+        (T * 2 * side * side * 4 * c, 4 * c) for side, c in ((24, 24), (12, 48), (6, 96), (3, 192))
+    ]
+    created = [(math.prod(shape), shape[-1]) for shape in tracker.created if shape]
+    assert [size for size in hidden if size in created] == []
+    assert (2 * 24 * 24 * 4 * 24, 4 * 24) in created  # stage 0's shared hidden tensor: it is seen
 
 
 def test_addition_mode_and_training_use_the_direct_path() -> None:

@@ -93,9 +93,13 @@ def block_forward_task_streams(
     # Permute the r coefficients per token instead of T full-width task outputs.
     coeffs_p = from_windows(p.coeffs.flatten(0, 1), geom, (H, W)).view(T, B, H, W, -1)
     tasks = expand_task_factors(base, coeffs_p, p.factors)  # T, B, H, W, C
-    hidden = fc1.forward_tasks(block.norm2(shared), block.norm2(tasks))
     act = block.mlp.act
-    m = fc2.forward_task_factors(act(hidden.shared), act(hidden.tasks))
+    if isinstance(act, nn.GELU):  # fc1's task outputs stay low-rank into fc2 (no (T, M, 4C))
+        hidden = fc1.forward_task_factors(block.norm2(shared), block.norm2(tasks))
+        m = fc2.forward_task_factors(act(hidden.shared), hidden, task_gelu=act.approximate)
+    else:
+        hidden = fc1.forward_tasks(block.norm2(shared), block.norm2(tasks))
+        m = fc2.forward_task_factors(act(hidden.shared), act(hidden.tasks))
     out_shared = shared + m.shared
     out_base = out_shared if base is shared and m.base is m.shared else base + m.base
     streams = TaskStreams(
