@@ -9,7 +9,8 @@ with ``X0 = x + p0 + m0`` the stream every task starts from: ``p0`` and ``m0`` a
 ``fc2`` without task terms (the frozen projections in ``matrix`` mode, the shared outputs in
 ``matrixv2``), because in both modes the frozen weights read the *shared* activations. Only the
 task *coefficients* differ per task (``r_t`` numbers per token and layer); the ``T`` full-width
-streams are formed for the LayerNorm and GELU in between, which are not linear.
+streams are formed for the LayerNorm, which is not linear, and fc1's ``T`` hidden tensors one at a
+time for the GELU, fused with fc2's task down-projections (``expand_gelu_project_down``).
 
 The next stage's patch merging ``y_t = R(LN(v_t))`` (``v_t``: four neighbouring tokens
 concatenated, ``R`` the linear reduction) is then computed from ``X0`` once instead of once per
