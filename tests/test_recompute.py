@@ -338,6 +338,7 @@ def test_lean_task_branch_frees_its_intermediates_before_fc2(monkeypatch):
     # shared output (its GELU's stored input), fc1's frozen output (the task inputs' base) and
     # the GELU output (4C each), and thin tensors. Projection outputs, LayerNorm outputs and
     # fc2's dropout output, all already used or not yet needed, are not alive.
+    wide = {**ARCH, "embed_dim": 32}  # channels well above the ranks: thin tensors stay thin
     tracker = LiveTensors()
     held: list[int] = []
     branch, op = swin.task_branch_after_attention, mtlora.expand_gelu_project_down
@@ -351,7 +352,7 @@ def test_lean_task_branch_frees_its_intermediates_before_fc2(monkeypatch):
     monkeypatch.setattr(swin, "task_branch_after_attention", tracked_branch)
     model = MultiTaskModel(
         tasks=TASKS,
-        backbone={"type": SwinBackbone, "arch": ARCH, "img_size": 64, "window_size": 4},
+        backbone={"type": SwinBackbone, "arch": wide, "img_size": 64, "window_size": 4},
         adapter=ADAPTERS["mtlora"],
         fusion={"channels": 4},
     ).train()
@@ -360,7 +361,7 @@ def test_lean_task_branch_frees_its_intermediates_before_fc2(monkeypatch):
     T = len(TASKS)
     assert len(held) == 4  # one call per stage
     # stages 0 and 1 (16x16 and 8x8 tokens): later ones are too small for per-token bounds
-    for stage, (got, M, C) in enumerate(zip(held, (512, 128), (16, 32), strict=False)):
+    for stage, (got, M, C) in enumerate(zip(held, (512, 128), (32, 64), strict=False)):
         must = 4 * M * C * ((1 + T) + 3 * 4)  # float32 bytes
-        thin = 4 * M * (2 * C + 64)  # ranks, norm statistics, dropout indices: < one 4C tensor
-        assert must <= got <= must + thin, stage
+        one = 4 * M * 4 * C  # thin tensors (ranks, statistics, dropout indices) take less
+        assert must <= got < must + one, stage
