@@ -20,6 +20,7 @@ same pairs as the official ones. Masks and index tables are cached per grid size
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import window_partition
 from torch import Tensor
 
-from mtlora_vision.adapters.mtlora import MTLoRALinear
+from mtlora_vision.adapters.mtlora import MTLoRAFactors, MTLoRALinear
 from mtlora_vision.recompute import lean_enabled, recomputable
 
 #: Additive attention-mask value for forbidden pairs: the official Swin's -100, which its pretrained
@@ -386,23 +387,50 @@ def task_branch_after_attention(
     del task_p
     norm2, act = block.norm2, block.mlp.act
     normed = recomputable(norm2, shared, part="norm"), recomputable(norm2, tasks, part="norm")
-    if lean_enabled("gelu") and isinstance(act, torch.nn.GELU):  # GELU fused with the projections
-        # fc1's task outputs stay low-rank (base + coeffs @ factors.T) into fc2's task
-        # down-projections: the T hidden tensors are never stored (addition mode needs them).
-        if fc1.shared_from_factors:
-            hidden = task_in = fc1.forward_task_factors(*normed)
-        else:
-            hidden = fc1.forward_tasks(*normed)
-            task_in = hidden.tasks
-        del normed
-        shared_in = recomputable(act, hidden.shared, part="gelu")
-        out = fc2.forward_tasks(shared_in, task_in, task_gelu=act.approximate)
-    else:
-        hidden = fc1.forward_tasks(*normed)
-        out = fc2.forward_tasks(act(hidden.shared), act(hidden.tasks))
+    shared_in, task_in, task_gelu = task_mlp_hidden(
+        block.mlp,
+        *normed,
+        fuse=lean_enabled("gelu"),  # the T hidden tensors are then never stored
+        shared_act=lambda h: recomputable(act, h, part="gelu"),
+    )
+    del normed
+    out = fc2.forward_tasks(shared_in, task_in, task_gelu=task_gelu)
     shared = shared + block.drop_path2(out.shared)
     tasks = tasks.flatten(0, 1) + block.drop_path2(out.tasks.flatten(0, 1))
     return shared, tasks
+
+
+def task_mlp_hidden(
+    mlp: torch.nn.Module,
+    shared: Tensor,
+    tasks: Tensor,
+    fuse: bool,
+    shared_act: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor | MTLoRAFactors, str | None]:
+    """fc1 of a task branch's MLP, as fc2's inputs ``(shared_in, task_in, task_gelu)``.
+
+    With ``fuse`` and a GELU, fc1's task outputs go to fc2 as they are, in low-rank form
+    (:class:`MTLoRAFactors`; expanded in ``addition`` mode, whose shared output needs them), and
+    the GELU is left to fc2's task down-projections (``task_gelu``), which form one task's
+    ``(M, 4C)`` hidden tensor at a time. Otherwise the activation is applied here.
+
+    Args:
+        mlp: A timm ``Mlp`` whose ``fc1`` is an ``MTLoRALinear`` with tasks.
+        shared: Normalised shared stream ``(..., C)``.
+        tasks: Normalised task streams ``(T, ..., C)``.
+        fuse: Hand fc1's task outputs to fc2 unexpanded when the activation is a GELU.
+        shared_act: The activation of the shared output (e.g. a recomputable GELU).
+    """
+    fc1, act = mlp.fc1, mlp.act
+    if fuse and isinstance(act, torch.nn.GELU):
+        if fc1.shared_from_factors:
+            hidden = task_in = fc1.forward_task_factors(shared, tasks)
+        else:
+            hidden = fc1.forward_tasks(shared, tasks)
+            task_in = hidden.tasks
+        return shared_act(hidden.shared), task_in, act.approximate
+    hidden = fc1.forward_tasks(shared, tasks)
+    return shared_act(hidden.shared), act(hidden.tasks), None
 
 
 def patch_merge(merge: torch.nn.Module, x: Tensor) -> Tensor:

@@ -39,6 +39,7 @@ from mtlora_vision.adapters.mtlora import MTLoRALinear, expand_task_factors
 from mtlora_vision.models.backbones.swin_blocks import (
     from_windows,
     merge_cells,
+    task_mlp_hidden,
     to_windows,
     window_attention,
     window_geometry_of,
@@ -83,7 +84,7 @@ def block_forward_task_streams(
     Returns:
         Shared output ``(B, H, W, C)`` and the task streams (module docstring).
     """
-    proj, fc1, fc2 = block.attn.proj, block.mlp.fc1, block.mlp.fc2
+    proj, fc2 = block.attn.proj, block.mlp.fc2
     B, H, W = x.shape[:3]
     T = proj.num_tasks
     geom = window_geometry_of(block, x)
@@ -94,13 +95,10 @@ def block_forward_task_streams(
     # Permute the r coefficients per token instead of T full-width task outputs.
     coeffs_p = from_windows(p.coeffs.flatten(0, 1), geom, (H, W)).view(T, B, H, W, -1)
     tasks = expand_task_factors(base, coeffs_p, p.factors)  # T, B, H, W, C
-    act = block.mlp.act
-    if isinstance(act, nn.GELU):  # fc1's task outputs stay low-rank into fc2 (no (T, M, 4C))
-        hidden = fc1.forward_task_factors(block.norm2(shared), block.norm2(tasks))
-        m = fc2.forward_task_factors(act(hidden.shared), hidden, task_gelu=act.approximate)
-    else:
-        hidden = fc1.forward_tasks(block.norm2(shared), block.norm2(tasks))
-        m = fc2.forward_task_factors(act(hidden.shared), act(hidden.tasks))
+    shared_in, task_in, task_gelu = task_mlp_hidden(
+        block.mlp, block.norm2(shared), block.norm2(tasks), fuse=True, shared_act=block.mlp.act
+    )
+    m = fc2.forward_task_factors(shared_in, task_in, task_gelu=task_gelu)
     out_shared = shared + m.shared
     out_base = out_shared if base is shared and m.base is m.shared else base + m.base
     streams = TaskStreams(
