@@ -22,6 +22,28 @@ def test_project_down_gradcheck_and_value() -> None:
     assert torch.autograd.gradcheck(project_down, (x, w))
 
 
+@pytest.mark.parametrize(
+    ("dtype", "rank_major"),
+    [(torch.float32, False), (torch.float64, False), (torch.bfloat16, True)],
+)
+def test_down_projections_are_laid_out_per_dtype(dtype, rank_major) -> None:
+    # float32 (MKL) writes x @ w^T fastest, the half types (oneDNN) (w @ x^T)^T: the three
+    # down-projections return that layout, with the plain product's values.
+    base, c, f, w = factored_inputs(dtype, t=3, m=40, k=16, r=2)
+    u = expand_up(base, c, f)
+    plain = torch.einsum("tmk,trk->tmr", u.double(), w.double()).to(dtype)
+    plain_gelu = torch.einsum("tmk,trk->tmr", F.gelu(u).double(), w.double()).to(dtype)
+    outs = {
+        "project_down": (project_down(u, w), plain),
+        "gelu_project_down": (gelu_project_down(u, w), plain_gelu),
+        "expand_gelu_project_down": (expand_gelu_project_down(base, c, f, w), plain_gelu),
+    }
+    tol = {"atol": 0.1, "rtol": 0.02} if dtype == torch.bfloat16 else {}
+    for name, (out, expected) in outs.items():
+        assert (out.stride(1) == 1) is rank_major, name
+        torch.testing.assert_close(out, expected, **tol, msg=name)
+
+
 def test_expand_up_gradcheck_and_value() -> None:
     base = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
     c = torch.randn(3, 7, 2, dtype=torch.float64, requires_grad=True)

@@ -14,7 +14,10 @@ have their own backward. Chosen by timing whole training steps of Swin-T MTLoRA 
   the time alone in fp32 / bf16);
 * the down-projection's input gradient ``bmm(g, A)`` stays: its transposed form made the step
   1.13x slower (a transposed gradient downstream), and its weight gradient reduces over the long
-  token axis as ``bmm(g^T, x)``.
+  token axis as ``bmm(g^T, x)``;
+* the down-projection itself depends on the dtype (:func:`_rank_major`): ``(A x^T)^T`` in the half
+  types, ``x A^T`` in float32, where it is 1.4-3.6x faster alone at the task branches' shapes
+  (MKL on an AMD EPYC without AMX; steps 0.94-0.99x, ``docs/speed.md``).
 
 Values are those of the plain products (float rounding aside).
 """
@@ -34,7 +37,9 @@ class _ProjectDown(torch.autograd.Function):
         ctx.w_dtype = w.dtype
         w = w.to(x.dtype)  # adapter weights may stay float32 under autocast
         ctx.save_for_backward(x, w)
-        return torch.bmm(w, x.transpose(1, 2)).transpose(1, 2)
+        if _rank_major(x.dtype):
+            return torch.bmm(w, x.transpose(1, 2)).transpose(1, 2)
+        return torch.bmm(x, w.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -125,10 +130,10 @@ class _GeluProjectDown(torch.autograd.Function):
         ctx.w_dtype, ctx.approximate = w.dtype, approximate
         w = w.to(u.dtype)
         ctx.save_for_backward(u, w)
-        out = u.new_empty(u.shape[0], w.shape[1], u.shape[1])  # T, r, M: the fast orientation
+        out = _down_output(u, u.shape[0], u.shape[1], w.shape[1])
         for t in range(u.shape[0]):
-            torch.mm(w[t], F.gelu(u[t], approximate=approximate).t(), out=out[t])
-        return out.transpose(1, 2)
+            _project_into(F.gelu(u[t], approximate=approximate), w[t], out[t])
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
@@ -178,12 +183,12 @@ class _ExpandGeluProjectDown(torch.autograd.Function):
         c, f, w = c.to(base.dtype).contiguous(), f.to(base.dtype), w.to(base.dtype)
         f_t = f.transpose(1, 2).contiguous()  # T, r, K
         ctx.save_for_backward(base, c, f, w)
-        out = base.new_empty(c.shape[0], w.shape[1], base.shape[0])  # T, r', M
+        out = _down_output(base, c.shape[0], base.shape[0], w.shape[1])
         h = torch.empty_like(base)  # one task's input at a time, in one buffer
         for t in range(c.shape[0]):
             torch.ops.aten.gelu_(_task_input(base, c, f_t, t, out=h), approximate=approximate)
-            torch.mm(w[t], h.t(), out=out[t])
-        return out.transpose(1, 2)
+            _project_into(h, w[t], out[t])
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -235,6 +240,33 @@ class _ExpandGeluProjectDown(torch.autograd.Function):
             None if grad_w is None else grad_w.to(w_dtype),
             None,
         )
+
+
+def _rank_major(dtype: torch.dtype) -> bool:
+    """Whether thin down-projections ``x @ w^T`` run fastest as ``(w @ x^T)^T`` in ``dtype``.
+
+    The half types (oneDNN on the CPU): yes, 1.0-1.4x faster at the task branches' shapes.
+    float32 (MKL): no, ``x @ w^T`` is 1.4-3.6x faster for more than about 1000 rows, alone.
+    """
+    return dtype in (torch.bfloat16, torch.float16)
+
+
+def _down_output(like: Tensor, tasks: int, rows: int, rank: int) -> Tensor:
+    """Empty ``(T, M, r)`` for thin down-projections, laid out as :func:`_project_into` writes it.
+
+    Rank-major (a transposed view of ``(T, r, M)``) where :func:`_rank_major` says so.
+    """
+    if _rank_major(like.dtype):
+        return like.new_empty(tasks, rank, rows).transpose(1, 2)
+    return like.new_empty(tasks, rows, rank)
+
+
+def _project_into(x: Tensor, w: Tensor, out: Tensor) -> Tensor:
+    """``x @ w^T`` for ``x (M, K)``, ``w (r, K)`` into ``out (M, r)``, from :func:`_down_output`."""
+    if out.stride(-1) == 1:
+        return torch.mm(x, w.t(), out=out)
+    torch.mm(w, x.t(), out=out.t())
+    return out
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
