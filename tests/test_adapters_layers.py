@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mtlora_vision.adapters.merge import is_merged, merge_adapters, unmerge_adapters
-from mtlora_vision.adapters.mtlora import MTLoRAFactors, MTLoRALinear
+from mtlora_vision.adapters.mtlora import MTLoRAFactors, MTLoRALinear, TaskCoefficients
 
 TASKS = ("semseg", "sal", "normals")
 
@@ -189,6 +189,22 @@ def test_bad_inputs_raise() -> None:
         layer.forward_tasks(torch.randn(5, 6), factors, task_gelu="none")
     with pytest.raises(ValueError, match="plain LoRA"):
         MTLoRALinear(nn.Linear(4, 4), shared_rank=2).forward_tasks(torch.randn(1, 4))
+    with pytest.raises(ValueError, match=r"\(3, 5, 2\)"):  # the rank, not the width
+        layer.forward_tasks(torch.randn(5, 6), TaskCoefficients(torch.randn(3, 5, 6)))
+    with pytest.raises(ValueError, match="already projected"):
+        layer.forward_tasks(torch.randn(5, 6), TaskCoefficients(torch.randn(3, 5, 2)), "none")
+
+
+@pytest.mark.parametrize("mode", ["matrix", "matrixv2"])
+def test_task_coefficients_stand_in_for_the_task_inputs(mode: str) -> None:
+    # Given A_t u_t instead of u_t, the layer's outputs are the same.
+    layer = make_layer(mode).double()
+    x, task_x = torch.randn(5, 6, dtype=torch.float64), torch.randn(3, 5, 6, dtype=torch.float64)
+    coeffs = torch.einsum("tmk,trk->tmr", task_x, layer.task_a())
+    expected = layer.forward_tasks(x, task_x)
+    got = layer.forward_tasks(x, TaskCoefficients(coeffs))
+    torch.testing.assert_close(got.shared, expected.shared, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.tasks, expected.tasks, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["matrix", "matrixv2"])

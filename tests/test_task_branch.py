@@ -14,7 +14,11 @@ from mtlora_vision.adapters.merge import merge_adapters
 from mtlora_vision.adapters.mtlora import MTLoRALinear
 from mtlora_vision.models.backbones.swin import SwinBackbone
 from mtlora_vision.models.backbones.swin_blocks import patch_merge
-from mtlora_vision.models.backbones.task_branch import TaskStreams, patch_merge_task_streams
+from mtlora_vision.models.backbones.task_branch import (
+    TaskStreams,
+    norm_project_down,
+    patch_merge_task_streams,
+)
 
 TASKS = ("semseg", "human_parts", "sal")
 ARCH = {"embed_dim": 24, "depths": (1, 2, 1, 2), "num_heads": (1, 2, 2, 4)}
@@ -99,6 +103,47 @@ def test_factored_branch_never_forms_the_task_hidden_tensors(merged) -> None:
     created = [(math.prod(shape), shape[-1]) for shape in tracker.created if shape]
     assert [size for size in hidden if size in created] == []
     assert (2 * 24 * 24 * 4 * 24, 4 * 24) in created  # stage 0's shared hidden tensor: it is seen
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["unmerged", "merged"])
+def test_factored_branch_normalises_only_the_shared_stream(merged) -> None:
+    # fc1's task down-projections come from the factors of norm2's task inputs: the T task
+    # streams are never normalised (nor formed for it) in a task branch.
+    backbone = make_backbone()
+    if merged:
+        merge_adapters(backbone)
+    shapes = []
+    for stage in backbone.layers:
+        stage.blocks[-1].norm2.register_forward_hook(
+            lambda m, args, out: shapes.append(args[0].shape)
+        )
+    with torch.no_grad():
+        backbone(torch.randn(2, 3, 96, 96))
+    assert shapes == [(2, side, side, c) for side, c in ((24, 24), (12, 48), (6, 96), (3, 192))]
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_norm_project_down_is_exact_for_offset_streams(affine) -> None:
+    # LayerNorm then a per-task map from the factors equals the map of the expanded streams,
+    # also with a large common offset and small task parts (no cancellation in the variance).
+    T, B, H, W, C, q, r = 3, 2, 4, 5, 8, 5, 2
+    streams = TaskStreams(
+        40.0 + torch.randn(B, H, W, C, dtype=torch.float64),
+        torch.randn(T, B, H, W, q, dtype=torch.float64),
+        0.1 * torch.randn(T, C, q, dtype=torch.float64),
+    )
+    norm = torch.nn.LayerNorm(C, elementwise_affine=affine, dtype=torch.float64)
+    if affine:
+        with torch.no_grad():
+            norm.weight.normal_(1.0, 0.3)
+            norm.bias.normal_(0.0, 0.3)
+    a = torch.randn(T, r, C, dtype=torch.float64)
+    expected = torch.einsum("tbhwc,trc->tbhwr", norm(streams.expand()), a)
+    got = norm_project_down(norm, streams, a).coeffs
+    torch.testing.assert_close(got, expected)
+    # float32 stays within float32 rounding of the float64 result.
+    ours32 = norm_project_down(norm.float(), TaskStreams(*(t.float() for t in streams)), a.float())
+    assert ((ours32.coeffs.double() - expected).norm() / expected.norm()).item() < 1e-5
 
 
 def test_addition_mode_and_training_use_the_direct_path() -> None:

@@ -78,6 +78,17 @@ class MTLoRAFactors(NamedTuple):
     factors: Tensor
 
 
+class TaskCoefficients(NamedTuple):
+    """Task down-projections ``A_t u_t`` of task inputs, computed by the caller, ``(T, ..., r_t)``.
+
+    Given as ``task_x`` to :meth:`MTLoRALinear.forward_task_factors` in place of the inputs
+    ``u_t``, for callers that can form them without the ``T`` full-width inputs (the Swin task
+    branch at inference projects LayerNorm outputs from their factors).
+    """
+
+    coeffs: Tensor
+
+
 def expand_task_factors(base: Tensor, coeffs: Tensor, factors: Tensor) -> Tensor:
     """Task outputs ``base + coeffs[t] @ factors[t].T``, stacked ``(T, ..., out)``.
 
@@ -92,15 +103,15 @@ def expand_task_factors(base: Tensor, coeffs: Tensor, factors: Tensor) -> Tensor
 
 
 def _check_task_inputs(
-    task_x: Tensor | MTLoRAFactors | None,
+    task_x: Tensor | MTLoRAFactors | TaskCoefficients | None,
     task_gelu: str | None,
-    num_tasks: int,
+    layer: MTLoRALinear,
     shape: torch.Size,
-    task_names: Sequence[str],
 ) -> None:
-    """Raise ValueError unless ``task_x`` holds ``num_tasks`` inputs of the shared ``shape``."""
+    """Raise ValueError unless ``task_x`` holds ``layer``'s task inputs for a shared ``shape``."""
     if task_x is None:
         return
+    expected = (layer.num_tasks, *shape)
     if isinstance(task_x, MTLoRAFactors):
         if task_gelu is None:
             raise ValueError(
@@ -108,12 +119,19 @@ def _check_task_inputs(
                 "takes task inputs in low-rank form; pass the expanded (T, ..., in) inputs instead."
             )
         got = (task_x.coeffs.shape[0], *task_x.base.shape)
+    elif isinstance(task_x, TaskCoefficients):
+        if task_gelu is not None:
+            raise ValueError(
+                f"task_gelu={task_gelu!r} cannot apply to task inputs given as TaskCoefficients "
+                "(already projected); pass the (T, ..., in) inputs instead."
+            )
+        got, expected = tuple(task_x.coeffs.shape), (*expected[:-1], layer.task_rank)
     else:
         got = tuple(task_x.shape)
-    if got != (num_tasks, *shape):
+    if got != expected:
         raise ValueError(
-            f"task_x has shape {got}; expected {(num_tasks, *shape)} "
-            f"(tasks {list(task_names)} stacked in front of the shared input's shape)."
+            f"task_x has shape {got}; expected {expected} (tasks {list(layer.task_names)} "
+            "stacked in front of the shared input's shape, or its rank for TaskCoefficients)."
         )
 
 
@@ -249,8 +267,9 @@ class MTLoRALinear(nn.Module):
             return self._scaled_shared_b(), 1.0
         return self.lora_shared_b, self.shared_scale
 
-    def _stacked_task_a(self) -> Tensor:
-        return torch.stack([self.lora_tasks_a[t] for t in self.task_names])  # T, r_t, in
+    def task_a(self) -> Tensor:
+        """Task down-projections stacked ``(T, r_t, in)`` (``A_t``)."""
+        return torch.stack([self.lora_tasks_a[t] for t in self.task_names])
 
     def task_factors(self) -> Tensor:
         """Task up-projections times their scales, stacked ``(T, out, r_t)`` (``s_t B_t``)."""
@@ -335,7 +354,10 @@ class MTLoRALinear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
     def forward_tasks(
-        self, x: Tensor, task_x: Tensor | MTLoRAFactors | None = None, task_gelu: str | None = None
+        self,
+        x: Tensor,
+        task_x: Tensor | MTLoRAFactors | TaskCoefficients | None = None,
+        task_gelu: str | None = None,
     ) -> MTLoRAOutput:
         """Shared output and every task's output, the task outputs stacked.
 
@@ -344,7 +366,8 @@ class MTLoRALinear(nn.Module):
             task_x: Optional task inputs ``(T, ..., in_features)`` in task order; without them
                 every task's low-rank term reads the (dropped-out) shared input. They may also
                 be the previous layer's :class:`MTLoRAFactors` (with ``task_gelu``): the task
-                inputs ``base + coeffs[t] @ factors[t].T`` are then never formed whole.
+                inputs ``base + coeffs[t] @ factors[t].T`` are then never formed whole; or
+                their down-projections ``A_t u_t`` as :class:`TaskCoefficients`.
             task_gelu: GELU (its ``approximate``) applied to ``task_x`` first, never stored whole.
 
         Returns:
@@ -367,7 +390,10 @@ class MTLoRALinear(nn.Module):
         return self.mode != "addition"
 
     def forward_task_factors(
-        self, x: Tensor, task_x: Tensor | MTLoRAFactors | None = None, task_gelu: str | None = None
+        self,
+        x: Tensor,
+        task_x: Tensor | MTLoRAFactors | TaskCoefficients | None = None,
+        task_gelu: str | None = None,
     ) -> MTLoRAFactors:
         """Shared output, the task outputs' common base and their low-rank parts.
 
@@ -383,7 +409,7 @@ class MTLoRALinear(nn.Module):
         if not self.task_names:
             raise ValueError("forward_tasks needs task adapters; this layer is plain LoRA.")
         T = self.num_tasks
-        _check_task_inputs(task_x, task_gelu, T, x.shape, self.task_names)
+        _check_task_inputs(task_x, task_gelu, self, x.shape)
         flat = x.reshape(-1, self.in_features)  # M, in
         if task_x is not None:  # first, so that the shared path's tensors do not exist yet
             task_low = self._project_task_inputs(task_x, task_gelu)  # T, M, r_t
@@ -392,7 +418,7 @@ class MTLoRALinear(nn.Module):
         shared_low = None
         if task_x is None:
             if self.mode == "addition" or self.merged:
-                task_low = F.linear(dropped, self._stacked_task_a().flatten(0, 1))
+                task_low = F.linear(dropped, self.task_a().flatten(0, 1))
             else:
                 # One matmul for the shared and all task down-projections of the same input.
                 a_all = torch.cat([self.lora_shared_a, *self._a_params()[1:]])
@@ -411,20 +437,24 @@ class MTLoRALinear(nn.Module):
             self.task_factors().to(task_low.dtype),
         )
 
-    def _project_task_inputs(self, task_x: Tensor | MTLoRAFactors, task_gelu: str | None) -> Tensor:
+    def _project_task_inputs(
+        self, task_x: Tensor | MTLoRAFactors | TaskCoefficients, task_gelu: str | None
+    ) -> Tensor:
         """The task down-projections ``(T, M, r_t)`` of given task inputs (after ``task_gelu``)."""
         T = self.num_tasks
+        if isinstance(task_x, TaskCoefficients):
+            return task_x.coeffs.reshape(T, -1, self.task_rank)
         if isinstance(task_x, MTLoRAFactors):
             r_in = task_x.coeffs.shape[-1]
             return expand_gelu_project_down(
                 task_x.base.reshape(-1, self.in_features),
                 task_x.coeffs.reshape(T, -1, r_in),
                 task_x.factors,
-                self._stacked_task_a(),
+                self.task_a(),
                 task_gelu,
             )
         task_flat = task_x.reshape(T, -1, self.in_features)  # T, M, in
-        return project_down(task_flat, self._stacked_task_a(), task_gelu)
+        return project_down(task_flat, self.task_a(), task_gelu)
 
     def _shared_and_task_base(
         self, flat: Tensor, dropped: Tensor, base: Tensor, shared_low: Tensor | None

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import window_partition
 from torch import Tensor
 
-from mtlora_vision.adapters.mtlora import MTLoRAFactors, MTLoRALinear
+from mtlora_vision.adapters.mtlora import MTLoRAFactors, MTLoRALinear, TaskCoefficients
 from mtlora_vision.recompute import lean_enabled, recomputable
 
 #: Additive attention-mask value for forbidden pairs: the official Swin's -100, which its pretrained
@@ -403,7 +403,7 @@ def task_branch_after_attention(
 def task_mlp_hidden(
     mlp: torch.nn.Module,
     shared: Tensor,
-    tasks: Tensor,
+    tasks: Tensor | TaskCoefficients,
     fuse: bool,
     shared_act: Callable[[Tensor], Tensor],
 ) -> tuple[Tensor, Tensor | MTLoRAFactors, str | None]:
@@ -417,7 +417,8 @@ def task_mlp_hidden(
     Args:
         mlp: A timm ``Mlp`` whose ``fc1`` is an ``MTLoRALinear`` with tasks.
         shared: Normalised shared stream ``(..., C)``.
-        tasks: Normalised task streams ``(T, ..., C)``.
+        tasks: Normalised task streams ``(T, ..., C)``, or fc1's task down-projections of them
+            (:class:`TaskCoefficients`).
         fuse: Hand fc1's task outputs to fc2 unexpanded when the activation is a GELU.
         shared_act: The activation of the shared output (e.g. a recomputable GELU).
     """

@@ -8,24 +8,27 @@ mode) the task stream ``t`` leaving the last block of a stage is
 with ``X0 = x + p0 + m0`` the stream every task starts from: ``p0`` and ``m0`` are ``proj`` and
 ``fc2`` without task terms (the frozen projections in ``matrix`` mode, the shared outputs in
 ``matrixv2``), because in both modes the frozen weights read the *shared* activations. Only the
-task *coefficients* differ per task (``r_t`` numbers per token and layer); the ``T`` full-width
-streams are formed for the LayerNorm, which is not linear, and fc1's ``T`` hidden tensors one at a
-time for the GELU, fused with fc2's task down-projections (``expand_gelu_project_down``).
+task *coefficients* differ per task (``r_t`` numbers per token and layer). Full-width task tensors
+are formed only for the GELU, which is not linear: fc1's ``T`` hidden tensors, one at a time, fused
+with fc2's task down-projections (``expand_gelu_project_down``); and the last stage's task streams,
+which are its features.
 
-The next stage's patch merging ``y_t = R(LN(v_t))`` (``v_t``: four neighbouring tokens
-concatenated, ``R`` the linear reduction) is then computed from ``X0`` once instead of once per
-task. With ``v_t = v0 + d_t``, ``w0 = v0 - mean(v0)`` and ``D = 4C``:
+A LayerNorm followed by a linear map ``y_t = L(LN(v_t))`` is computed from the shared ``v0`` and
+the coefficients instead of from each ``v_t``: for the next stage's patch merging (``v_t`` four
+neighbouring tokens concatenated, ``L`` the reduction, the same for all tasks) and for fc1's task
+down-projections after ``norm2`` (``v_t`` the task stream, ``L = A_t`` per task). With
+``v_t = v0 + d_t``, ``w0 = v0 - mean(v0)`` and ``D`` the LayerNorm's width:
 
     mean(v_t) = mean(v0) + mean(d_t)
     var(v_t)  = var(v0) + 2 w0.d_t / D + var(d_t)
-    y_t = [R(g * w0) + R(g * (d_t - mean(d_t)))] / sqrt(var(v_t) + eps) + R(b)
+    y_t = [L(g * w0) + L(g * (d_t - mean(d_t)))] / sqrt(var(v_t) + eps) + L(b)
 
-where ``g, b`` are the LayerNorm's weight and bias. ``R(g * w0)`` is one full reduction shared by
-the tasks; ``d_t`` is low-rank, so ``R(g * (d_t - mean d_t))``, ``w0.d_t`` and ``var(d_t)`` are
-small matmuls on the coefficients. The variance is formed around the centred ``w0`` (no
-``E[v^2] - mean^2`` cancellation), so the result equals the direct computation up to float32
-rounding. Training keeps the direct path: DropPath draws per task and sample, which breaks the
-shared ``X0``.
+where ``g, b`` are the LayerNorm's weight and bias. ``L(g * w0)`` is one full product of the
+shared ``w0`` (for all tasks' maps at once); ``d_t`` is low-rank, so ``L(g * (d_t - mean d_t))``,
+``w0.d_t`` and ``var(d_t)`` are small matmuls on the coefficients. The variance is formed around
+the centred ``w0`` (no ``E[v^2] - mean^2`` cancellation), so the result equals the direct
+computation up to float32 rounding. Training keeps the direct path: DropPath draws per task and
+sample, which breaks the shared ``X0``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from mtlora_vision.adapters.mtlora import MTLoRALinear, expand_task_factors
+from mtlora_vision.adapters.mtlora import MTLoRALinear, TaskCoefficients, expand_task_factors
 from mtlora_vision.models.backbones.swin_blocks import (
     from_windows,
     merge_cells,
@@ -84,7 +87,7 @@ def block_forward_task_streams(
     Returns:
         Shared output ``(B, H, W, C)`` and the task streams (module docstring).
     """
-    proj, fc2 = block.attn.proj, block.mlp.fc2
+    proj, fc1, fc2 = block.attn.proj, block.mlp.fc1, block.mlp.fc2
     B, H, W = x.shape[:3]
     T = proj.num_tasks
     geom = window_geometry_of(block, x)
@@ -94,9 +97,10 @@ def block_forward_task_streams(
     base = shared if p.base is p.shared else x + from_windows(p.base, geom, (H, W))
     # Permute the r coefficients per token instead of T full-width task outputs.
     coeffs_p = from_windows(p.coeffs.flatten(0, 1), geom, (H, W)).view(T, B, H, W, -1)
-    tasks = expand_task_factors(base, coeffs_p, p.factors)  # T, B, H, W, C
+    # fc1's task inputs only enter its low-rank terms: project their LayerNorms from the factors.
+    task_low = norm_project_down(block.norm2, TaskStreams(base, coeffs_p, p.factors), fc1.task_a())
     shared_in, task_in, task_gelu = task_mlp_hidden(
-        block.mlp, block.norm2(shared), block.norm2(tasks), fuse=True, shared_act=block.mlp.act
+        block.mlp, block.norm2(shared), task_low, fuse=True, shared_act=block.mlp.act
     )
     m = fc2.forward_task_factors(shared_in, task_in, task_gelu=task_gelu)
     out_shared = shared + m.shared
@@ -105,6 +109,47 @@ def block_forward_task_streams(
         out_base, torch.cat([coeffs_p, m.coeffs], -1), torch.cat([p.factors, m.factors], -1)
     )
     return out_shared, streams
+
+
+def norm_project_down(norm: nn.LayerNorm, streams: TaskStreams, a: Tensor) -> TaskCoefficients:
+    """``norm(stream_t) @ a[t]^T`` for every task stream, from the factors (module docstring).
+
+    With ``w0`` the centred base, ``Fc_t`` the centred factors and ``g, b`` the LayerNorm's
+    weight and bias: ``rstd_t * [(w0 * g) @ a_t^T + coeffs_t @ (Fc_t * g) @ a_t^T] + a_t b``.
+
+    Args:
+        norm: LayerNorm over the streams' channels ``C``.
+        streams: Task streams ``(T, ..., C)`` in factored form.
+        a: Per-task matrices ``(T, r, C)``.
+
+    Returns:
+        ``(T, ..., r)``.
+    """
+    base, factors = streams.base, streams.factors
+    T, q, C = streams.coeffs.shape[0], streams.coeffs.shape[-1], base.shape[-1]
+    r = a.shape[1]
+    flat = base.reshape(-1, C)  # M, C
+    coeffs = streams.coeffs.reshape(T, -1, q)
+    centred = flat - flat.mean(-1, keepdim=True)
+    a = a.to(flat.dtype)
+    # T, r, C: the LayerNorm's weight on the map's side
+    scaled = a if norm.weight is None else a * norm.weight.to(a.dtype)
+    # One product of w0 with every task's directions (for the variance) and maps.
+    maps = torch.cat([factors.transpose(0, 1).reshape(C, T * q), scaled.flatten(0, 1).t()], 1)
+    cross, shared = (centred @ maps).split([T * q, T * r], -1)
+    columns = factors.transpose(1, 2)  # T, q, C
+    columns = columns - columns.mean(-1, keepdim=True)
+    rstd = task_rstd(
+        centred.square().mean(-1), cross.view(-1, T, q).transpose(0, 1), coeffs, columns, norm.eps
+    )
+    out = torch.baddbmm(
+        shared.view(-1, T, r).transpose(0, 1), coeffs, columns @ scaled.transpose(1, 2)
+    )
+    if norm.bias is None:
+        out = out * rstd
+    else:
+        out = torch.addcmul((a @ norm.bias.to(a.dtype))[:, None], out, rstd)
+    return TaskCoefficients(out.view(T, *base.shape[:-1], r))
 
 
 def layer_bias(layer: nn.Module) -> Tensor | None:
@@ -132,28 +177,26 @@ def cell_columns(factors: Tensor, cells: int) -> Tensor:
 
 
 def task_rstd(
-    centred: Tensor, coeffs: Tensor, factors: Tensor, centred_columns: Tensor, eps: float
+    var0: Tensor, cross: Tensor, coeffs: Tensor, centred_columns: Tensor, eps: float
 ) -> Tensor:
-    """``1 / sqrt(var(v_t) + eps)`` of every task's merged tokens, ``(T, N, 1)`` (pure).
+    """``1 / sqrt(var(v_t) + eps)`` of every task's tokens ``v_t = v0 + coeffs_t @ columns_t``.
+
+    ``var(v_t) = var0 + (2 w0.d_t + |d_t - mean(d_t)|^2) / D`` with ``w0 = v0 - mean(v0)`` and
+    ``d_t = coeffs_t @ columns_t``; both terms are small products on the coefficients (pure).
 
     Args:
-        centred: Base tokens minus their mean, ``w0 (N, K * C)``.
-        coeffs: Merged task coefficients ``(T, N, K * q)``.
-        factors: Task factors ``(T, C, q)``.
-        centred_columns: :func:`cell_columns` minus their means ``(T, K * q, K * C)``.
+        var0: Variance of the base tokens, ``(N,)``.
+        cross: ``w0 . columns_t[j]`` for every token, task and column, ``(T, N, q)``.
+        coeffs: Task coefficients ``(T, N, q)``.
+        centred_columns: The task directions minus their means ``(T, q, D)``.
         eps: The LayerNorm's epsilon.
+
+    Returns:
+        ``(T, N, 1)``.
     """
-    T, N, Kq = coeffs.shape
-    C, q = factors.shape[1:]
-    K, D = Kq // q, centred.shape[-1]
-    var0 = centred.square().mean(-1)  # N
-    # w0 . d_t = sum_k (w0_k . factors_t) . c_tk: block-wise, so no dense (D x Kq) product.
-    proj = centred.view(N, K, C) @ factors.transpose(0, 1).reshape(C, T * q)  # N, K, T*q
-    proj = proj.view(N, K, T, q).permute(2, 0, 1, 3).reshape(T, N, Kq)
-    cross = (proj * coeffs).sum(-1)  # T, N
-    gram = centred_columns @ centred_columns.transpose(1, 2)  # T, Kq, Kq
-    var_d = ((coeffs @ gram) * coeffs).sum(-1) / D  # var(d_t), T, N
-    var = var0 + 2.0 * cross / D + var_d
+    gram = centred_columns @ centred_columns.transpose(1, 2)  # T, q, q
+    quad = torch.baddbmm(cross, coeffs, gram, beta=2.0)  # 2 w0.columns + coeffs @ gram
+    var = var0 + (quad * coeffs).sum(-1) / centred_columns.shape[-1]
     return torch.rsqrt(var.clamp_min(0.0) + eps).unsqueeze(-1)
 
 
@@ -173,7 +216,11 @@ def patch_merge_task_streams(merge: nn.Module, streams: TaskStreams) -> Tensor:
     centred = flat - flat.mean(-1, keepdim=True)
     columns = cell_columns(streams.factors, K)
     columns = columns - columns.mean(-1, keepdim=True)  # d_t - mean(d_t) = coeffs @ columns
-    rstd = task_rstd(centred, coeffs, streams.factors, columns, merge.norm.eps)
+    # w0 . columns: block-wise, w0's cell k against the factors, so no dense (D x 4q) product.
+    cross = centred.view(-1, K, C) @ streams.factors.transpose(0, 1).reshape(C, T * q)
+    cross = cross.view(-1, K, T, q).permute(2, 0, 1, 3).reshape(T, -1, K * q)  # T, N, 4q
+    var0 = centred.square().mean(-1)
+    rstd = task_rstd(var0, cross, coeffs, columns, merge.norm.eps)
     norm, reduction = merge.norm, merge.reduction
     weight = norm.weight if norm.weight is not None else flat.new_ones(K * C)
     bias = norm.bias if norm.bias is not None else flat.new_zeros(K * C)
