@@ -134,17 +134,15 @@ def norm_project_down(norm: nn.LayerNorm, streams: TaskStreams, a: Tensor) -> Ta
     a = a.to(flat.dtype)
     # T, r, C: the LayerNorm's weight on the map's side
     scaled = a if norm.weight is None else a * norm.weight.to(a.dtype)
-    # One product of w0 with every task's directions (for the variance) and maps.
+    # One product of w0 with every task's directions (for the variance) and maps (M, T*q + T*r).
     maps = torch.cat([factors.transpose(0, 1).reshape(C, T * q), scaled.flatten(0, 1).t()], 1)
-    cross, shared = (centred @ maps).split([T * q, T * r], -1)
+    cross, mapped = (centred @ maps).split([T * q, T * r], -1)
     columns = factors.transpose(1, 2)  # T, q, C
-    columns = columns - columns.mean(-1, keepdim=True)
-    rstd = task_rstd(
-        centred.square().mean(-1), cross.view(-1, T, q).transpose(0, 1), coeffs, columns, norm.eps
-    )
-    out = torch.baddbmm(
-        shared.view(-1, T, r).transpose(0, 1), coeffs, columns @ scaled.transpose(1, 2)
-    )
+    columns = columns - columns.mean(-1, keepdim=True)  # d_t - mean(d_t) = coeffs_t @ columns_t
+    cross = cross.view(-1, T, q).transpose(0, 1)  # T, M, q
+    rstd = task_rstd(centred.square().mean(-1), cross, coeffs, columns, norm.eps)  # T, M, 1
+    mapped = mapped.view(-1, T, r).transpose(0, 1)  # T, M, r: (w0 * g) @ a_t^T
+    out = torch.baddbmm(mapped, coeffs, columns @ scaled.transpose(1, 2))
     if norm.bias is None:
         out = out * rstd
     else:
