@@ -52,11 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("config", help="config file")
     parser.add_argument(
-        "--img-size", type=int, default=448, help="square input side, a multiple of 32"
+        "--img-size",
+        type=int,
+        default=448,
+        help="square input side, a multiple of 32 (default: %(default)s)",
     )
-    parser.add_argument("--batch-size", type=int, default=2, help="images per step")
-    parser.add_argument("--iters", type=int, default=5, help="timed steps per variant")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant")
+    parser.add_argument(
+        "--batch-size", type=int, default=2, help="images per step (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--iters", type=int, default=5, help="timed steps per variant (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps per variant (default: %(default)s)"
+    )
     parser.add_argument("--merged", action="store_true", help="also time merged inference")
     parser.add_argument(
         "--phases",

@@ -31,14 +31,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Where the time of a model over its FLOP floor against the frozen Swin goes."
     )
     parser.add_argument("config", help="config file")
-    parser.add_argument("--img-size", type=int, default=448, help="square input side (x32)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per step")
-    parser.add_argument("--iters", type=int, default=3, help="profiled steps per variant")
-    parser.add_argument("--warmup", type=int, default=1, help="unprofiled steps per variant")
     parser.add_argument(
-        "--phases", nargs="+", choices=PHASES, default=["train", "infer_merged"], help="phases"
+        "--img-size",
+        type=int,
+        default=448,
+        help="square input side, a multiple of 32 (default: %(default)s)",
     )
-    parser.add_argument("--top", type=int, default=12, help="rows per table (largest excess)")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="images per step (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--iters", type=int, default=3, help="profiled steps per variant (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="unprofiled steps per variant (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=PHASES,
+        default=["train", "infer_merged"],
+        help="phases to profile (default: train infer_merged)",
+    )
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=12,
+        help="rows per table, largest excess first (default: %(default)s)",
+    )
     parser.add_argument(
         "--by-shape",
         type=int,
