@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 
 import cv2
@@ -166,6 +167,17 @@ def test_ensure_is_atomic_and_safe_for_two_processes(tmp_path):
     _ensure(root)  # exists: nothing is rewritten
     assert _digest(root) == digest
     assert len(list((root / "JPEGImages").iterdir())) == 4
+
+
+def test_ensure_logs_the_final_folder_once(tmp_path, caplog):
+    # The data is written to a temporary folder and renamed: the log names where it ends up.
+    root = tmp_path / "demo"
+    with caplog.at_level(logging.INFO, logger="mtlora_vision.datasets.synthetic"):
+        _ensure(root)
+        _ensure(root)  # exists: nothing written, nothing logged
+    written = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Wrote")]
+    expected = f"Wrote synthetic pascal_context dataset (3 train, 1 val, (32, 32)) to {root}."
+    assert written == [expected]
 
 
 def test_command_line_tool(tmp_path, capsys):

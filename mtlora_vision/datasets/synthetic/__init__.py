@@ -81,19 +81,29 @@ def make_synthetic_dataset(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{str(out)!r} already exists and is not empty; choose a new folder.")
+    _write(out, settings)
+    _log_written(out, settings)
+    return out
+
+
+def _write(out: Path, settings: dict[str, object]) -> None:
+    """Write the dataset ``settings`` describe into the folder ``out`` and log where it is."""
     out.mkdir(parents=True, exist_ok=True)
     hw = tuple(settings["size"])  # type: ignore[arg-type]
-    _WRITERS[dataset](out, int(num_train), int(num_val), (hw[0], hw[1]), int(seed))
+    dataset, num_train, num_val = settings["dataset"], settings["num_train"], settings["num_val"]
+    _WRITERS[dataset](out, int(num_train), int(num_val), (hw[0], hw[1]), int(settings["seed"]))
     (out / META_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _log_written(root: Path, settings: dict[str, object]) -> None:
     logger.info(
         "Wrote synthetic %s dataset (%d train, %d val, %s) to %s.",
-        dataset,
-        num_train,
-        num_val,
-        hw,
-        out,
+        settings["dataset"],
+        settings["num_train"],
+        settings["num_val"],
+        tuple(settings["size"]),  # type: ignore[arg-type]
+        root,
     )
-    return out
 
 
 def _lock(lock_path: Path) -> object | None:
@@ -152,8 +162,9 @@ def ensure_synthetic_dataset(
             return root
         tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
         try:
-            make_synthetic_dataset(tmp, dataset, num_train, num_val, size, seed)
+            _write(tmp, settings)
             os.rename(tmp, root)
+            _log_written(root, settings)  # the final folder, not the temporary one
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             if not root.is_dir():
