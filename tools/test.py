@@ -31,12 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", help="dataset folder for every loader (sets the config's data_root)"
     )
     parser.add_argument("--out", help="write the metrics as one JSON object to this file")
-    parser.add_argument("--out-dir", help="save per-task predictions as PNG files here")
+    parser.add_argument(
+        "--out-dir",
+        help="save per-task predictions here at the original image size: <task>/<id>.png, and "
+        "depth/<id>.mat for depth (the offline evaluators' formats)",
+    )
     parser.add_argument(
         "--show-dir", help="save labelled input / ground truth / prediction figures here"
     )
     add_precision_argument(parser)
-    add_cfg_options(parser)
+    add_cfg_options(
+        parser,
+        help="override config entries as KEY=VALUE, e.g. test_dataloader.batch_size=1 "
+        "data_root=data/PASCAL_MT; lists as KEY=[a,b] or KEY=a,b",
+    )
     add_launcher(parser)
     return parser
 
