@@ -57,7 +57,7 @@ def test_comparison_figure_has_headers_task_names_and_class_legends():
     # Classes present in the ground truth or the prediction, by PASCAL name, and the ignored mark.
     assert semseg == ["0 background", "7 car", "15 person", IGNORED_LABEL]
     assert parts == ["0 background", IGNORED_LABEL]
-    assert sal == ["not salient (0)", "salient (1)"]
+    assert sal == ["not salient (0)", "p = 0.5 (grey: probability)", "salient (1)"]
     assert fig._suptitle.get_text() == "2008_000001"
 
 
@@ -95,7 +95,9 @@ def test_prediction_figure_shows_the_input_once_beside_one_panel_per_task():
     axes = _image_axes(fig)
     assert [ax.get_title() for ax in axes] == ["input", "semantic segmentation", "saliency",
                                                "surface normals"]  # fmt: skip
-    assert [len(texts) for texts in _legend_texts(fig)] == [1, 2]  # background; sal scale
+    semseg, sal, normals = _legend_texts(fig)
+    assert (len(semseg), len(sal)) == (1, 3)  # background; the probability scale
+    assert normals == ["n = (1, 0, 0)", "n = (0, 1, 0)", "n = (0, 0, 1)"]  # the colour code
     heights = {round(ax.get_window_extent().height) for ax in axes}
     assert len(heights) == 1  # one row
     box = axes[0].get_window_extent()

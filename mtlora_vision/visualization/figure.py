@@ -11,6 +11,7 @@ Two layouts:
 Every panel keeps the image's aspect ratio (``display_size``). Segmentation legends list the
 classes present in the ground truth or the prediction, by name; ignored pixels (255) are hatched
 grey (:func:`~mtlora_vision.visualization.colorize.hatch_ignored`) and named in the legend.
+Probability legends show the grey scale (0, 0.5, 1); normals legends the colours of the unit axes.
 """
 
 from __future__ import annotations
@@ -107,7 +108,18 @@ def legend_entries(
             entries.append((text, tuple(int(c) for c in _PALETTE[label])))
     elif kind is Kind.PROBABILITY:
         what = "salient" if task == "sal" else "edge"
-        entries += [(f"not {what} (0)", (0, 0, 0)), (f"{what} (1)", (255, 255, 255))]
+        entries += [
+            (f"not {what} (0)", (0, 0, 0)),
+            ("p = 0.5 (grey: probability)", (128, 128, 128)),
+            (f"{what} (1)", (255, 255, 255)),
+        ]
+    elif task in TASKS and TASKS[task].colormap == "normals":
+        # Colour = (n + 1) / 2 per axis (colorize.colorize); the unit axes as examples.
+        entries += [
+            ("n = (1, 0, 0)", (255, 128, 128)),
+            ("n = (0, 1, 0)", (128, 255, 128)),
+            ("n = (0, 0, 1)", (128, 128, 255)),
+        ]
     if any(bool((value == IGNORE_INDEX).any()) for value in shown):
         entries.append((IGNORED_LABEL, None))
     return entries
