@@ -13,15 +13,58 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-CFG_OPTIONS_HELP = (
-    "override config entries as KEY=VALUE, e.g. train_cfg.max_epochs=10 data_root=data/PASCAL_MT; "
-    "lists as KEY=[a,b] or KEY=a,b"
-)
+
+def cfg_options_help(example: str = "train_cfg.max_epochs=10") -> str:
+    """``--cfg-options`` help with ``example`` as the first override shown."""
+    return (
+        f"override config entries as KEY=VALUE, e.g. {example} data_root=data/PASCAL_MT; "
+        "lists as KEY=[a,b] or KEY=a,b"
+    )
 
 
-def add_cfg_options(parser: argparse.ArgumentParser, help: str = CFG_OPTIONS_HELP) -> None:
-    """Add ``--cfg-options KEY=VALUE ...`` (parsed later by :func:`parse_cfg_options`)."""
-    parser.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help=help)
+def add_cfg_options(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """Add ``--cfg-options KEY=VALUE ...`` (parsed later by :func:`parse_cfg_options`).
+
+    ``help`` defaults to :func:`cfg_options_help`.
+    """
+    parser.add_argument(
+        "--cfg-options", nargs="+", metavar="KEY=VALUE", help=help or cfg_options_help()
+    )
+
+
+def add_step_options(
+    parser: argparse.ArgumentParser, batch_size: int, iters: int, measured: str
+) -> None:
+    """Add ``--img-size``, ``--batch-size``, ``--iters`` and ``--warmup`` of a timing tool.
+
+    Args:
+        parser: The tool's parser.
+        batch_size: Default images per step.
+        iters: Default measured steps per variant.
+        measured: How the steps are measured, e.g. ``"timed"``; warm-up steps are
+            ``"un" + measured``.
+    """
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        default=448,
+        help="square input side, a multiple of 32 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=batch_size, help="images per step (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=iters,
+        help=f"{measured} steps per variant (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help=f"un{measured} steps per variant (default: %(default)s)",
+    )
 
 
 def parse_cfg_options(values: list[str] | None) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ import json
 import sys
 from typing import Any
 
-from mtlora_vision.cli import add_cfg_options, parse_cfg_options, run_tool
+from mtlora_vision.cli import add_cfg_options, add_step_options, parse_cfg_options, run_tool
 from mtlora_vision.engine.precision import add_precision_argument, default_precision
 
 #: Built-in variants (mtlora_vision.benchmarking.VARIANTS), listed in --help without importing it.
@@ -51,21 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANT_HELP.items()),
     )
     parser.add_argument("config", help="config file")
-    parser.add_argument(
-        "--img-size",
-        type=int,
-        default=448,
-        help="square input side, a multiple of 32 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=2, help="images per step (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--iters", type=int, default=5, help="timed steps per variant (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=1, help="untimed steps per variant (default: %(default)s)"
-    )
+    add_step_options(parser, batch_size=2, iters=5, measured="timed")
     parser.add_argument("--merged", action="store_true", help="also time merged inference")
     parser.add_argument(
         "--phases",

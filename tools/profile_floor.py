@@ -20,7 +20,7 @@ import json
 import sys
 from typing import Any
 
-from mtlora_vision.cli import add_cfg_options, parse_cfg_options, run_tool
+from mtlora_vision.cli import add_cfg_options, add_step_options, parse_cfg_options, run_tool
 from mtlora_vision.engine.precision import add_precision_argument, default_precision
 
 PHASES = ("train", "infer", "infer_merged")
@@ -31,21 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Where the time of a model over its FLOP floor against the frozen Swin goes."
     )
     parser.add_argument("config", help="config file")
-    parser.add_argument(
-        "--img-size",
-        type=int,
-        default=448,
-        help="square input side, a multiple of 32 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=1, help="images per step (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--iters", type=int, default=3, help="profiled steps per variant (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=1, help="unprofiled steps per variant (default: %(default)s)"
-    )
+    add_step_options(parser, batch_size=1, iters=3, measured="profiled")
     parser.add_argument(
         "--phases",
         nargs="+",

@@ -15,7 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from mtlora_vision.cli import add_cfg_options, add_launcher, parse_cfg_options, run_tool
+from mtlora_vision.cli import (
+    add_cfg_options,
+    add_launcher,
+    cfg_options_help,
+    parse_cfg_options,
+    run_tool,
+)
 from mtlora_vision.engine.precision import add_precision_argument
 
 
@@ -40,11 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--show-dir", help="save labelled input / ground truth / prediction figures here"
     )
     add_precision_argument(parser)
-    add_cfg_options(
-        parser,
-        help="override config entries as KEY=VALUE, e.g. test_dataloader.batch_size=1 "
-        "data_root=data/PASCAL_MT; lists as KEY=[a,b] or KEY=a,b",
-    )
+    add_cfg_options(parser, help=cfg_options_help("test_dataloader.batch_size=1"))
     add_launcher(parser)
     return parser
 

@@ -87,7 +87,7 @@ def make_synthetic_dataset(
 
 
 def _write(out: Path, settings: dict[str, object]) -> None:
-    """Write the dataset ``settings`` describe into the folder ``out`` and log where it is."""
+    """Write the dataset ``settings`` describe into the folder ``out`` (created if missing)."""
     out.mkdir(parents=True, exist_ok=True)
     hw = tuple(settings["size"])  # type: ignore[arg-type]
     dataset, num_train, num_val = settings["dataset"], settings["num_train"], settings["num_val"]
@@ -96,6 +96,7 @@ def _write(out: Path, settings: dict[str, object]) -> None:
 
 
 def _log_written(root: Path, settings: dict[str, object]) -> None:
+    """Log that the dataset ``settings`` describe now stands at ``root``."""
     logger.info(
         "Wrote synthetic %s dataset (%d train, %d val, %s) to %s.",
         settings["dataset"],
