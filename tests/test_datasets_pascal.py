@@ -297,6 +297,13 @@ def test_synthesize_if_missing_writes_the_dataset(tmp_path):
     )
     assert len(ds) == 2
     assert (root / "JPEGImages").is_dir()
+    assert ds.is_synthetic  # the start-up summary says so
+    assert ds.synthetic_written
+    again = PascalContextMT(root, "val", use_cache=False, synthesize_if_missing=dict(root=root))
+    assert again.is_synthetic
+    assert not again.synthetic_written  # found, not written
+    (root / "synthetic.json").unlink()  # what tells synthetic data from a release
+    assert not PascalContextMT(root, "val", use_cache=False).is_synthetic
     # Anywhere else (e.g. a mistyped data_root) nothing is written: an error with the commands.
     typo = tmp_path / "demo_typo"
     with pytest.raises(FileNotFoundError, match=r"demo_typo.*prepare_dataset\.py.*only at"):

@@ -417,8 +417,8 @@ def test_console_summary_full_log_and_one_data_root(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     console = result.stdout
     # Every loader read --data-root (the synthetic data was written there).
-    assert f"train data: 4 images from {data_root}" in console
-    assert f"val data:   2 images from {data_root}" in console
+    assert f"train data: 4 images from {data_root} (synthetic, written by this run)" in console
+    assert f"val data:   2 images from {data_root} (synthetic)\n" in console
     assert "device:     cpu, 1 process, 1 torch thread(s)" in console
     assert "trainable of" in console
     assert "weights:    new run" in console
@@ -431,6 +431,8 @@ def test_console_summary_full_log_and_one_data_root(tmp_path):
     assert "GPU number" not in log
     assert "processes: 1" in log
     assert "FileClient" not in console + log  # mmengine's own deprecation notice is dropped
+    assert "Exp name: " in log
+    assert "Exp name: " not in console  # mmengine repeats it every epoch
     assert console.count("Param group decay") == 0  # set-up detail: log file only
     assert "WARNING - PascalContextMT split 'train' at" in console  # 4 images, not 4998
     # At the end, each metric's best and last value with their epoch.

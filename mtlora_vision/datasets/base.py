@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mtlora_vision.datasets.sampler import SampleKey, augmentation_seed
-from mtlora_vision.datasets.synthetic import ensure_synthetic_dataset
+from mtlora_vision.datasets.synthetic import META_FILE, ensure_synthetic_dataset
 from mtlora_vision.datasets.transforms import MultiTaskTransform
 from mtlora_vision.datasets.worker import configure_data_worker
 from mtlora_vision.tasks import NUM_OUTPUTS, check_tasks
@@ -92,6 +92,7 @@ class MultiTaskDataset(Dataset):
         synthesize_if_missing: Mapping[str, Any] | None,
     ) -> None:
         self.data_root = Path(data_root).expanduser()
+        self.synthetic_written = False  # whether this dataset wrote its synthetic data itself
         only_at = None
         if synthesize_if_missing is not None:
             only_at = self._synthesize(synthesize_if_missing)
@@ -137,6 +138,8 @@ class MultiTaskDataset(Dataset):
         root = Path(options["root"]).expanduser()
         if root.resolve() != self.data_root.resolve():
             return root
+        # True also when another process of the same run (a DDP rank) wrote it meanwhile.
+        self.synthetic_written = not self.data_root.exists()
         ensure_synthetic_dataset(
             self.data_root,
             self.dataset_name,
@@ -146,6 +149,11 @@ class MultiTaskDataset(Dataset):
             seed=int(options.get("seed", 0)),
         )
         return None
+
+    @property
+    def is_synthetic(self) -> bool:
+        """Whether ``data_root`` holds synthetic data this package wrote (it has their settings)."""
+        return (self.data_root / META_FILE).is_file()
 
     @property
     def metainfo(self) -> dict[str, Any]:

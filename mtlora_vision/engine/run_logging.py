@@ -27,6 +27,11 @@ MMENGINE_SELF_DEPRECATIONS: tuple[str, ...] = (
 )
 
 
+#: mmengine lines kept out of the console (the ``.log`` file keeps them): ``LoggerHook`` repeats the
+#: experiment name at the end of every epoch, and the start-up summary already names the log folder.
+CONSOLE_DROPS: tuple[str, ...] = ("Exp name: ",)
+
+
 class RunLogBridge(logging.Handler):
     """Forward records to a run's logger; hold them until that logger exists."""
 

@@ -42,6 +42,7 @@ from mmengine.visualization import Visualizer
 
 from mtlora_vision.engine.log_dirs import log_dir_name
 from mtlora_vision.engine.run_logging import (
+    CONSOLE_DROPS,
     MMENGINE_SELF_DEPRECATIONS,
     DropMessages,
     QuietStart,
@@ -53,16 +54,22 @@ from mtlora_vision.engine.summary import RunSummaryHook
 
 
 def quiet_run_logger(logger: logging.Logger) -> QuietStart:
-    """Install the start-up quiet filter on the console and the deprecation filter everywhere."""
+    """Quiet start and the console's drops on the console, mmengine's deprecations everywhere."""
     quiet = QuietStart()
     for handler in logger.handlers:
-        if not any(isinstance(f, DropMessages) for f in handler.filters):
-            handler.addFilter(DropMessages(MMENGINE_SELF_DEPRECATIONS))
+        _drop_once(handler, MMENGINE_SELF_DEPRECATIONS)
     for handler in console_handlers(logger):
         for old in [f for f in handler.filters if isinstance(f, QuietStart)]:
             handler.removeFilter(old)
         handler.addFilter(quiet)
+        _drop_once(handler, CONSOLE_DROPS)
     return quiet
+
+
+def _drop_once(handler: logging.Handler, prefixes: tuple[str, ...]) -> None:
+    """Add ``DropMessages(prefixes)`` to ``handler`` unless it has it (loggers outlive runs)."""
+    if not any(isinstance(f, DropMessages) and f.prefixes == prefixes for f in handler.filters):
+        handler.addFilter(DropMessages(prefixes))
 
 
 def instance_name_taken(name: str) -> bool:

@@ -53,6 +53,9 @@ def _dataset_line(loader) -> str | None:
         return None
     root = getattr(dataset, "data_root", None)
     where = f" from {root}" if root is not None else ""
+    if getattr(dataset, "is_synthetic", False):
+        written = getattr(dataset, "synthetic_written", False)
+        where += " (synthetic, written by this run)" if written else " (synthetic)"
     return f"{len(dataset)} images{where}"
 
 
