@@ -286,7 +286,7 @@ def test_mmengine_builds_the_loader_with_cfg_options(pascal_root, tmp_path):
     assert loader.dataset.metainfo["num_outputs"]["human_parts"] == 7
 
 
-def test_synthesize_if_missing_writes_the_dataset(tmp_path):
+def test_synthesize_if_missing_writes_the_dataset(tmp_path, caplog):
     root = tmp_path / "demo"
     ds = PascalContextMT(
         root,
@@ -302,8 +302,12 @@ def test_synthesize_if_missing_writes_the_dataset(tmp_path):
     again = PascalContextMT(root, "val", use_cache=False, synthesize_if_missing=dict(root=root))
     assert again.is_synthetic
     assert not again.synthetic_written  # found, not written
+    assert "split 'val' at" in caplog.text
+    assert "is synthetic data (2 images; its settings in" in caplog.text
+    caplog.clear()
     (root / "synthetic.json").unlink()  # what tells synthetic data from a release
     assert not PascalContextMT(root, "val", use_cache=False).is_synthetic
+    assert "has 2 images, the PASCAL_MT release 5105: a subset or other data" in caplog.text
     # Anywhere else (e.g. a mistyped data_root) nothing is written: an error with the commands.
     typo = tmp_path / "demo_typo"
     with pytest.raises(FileNotFoundError, match=r"demo_typo.*prepare_dataset\.py.*only at"):

@@ -40,8 +40,13 @@ def test_clean_synthetic_copy_only_reports_the_counts(pascal_root):
     assert "train: 4 images (the release has 4998)" in text
     assert "5105" in text
     assert report.ok  # readable and complete: the sizes are a warning
-    assert "WARNING: split sizes differ from the release" in text
+    assert "WARNING: split sizes differ from the release: synthetic data, its settings in" in text
     assert text.endswith("  OK")
+    (pascal_root / "synthetic.json").rename(pascal_root / "settings.json")  # not known as synthetic
+    try:
+        assert "differ from the release: a subset?;" in report.format()
+    finally:
+        (pascal_root / "settings.json").rename(pascal_root / "synthetic.json")
 
 
 def test_check_exits_0_on_differing_split_sizes_and_1_with_strict(pascal_root, capsys):
@@ -49,9 +54,9 @@ def test_check_exits_0_on_differing_split_sizes_and_1_with_strict(pascal_root, c
     assert prepare_dataset.main(command) == 0
     assert "WARNING: split sizes differ" in capsys.readouterr().out
     assert prepare_dataset.main([*command, "--strict"]) == 1
-    assert "--strict: split sizes that differ from the release are an error" in (
-        capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert "ERROR (--strict): split sizes differ from the release" in out
+    assert out.rstrip().endswith("2 problem(s)")  # not "OK" before the error
 
 
 def test_missing_unreadable_and_missized_files_are_listed(pascal_root, tmp_path):

@@ -435,6 +435,7 @@ def test_console_summary_full_log_and_one_data_root(tmp_path):
     assert "Exp name: " not in console  # mmengine repeats it every epoch
     assert console.count("Param group decay") == 0  # set-up detail: log file only
     assert "WARNING - PascalContextMT split 'train' at" in console  # 4 images, not 4998
+    assert "is synthetic data (4 images; its settings in" in console  # known, not guessed
     # At the end, each metric's best and last value with their epoch.
     table = console[console.index("Validation metrics, best and last:") :]
     assert "semseg/mIoU" in table

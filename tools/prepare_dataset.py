@@ -69,13 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             extract_archive(archive, args.root, progress=progress)
     report = verify_dataset(args.dataset, args.root, quick=args.quick, progress=progress)
-    print(report.format(limit=None if args.all else 20))
-    if not report.ok:
-        return 1
-    if report.size_warnings and args.strict:
-        print("  --strict: split sizes that differ from the release are an error.")
-        return 1
-    return 0
+    print(report.format(limit=None if args.all else 20, strict=args.strict))
+    return 0 if report.passed(strict=args.strict) else 1
 
 
 if __name__ == "__main__":

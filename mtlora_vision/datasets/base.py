@@ -150,6 +150,28 @@ class MultiTaskDataset(Dataset):
         )
         return None
 
+    def _warn_if_not_release(self, count: int, release: str, sizes: Mapping[str, int]) -> None:
+        """Warn that metrics are not comparable when the split is synthetic or not the release's.
+
+        Args:
+            count: Images in this split.
+            release: The release's name (``PASCAL_MT``).
+            sizes: The release's images per split.
+        """
+        name, split = type(self).__name__, self.split
+        if self.is_synthetic:
+            logger.warning(
+                "%s split %r at %s is synthetic data (%d images; its settings in %s): metrics are "
+                "not comparable with published ones.",
+                *(name, split, self.data_root, count, self.data_root / META_FILE),
+            )
+        elif split in sizes and count != sizes[split]:
+            logger.warning(
+                "%s split %r at %s has %d images, the %s release %d: a subset or other data; "
+                "metrics are not comparable with published ones.",
+                *(name, split, self.data_root, count, release, sizes[split]),
+            )
+
     @property
     def is_synthetic(self) -> bool:
         """Whether ``data_root`` holds synthetic data this package wrote (it has their settings)."""

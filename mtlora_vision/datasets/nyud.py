@@ -118,15 +118,7 @@ class NYUDMT(MultiTaskDataset):
             rotate_range=(0.0, 0.0),
             resize_targets=not keep_original_size,
         )
-        if split in NYUD_SPLIT_SIZES and len(self.ids) != NYUD_SPLIT_SIZES[split]:
-            logger.warning(
-                "NYUDMT split %r at %s has %d images, the NYUD_MT release %d: a subset or "
-                "synthetic data; metrics are not comparable with published ones.",
-                split,
-                self.data_root,
-                len(self.ids),
-                NYUD_SPLIT_SIZES[split],
-            )
+        self._warn_if_not_release(len(self.ids), "NYUD_MT", NYUD_SPLIT_SIZES)
 
     def _path(self, kind: str, image_id: str) -> Path:
         folder, ext = self._files[kind]

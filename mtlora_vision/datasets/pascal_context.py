@@ -147,16 +147,7 @@ class PascalContextMT(MultiTaskDataset):
             pad_labels_with_ignore=pad_labels_with_ignore,
             resize_targets=not keep_original_size,
         )
-        if split in PASCAL_SPLIT_SIZES and len(ids) != PASCAL_SPLIT_SIZES[split]:
-            logger.warning(
-                "%s split %r at %s has %d images, the PASCAL_MT release %d: a subset or "
-                "synthetic data; metrics are not comparable with published ones.",
-                type(self).__name__,
-                split,
-                self.data_root,
-                len(ids),
-                PASCAL_SPLIT_SIZES[split],
-            )
+        self._warn_if_not_release(len(ids), "PASCAL_MT", PASCAL_SPLIT_SIZES)
 
     def _drop_images_without_persons(self, ids: list[str]) -> list[str]:
         sources = {image_id: self._paths[image_id]["human_parts"] for image_id in ids}

@@ -36,6 +36,7 @@ from mtlora_vision.datasets.readers import (
     read_mat_variable,
     read_rgb,
 )
+from mtlora_vision.datasets.synthetic import META_FILE
 
 EXPECTED_COUNTS: Mapping[str, Mapping[str, int]] = {
     "pascal_context": PASCAL_SPLIT_SIZES,
@@ -78,11 +79,16 @@ class DatasetReport:
         """Split lists whose size differs from the release (a subset, or synthetic data)."""
         return [p for p in self.problems if p.kind == "count"]
 
-    def format(self, limit: int | None = None) -> str:
+    def passed(self, strict: bool = False) -> bool:
+        """:attr:`ok`, and with ``strict`` also the release's split sizes."""
+        return self.ok and not (strict and self.size_warnings)
+
+    def format(self, limit: int | None = None, strict: bool = False) -> str:
         """Human-readable report: counts, then the problems with their paths, grouped by kind.
 
         Args:
             limit: List at most this many problems per kind (None: all of them).
+            strict: Split sizes that differ from the release are an error (``--strict``).
         """
         lines = [f"{self.dataset} at {self.root}"]
         for split, count in self.counts.items():
@@ -98,11 +104,22 @@ class DatasetReport:
                 if len(shown) < len(found):
                     lines.append(f"    ... and {len(found) - len(shown)} more {kind} files")
         if self.size_warnings:
-            lines.append(
-                "  WARNING: split sizes differ from the release (a subset or synthetic data?); "
-                "the files themselves are fine. --strict makes this an error."
+            meta = self.root / META_FILE
+            what = f"synthetic data, its settings in {meta}" if meta.is_file() else "a subset?"
+            head, tail = (
+                ("ERROR (--strict)", "")
+                if strict
+                else ("WARNING", " --strict makes this an error.")
             )
-        lines.append("  OK" if self.ok else f"  {len(self.errors)} problem(s)")
+            lines.append(
+                f"  {head}: split sizes differ from the release: {what}; the files themselves are "
+                f"fine.{tail}"
+            )
+        if self.passed(strict):
+            lines.append("  OK")
+        else:
+            sizes = len(self.size_warnings) if strict else 0
+            lines.append(f"  {len(self.errors) + sizes} problem(s)")
         return "\n".join(lines)
 
 
