@@ -18,6 +18,9 @@ from mtlora_vision.engine.run_logging import (
 )
 from mtlora_vision.engine.runner import prepare_test_config
 from mtlora_vision.engine.summary import MetricHistory, format_block, precision_of
+from mtlora_vision.evaluation import units
+from mtlora_vision.evaluation.units import metric_unit
+from mtlora_vision.tasks import TASKS
 
 
 class _Collect(logging.Handler):
@@ -115,10 +118,31 @@ def test_metric_history_best_by_direction_and_last():
     history.add(6, {"semseg/mIoU": 9.0, "normals/mean": 30.0})
     history.add(12, {"semseg/mIoU": 8.0, "normals/mean": 31.0})
     lines = history.table().splitlines()
-    assert lines[0].split() == ["metric", "best", "epoch", "last", "epoch"]
-    assert lines[1].split() == ["semseg/mIoU", "9.0000", "6", "8.0000", "12", "(higher", "is",
+    assert lines[0].split() == ["metric", "best", "epoch", "last", "epoch", "unit"]
+    assert lines[1].split() == ["semseg/mIoU", "9.0000", "6", "8.0000", "12", "%", "(higher", "is",
                                 "better)"]  # fmt: skip
-    assert lines[2].split()[:5] == ["normals/mean", "30.0000", "6", "31.0000", "12"]
+    assert lines[2].split()[:6] == ["normals/mean", "30.0000", "6", "31.0000", "12", "deg"]
+
+
+@pytest.mark.parametrize(
+    ("key", "unit"),
+    [
+        ("semseg/mIoU", "%"),
+        ("normals/mean", "deg"),
+        ("normals/11.25", "%"),
+        ("edge/bce", ""),
+        ("depth/rmse", "m"),
+        ("semseg/IoU/person", "%"),
+        ("not/a_metric", ""),
+    ],
+)
+def test_metric_units(key, unit):
+    assert metric_unit(key) == unit
+
+
+def test_every_task_metric_has_a_stated_unit():
+    stated = set(units._UNITS)
+    assert {key for info in TASKS.values() for key in info.metrics} <= stated
 
 
 @pytest.mark.parametrize(

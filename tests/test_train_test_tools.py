@@ -157,6 +157,9 @@ def test_test_tool_writes_metrics_json_predictions_and_pictures(trained, capsys)
     captured = capsys.readouterr()
     assert "test: 100%" in captured.err  # progress bar over the 1 test batch
     assert "human_parts  mIoU" in captured.out  # per-task table
+    normals_mean = f"{metrics['normals/mean']:9.4f}  deg"  # with the unit
+    assert f"normals      mean    {normals_mean}" in captured.out
+    assert f"Metrics written to {out}" in captured.out
     # mmengine prints its "Loads checkpoint by ..." line; the runner puts it in the log instead.
     assert "Loads checkpoint by" not in captured.out
     # In this run's own log, even when it started in the same second as the fixture's training.

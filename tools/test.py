@@ -58,19 +58,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def format_table(metrics: dict[str, float]) -> str:
-    """Return the metrics as a task / metric / value table, tasks in the metric's order."""
+    """Return the metrics as a task / metric / value / unit table, tasks in the metric's order."""
+    from mtlora_vision.evaluation.units import metric_unit  # heavy package: not at --help time
+
     rows: dict[str, list[tuple[str, float]]] = {}
     for key, value in metrics.items():
         task, _, name = key.partition("/")
         rows.setdefault(task, []).append((name or task, value))
     task_w = max([len("task"), *(len(t) for t in rows)])
     name_w = max([len("metric"), *(len(n) for r in rows.values() for n, _ in r)])
-    lines = [f"{'task':<{task_w}}  {'metric':<{name_w}}  {'value':>9}"]
-    lines.append(f"{'-' * task_w}  {'-' * name_w}  {'-' * 9}")
+    lines = [f"{'task':<{task_w}}  {'metric':<{name_w}}  {'value':>9}  unit"]
+    lines.append(f"{'-' * task_w}  {'-' * name_w}  {'-' * 9}  ----")
     for task, entries in rows.items():
         for index, (name, value) in enumerate(entries):
             shown = task if index == 0 else ""
-            lines.append(f"{shown:<{task_w}}  {name:<{name_w}}  {value:9.4f}")
+            unit = metric_unit(f"{task}/{name}")
+            lines.append(f"{shown:<{task_w}}  {name:<{name_w}}  {value:9.4f}  {unit}".rstrip())
     return "\n".join(lines)
 
 
@@ -128,6 +131,7 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
         if args.out:
             with open(args.out, "w") as handle:
                 json.dump(metrics, handle, indent=2, sort_keys=True)
+            print(f"Metrics written to {args.out}")
     shutdown_distributed()
     return metrics
 

@@ -16,6 +16,7 @@ from mmengine.model import is_model_wrapper
 
 from mtlora_vision.engine.run_logging import QuietStart
 from mtlora_vision.engine.runtime import _type_name
+from mtlora_vision.evaluation.units import metric_unit
 from mtlora_vision.tasks import LOWER_IS_BETTER_KEYS
 
 
@@ -143,11 +144,12 @@ class MetricHistory:
             arrow = "lower is better" if lower else "higher is better"
             lines.append((key, best, seen[-1], arrow))
         width = max([len("metric"), *(len(k) for k, *_ in lines)])
-        out = [f"{'metric':<{width}}  {'best':>10}  {'epoch':>5}  {'last':>10}  {'epoch':>5}"]
+        head = f"{'metric':<{width}}  {'best':>10}  {'epoch':>5}  {'last':>10}  {'epoch':>5}  unit"
+        out = [head]
         for key, (b_epoch, b_value), (l_epoch, l_value), arrow in lines:
             out.append(
                 f"{key:<{width}}  {b_value:>10.4f}  {b_epoch:>5}  {l_value:>10.4f}  {l_epoch:>5}"
-                f"  ({arrow})"
+                f"  {metric_unit(key):<4}  ({arrow})"
             )
         return "\n".join(out)
 
