@@ -14,6 +14,29 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that ends with ``(default: X)`` where an option has a default its text does not name.
+
+    Unlike ``argparse.ArgumentDefaultsHelpFormatter`` it says nothing for ``None`` and ``False``
+    (no default, or a flag that is off) and leaves texts that already speak of their default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or any(default is unset for unset in (None, False, argparse.SUPPRESS))
+            or (
+                not action.option_strings
+                and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+            )
+        ):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 def cfg_options_help(example: str = "train_cfg.max_epochs=10") -> str:
     """``--cfg-options`` help with ``example`` as the first override shown."""
     return (

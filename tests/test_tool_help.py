@@ -1,4 +1,5 @@
-"""Every tool: every flag has help text, and --help answers without importing torch or mmengine.
+"""Every tool: every flag has help text, defaults are shown, and --help answers without importing
+torch or mmengine.
 
 The check runs each tool's ``--help`` in a fresh interpreter and records the parser that answered
 (argparse's own objects, whatever way the tool builds it). Timing is left to benchmarks; what
@@ -8,6 +9,7 @@ and that is what is asserted.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -15,6 +17,8 @@ import sys
 
 import pytest
 from engine_utils import REPO
+
+from mtlora_vision.cli import DefaultsHelpFormatter
 
 TOOLS = sorted(p.name for p in (REPO / "tools").glob("*.py"))
 HEAVY = ("torch", "mmengine", "matplotlib", "cv2", "timm", "scipy")
@@ -38,6 +42,7 @@ missing = [
     if not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS and not a.help
 ]
 print(json.dumps({"parsers": len(parsers), "missing_help": missing,
+                  "formatters": [p.formatter_class.__name__ for p in parsers],
                   "heavy": [m for m in HEAVY if m in sys.modules]}))
 """
 
@@ -65,6 +70,26 @@ def probes():
 def test_every_flag_has_help(probes, tool):
     assert probes[tool]["parsers"] >= 1
     assert probes[tool]["missing_help"] == []
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_tool_shows_its_defaults(probes, tool):
+    assert set(probes[tool]["formatters"]) == {"DefaultsHelpFormatter"}
+
+
+def test_defaults_formatter_names_only_real_defaults():
+    parser = argparse.ArgumentParser(prog="t", formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--n", type=int, default=0, help="count")
+    parser.add_argument("--flag", action="store_true", help="a switch")
+    parser.add_argument("--path", help="a path")
+    parser.add_argument("--sizes", nargs=2, type=int, default=(48, 64), help="size")
+    parser.add_argument("--mode", default="a", help="mode (default: a, the fast one)")
+    text = " ".join(parser.format_help().split())
+    assert "--n N count (default: 0)" in text  # 0 is a default, not "no default"
+    assert "--flag a switch --path" in text  # off flags and None say nothing
+    assert "--path PATH a path --sizes" in text
+    assert "size (default: 48 64)" in text
+    assert "mode (default: a, the fast one) " in text + " "  # named already: not twice
 
 
 @pytest.mark.parametrize("tool", TOOLS)

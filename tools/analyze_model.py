@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from mtlora_vision.cli import add_cfg_options, parse_cfg_options, run_tool
+from mtlora_vision.cli import DefaultsHelpFormatter, add_cfg_options, parse_cfg_options, run_tool
 
 if TYPE_CHECKING:
     from torch import nn
@@ -95,7 +95,9 @@ def format_report(config: str, counts: Mapping) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Count a model's parameters.")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter, description="Count a model's parameters."
+    )
     parser.add_argument("config", help="config file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_cfg_options(parser)

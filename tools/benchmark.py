@@ -24,7 +24,13 @@ import json
 import sys
 from typing import Any
 
-from mtlora_vision.cli import add_cfg_options, add_step_options, parse_cfg_options, run_tool
+from mtlora_vision.cli import (
+    DefaultsHelpFormatter,
+    add_cfg_options,
+    add_step_options,
+    parse_cfg_options,
+    run_tool,
+)
 from mtlora_vision.engine.precision import add_precision_argument, default_precision
 
 #: Built-in variants (mtlora_vision.benchmarking.VARIANTS), listed in --help without importing it.
@@ -47,6 +53,7 @@ PHASE_NAMES = {"train": "training step", "infer": "inference", "infer_merged": "
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter,
         description="Benchmark a model against adapter-free variants of itself.",
         epilog="variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANT_HELP.items()),
     )

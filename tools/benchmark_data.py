@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtlora_vision.cli import run_tool
+from mtlora_vision.cli import DefaultsHelpFormatter, run_tool
 from mtlora_vision.tasks import NUM_OUTPUTS
 
 if TYPE_CHECKING:
@@ -39,7 +39,9 @@ WITHOUT_CHOICES = ("label-cache", "flag-packing")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Benchmark multi-task data loading.")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter, description="Benchmark multi-task data loading."
+    )
     parser.add_argument(
         "--dataset", choices=sorted(NUM_OUTPUTS), default="pascal_context", help="which dataset"
     )

@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from mtlora_vision.cli import run_tool
+from mtlora_vision.cli import DefaultsHelpFormatter, run_tool
 from mtlora_vision.tasks import EDGE_PROTOCOLS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Time the edge evaluation per image.")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter, description="Time the edge evaluation per image."
+    )
     parser.add_argument("--images", type=int, default=16, help="edge maps per round")
     parser.add_argument(
         "--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"), help="map size"
@@ -38,7 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workers", type=int, nargs="+", default=[0, 2], help="pool sizes (0: in process)"
     )
     parser.add_argument(
-        "--protocols", nargs="+", default=list(EDGE_PROTOCOLS), help="edge protocols to time"
+        "--protocols",
+        nargs="+",
+        choices=list(EDGE_PROTOCOLS),
+        default=list(EDGE_PROTOCOLS),
+        help="edge protocols to time",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic maps")

@@ -25,7 +25,7 @@ import json
 import logging
 from pathlib import Path
 
-from mtlora_vision.cli import run_tool
+from mtlora_vision.cli import DefaultsHelpFormatter, run_tool
 from mtlora_vision.comparison import Row, compare_runs, format_markdown, plot_pareto, write_csv
 
 logger = logging.getLogger("compare")
@@ -33,7 +33,8 @@ logger = logging.getLogger("compare")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Compare runs: parameters, metrics and Delta-m, mean ± std over seeds."
+        formatter_class=DefaultsHelpFormatter,
+        description="Compare runs: parameters, metrics and Delta-m, mean ± std over seeds.",
     )
     parser.add_argument(
         "work_dirs",

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtlora_vision.cli import run_tool
+from mtlora_vision.cli import DefaultsHelpFormatter, run_tool
 
 if TYPE_CHECKING:  # torch is imported where it is used: --help answers without it
     from torch import Tensor
@@ -140,7 +140,9 @@ def load_official(path: str | Path) -> dict[str, Tensor]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Convert an official MTLoRA checkpoint.")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter, description="Convert an official MTLoRA checkpoint."
+    )
     parser.add_argument("src", help="official checkpoint ({'model': ...})")
     parser.add_argument("dst", help="output file ({'state_dict': ...})")
     parser.add_argument("--check", metavar="CONFIG", help="load the result strictly into CONFIG")

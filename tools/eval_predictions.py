@@ -18,13 +18,14 @@ import json
 import logging
 from pathlib import Path
 
-from mtlora_vision.cli import run_tool
+from mtlora_vision.cli import DefaultsHelpFormatter, run_tool
 from mtlora_vision.tasks import DATASETS, EDGE_PROTOCOLS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Score saved predictions (tools/test.py --out-dir layout) against a dataset."
+        formatter_class=DefaultsHelpFormatter,
+        description="Score saved predictions (tools/test.py --out-dir layout) against a dataset.",
     )
     parser.add_argument("pred_dir", type=Path, help="folder with <task>/<id>.png, depth/<id>.mat")
     parser.add_argument(

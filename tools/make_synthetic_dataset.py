@@ -11,12 +11,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from mtlora_vision.cli import run_tool
+from mtlora_vision.cli import DefaultsHelpFormatter, run_tool
 from mtlora_vision.tasks import NUM_OUTPUTS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Write a synthetic PASCAL_MT or NYUD_MT dataset.")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter,
+        description="Write a synthetic PASCAL_MT or NYUD_MT dataset.",
+    )
     parser.add_argument("out", type=Path, help="dataset folder to create (must be new or empty)")
     parser.add_argument(
         "--dataset",

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mtlora_vision.cli import add_cfg_options, parse_cfg_options, run_tool
+from mtlora_vision.cli import DefaultsHelpFormatter, add_cfg_options, parse_cfg_options, run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Predict every task on your own images.")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter, description="Predict every task on your own images."
+    )
     parser.add_argument("config", help="config file")
     parser.add_argument("checkpoint", help="checkpoint file")
     parser.add_argument(

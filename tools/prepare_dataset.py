@@ -18,12 +18,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from mtlora_vision.cli import run_tool
+from mtlora_vision.cli import DefaultsHelpFormatter, run_tool
 from mtlora_vision.tasks import NUM_OUTPUTS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Unpack and verify a multi-task dataset.")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter, description="Unpack and verify a multi-task dataset."
+    )
     parser.add_argument("dataset", choices=sorted(NUM_OUTPUTS), help="which dataset")
     parser.add_argument(
         "--root", type=Path, required=True, help="dataset folder to create or check"

@@ -20,7 +20,13 @@ import json
 import sys
 from typing import Any
 
-from mtlora_vision.cli import add_cfg_options, add_step_options, parse_cfg_options, run_tool
+from mtlora_vision.cli import (
+    DefaultsHelpFormatter,
+    add_cfg_options,
+    add_step_options,
+    parse_cfg_options,
+    run_tool,
+)
 from mtlora_vision.engine.precision import add_precision_argument, default_precision
 
 PHASES = ("train", "infer", "infer_merged")
@@ -28,7 +34,8 @@ PHASES = ("train", "infer", "infer_merged")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Where the time of a model over its FLOP floor against the frozen Swin goes."
+        formatter_class=DefaultsHelpFormatter,
+        description="Where the time of a model over its FLOP floor against the frozen Swin goes.",
     )
     parser.add_argument("config", help="config file")
     add_step_options(parser, batch_size=1, iters=3, measured="profiled")

@@ -16,6 +16,7 @@ import argparse
 import json
 
 from mtlora_vision.cli import (
+    DefaultsHelpFormatter,
     add_cfg_options,
     add_launcher,
     cfg_options_help,
@@ -26,7 +27,10 @@ from mtlora_vision.engine.precision import add_precision_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate a multi-task dense prediction model.")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter,
+        description="Evaluate a multi-task dense prediction model.",
+    )
     parser.add_argument("config", help="config file")
     parser.add_argument("checkpoint", help="checkpoint file")
     parser.add_argument(

@@ -11,12 +11,21 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mtlora_vision.cli import add_cfg_options, add_launcher, parse_cfg_options, run_tool
+from mtlora_vision.cli import (
+    DefaultsHelpFormatter,
+    add_cfg_options,
+    add_launcher,
+    parse_cfg_options,
+    run_tool,
+)
 from mtlora_vision.engine.precision import add_precision_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a multi-task dense prediction model.")
+    parser = argparse.ArgumentParser(
+        formatter_class=DefaultsHelpFormatter,
+        description="Train a multi-task dense prediction model.",
+    )
     parser.add_argument("config", help="config file")
     parser.add_argument(
         "--work-dir", help="where logs and checkpoints go (default: work_dirs/CONFIG_NAME)"
@@ -33,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_precision_argument(parser)
     parser.add_argument(
-        "--seed", type=int, help="random seed (randomness.seed); --resume keeps the checkpoint's"
+        "--seed",
+        type=int,
+        help="random seed (default: the config's randomness.seed); --resume keeps the checkpoint's",
     )
     parser.add_argument(
         "--deterministic",
