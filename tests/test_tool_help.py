@@ -95,3 +95,14 @@ def test_defaults_formatter_names_only_real_defaults():
 @pytest.mark.parametrize("tool", TOOLS)
 def test_help_imports_no_heavy_module(probes, tool):
     assert probes[tool]["heavy"] == []
+
+
+def test_dist_train_script_has_usage_and_checks_its_arguments():
+    script = str(REPO / "tools" / "dist_train.sh")
+    shown = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, check=False)
+    assert shown.returncode == 0
+    assert shown.stdout.startswith("usage: tools/dist_train.sh CONFIG NPROC")
+    for args in ([], ["configs/mtlora_swin_demo.py"], ["configs/mtlora_swin_demo.py", "two"]):
+        bad = subprocess.run(["bash", script, *args], capture_output=True, text=True, check=False)
+        assert bad.returncode == 2, args
+        assert "error: give a config and a positive number of processes" in bad.stderr
