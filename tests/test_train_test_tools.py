@@ -160,11 +160,13 @@ def test_test_tool_writes_metrics_json_predictions_and_pictures(trained, capsys)
     normals_mean = f"{metrics['normals/mean']:9.4f}  deg"  # with the unit
     assert f"normals      mean    {normals_mean}" in captured.out
     assert f"Metrics written to {out}" in captured.out
+    assert "Epoch(test)" not in captured.out  # mmengine's one-line copy of the table
     # mmengine prints its "Loads checkpoint by ..." line; the runner puts it in the log instead.
     assert "Loads checkpoint by" not in captured.out
     # In this run's own log, even when it started in the same second as the fixture's training.
     test_log = next((root / "test").glob("*/*.log")).read_text()
     assert f"checkpoint by local_safe backend from path: {work_dir / 'epoch_1.pth'}" in test_log
+    assert "Epoch(test)" in test_log
     # Offline-evaluation formats at the original image size (synthetic images are 48 x 64).
     for task in ("semseg", "human_parts", "sal", "normals", "edge"):
         files = sorted((root / "preds" / task).glob("*.png"))

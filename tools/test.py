@@ -99,7 +99,7 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
         requested_precision,
     )
     from mtlora_vision.engine.progress_hook import ProgressBarHook
-    from mtlora_vision.engine.runner import TestRunner, prepare_test_config
+    from mtlora_vision.engine.runner import TestRunner, drop_on_console, prepare_test_config
     from mtlora_vision.engine.runtime import (
         init_cpu_distributed,
         load_config,
@@ -126,6 +126,7 @@ def run_test(args: argparse.Namespace) -> dict[str, float]:
     cfg.resume = False
     prepare_test_config(cfg)  # no TensorBoard run, no training hooks' side effects
     runner = TestRunner.from_cfg(cfg)
+    drop_on_console(runner.logger, ("Epoch(test)",))  # the table below, with units; the log has it
     runner.register_hook(ProgressBarHook())
     if args.out_dir or args.show_dir:
         runner.register_hook(PredictionWriterHook(out_dir=args.out_dir, show_dir=args.show_dir))

@@ -62,8 +62,14 @@ def quiet_run_logger(logger: logging.Logger) -> QuietStart:
         for old in [f for f in handler.filters if isinstance(f, QuietStart)]:
             handler.removeFilter(old)
         handler.addFilter(quiet)
-        _drop_once(handler, CONSOLE_DROPS)
+    drop_on_console(logger, CONSOLE_DROPS)
     return quiet
+
+
+def drop_on_console(logger: logging.Logger, prefixes: tuple[str, ...]) -> None:
+    """Keep messages starting with ``prefixes`` off ``logger``'s console (its file keeps them)."""
+    for handler in console_handlers(logger):
+        _drop_once(handler, prefixes)
 
 
 def _drop_once(handler: logging.Handler, prefixes: tuple[str, ...]) -> None:
