@@ -66,28 +66,15 @@ def add_step_options(
         iters: Default measured steps per variant.
         measured: How the steps are measured, e.g. ``"timed"``; warm-up steps are
             ``"un" + measured``.
+
+    The defaults appear in ``--help`` through the tools' :class:`DefaultsHelpFormatter`.
     """
     parser.add_argument(
-        "--img-size",
-        type=int,
-        default=448,
-        help="square input side, a multiple of 32 (default: %(default)s)",
+        "--img-size", type=int, default=448, help="square input side, a multiple of 32"
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=batch_size, help="images per step (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--iters",
-        type=int,
-        default=iters,
-        help=f"{measured} steps per variant (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=1,
-        help=f"un{measured} steps per variant (default: %(default)s)",
-    )
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="images per step")
+    parser.add_argument("--iters", type=int, default=iters, help=f"{measured} steps per variant")
+    parser.add_argument("--warmup", type=int, default=1, help=f"un{measured} steps per variant")
 
 
 def parse_cfg_options(values: list[str] | None) -> dict[str, Any] | None:

@@ -44,13 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=PHASES,
         default=["train", "infer_merged"],
-        help="phases to profile (default: train infer_merged)",
+        help="phases to profile",
     )
     parser.add_argument(
         "--top",
         type=int,
         default=12,
-        help="rows per table, largest excess first (default: %(default)s)",
+        help="rows per table, largest excess first",
     )
     parser.add_argument(
         "--by-shape",
