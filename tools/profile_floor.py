@@ -46,12 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["train", "infer_merged"],
         help="phases to profile",
     )
-    parser.add_argument(
-        "--top",
-        type=int,
-        default=12,
-        help="rows per table, largest excess first",
-    )
+    parser.add_argument("--top", type=int, default=12, help="rows per table, largest excess first")
     parser.add_argument(
         "--by-shape",
         type=int,
