@@ -18,8 +18,7 @@ from mtlora_vision.engine.run_logging import (
 )
 from mtlora_vision.engine.runner import prepare_test_config
 from mtlora_vision.engine.summary import MetricHistory, format_block, precision_of
-from mtlora_vision.evaluation import units
-from mtlora_vision.evaluation.units import metric_unit
+from mtlora_vision.evaluation.units import METRIC_UNITS, metric_unit
 from mtlora_vision.tasks import TASKS
 
 
@@ -141,7 +140,7 @@ def test_metric_units(key, unit):
 
 
 def test_every_task_metric_has_a_stated_unit():
-    stated = set(units._UNITS)
+    stated = set(METRIC_UNITS)
     assert {key for info in TASKS.values() for key in info.metrics} <= stated
 
 

@@ -11,7 +11,8 @@ PERCENT = "%"
 DEGREES = "deg"
 METRES = "m"
 
-_UNITS: dict[str, str] = {
+#: The unit of every metric key the package computes (per-class IoU keys: see metric_unit).
+METRIC_UNITS: dict[str, str] = {
     "semseg/mIoU": PERCENT,
     "human_parts/mIoU": PERCENT,
     "sal/mIoU": PERCENT,
@@ -38,6 +39,6 @@ def metric_unit(key: str) -> str:
 
     Per-class IoU keys (``<task>/IoU/<class>``) are percentages.
     """
-    if key in _UNITS:
-        return _UNITS[key]
+    if key in METRIC_UNITS:
+        return METRIC_UNITS[key]
     return PERCENT if key.split("/")[1:2] == ["IoU"] else ""
